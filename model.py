@@ -1,0 +1,221 @@
+"""
+A GPT in one file: GPT-2's architecture and parameter names, so Hugging Face GPT-2 weights load
+by name, plus the two things RL needs from a model: an optional KV cache for fast sampling
+(see sample.py) and the final hidden states, so that log-probs can be computed without ever
+building the (B, T, V) logits (see reinforce.token_logprobs).
+
+    from model import GPT, GPTConfig
+    model = GPT(GPTConfig(vocab_size=300, block_size=64, n_layer=4, n_head=4, n_embd=128))
+    logits = model(idx)                      # (B, T, V)
+    model = GPT.from_pretrained("gpt2")      # or a local directory written by save_pretrained
+
+Letters in shape comments: B batch, T time (tokens), C channels (n_embd), V vocab,
+nh heads, hs head size, S keys visible to attention (cached + new).
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 50257  # GPT-2's BPE vocabulary; the offline char tokenizer is much smaller
+    block_size: int = 1024   # longest sequence (prompt + completion) the position table covers
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True        # GPT-2 has biases in Linear and LayerNorm layers
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+
+
+class KVCache:
+    """Preallocated keys and values of every layer, written at explicit positions.
+
+    `valid` marks the slots that hold real tokens: prompts of different lengths are left-padded
+    and the padding slots are never attended to."""
+
+    def __init__(self, config, batch_size, max_len, device, dtype):
+        hs = config.n_embd // config.n_head
+        shape = (config.n_layer, batch_size, config.n_head, max_len, hs)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.valid = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)  # (B, S_max)
+        self.length = 0  # slots [0, length) are filled
+
+    def write(self, layer, k, v):
+        """Store this step's (B, nh, T, hs) keys/values; return all keys/values so far."""
+        T = k.size(2)
+        self.k[layer, :, :, self.length:self.length + T] = k
+        self.v[layer, :, :, self.length:self.length + T] = v
+        return self.k[layer, :, :, :self.length + T], self.v[layer, :, :, :self.length + T]
+
+    def attn_mask(self, T):
+        """(B, 1, T, S) bool: query t may see key s if s is a real token at or before t.
+        A query always sees itself, so a padding query never has an empty row (NaN softmax)."""
+        S = self.length + T
+        q_pos = torch.arange(self.length, S, device=self.valid.device)[:, None]  # (T, 1)
+        k_pos = torch.arange(S, device=self.valid.device)[None, :]               # (1, S)
+        mask = (k_pos <= q_pos) & self.valid[:, None, :S]                        # (B, T, S)
+        return (mask | (k_pos == q_pos))[:, None]
+
+    def keep(self, rows):
+        """Drop finished sequences: keep only the batch rows in `rows` (a LongTensor)."""
+        self.k, self.v = self.k[:, rows], self.v[:, rows]
+        self.valid = self.valid[rows]
+
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v at once
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.n_head, self.dropout, self.layer_idx = config.n_head, config.dropout, layer_idx
+
+    def forward(self, x, cache=None, mask=None):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        if cache is None:  # training / full recompute: plain causal attention
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                               dropout_p=self.dropout if self.training else 0.0)
+        else:              # incremental decoding: attend over everything cached so far
+            k, v = cache.write(self.layer_idx, k, v)  # (B, nh, S, hs)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's "gelu_new"
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config, layer_idx)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cache=None, mask=None):
+        x = x + self.attn(self.ln_1(x), cache, mask)  # pre-norm residual blocks, as in GPT-2
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
+            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight  # weight tying, as in GPT-2
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            # GPT-2: scale the residual projections by 1/sqrt(2 * n_layer) so the residual
+            # stream's variance does not grow with depth.
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_params(self, non_embedding=True):
+        """Parameter count; the position table is left out by default (as in nanoGPT)."""
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+
+    def forward(self, idx, targets=None, cache=None, positions=None, return_hidden=False):
+        """idx (B, T) token ids.
+        - default: logits (B, T, V) for every position;
+        - with targets (B, T) (-1 = ignore): (logits, mean cross-entropy);
+        - return_hidden: the final hidden states (B, T, C) after ln_f, before lm_head;
+        - cache: a KVCache for incremental decoding; positions (B, T) then gives each token's
+          position (rows are left-padded by different amounts)."""
+        B, T = idx.size()
+        start = cache.length if cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence of {start + T} tokens exceeds block_size={self.config.block_size}")
+        if positions is None:
+            positions = torch.arange(start, start + T, device=idx.device)[None]  # (1, T)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(positions))  # (B, T, C)
+        mask = cache.attn_mask(T) if cache is not None else None  # built once, shared by all layers
+        for block in self.transformer.h:
+            x = block(x, cache, mask)
+        if cache is not None:
+            cache.length += T
+        h = self.transformer.ln_f(x)  # (B, T, C)
+        if return_hidden:
+            return h
+        logits = self.lm_head(h)  # (B, T, V)
+        if targets is None:
+            return logits
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    def configure_optimizer(self, lr, weight_decay=0.0, betas=(0.9, 0.95), device_type="cpu"):
+        """AdamW; weight decay only on the matrices of the blocks (not norms, biases, embeddings)."""
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            is_matrix = p.dim() >= 2 and not name.startswith(("transformer.wte", "transformer.wpe"))
+            (decay if is_matrix else no_decay).append(p)
+        groups = [{"params": decay, "weight_decay": weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=(device_type == "cuda"))
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, dropout=0.0):
+        """Load GPT-2 weights in Hugging Face format: a hub name ("gpt2", "gpt2-medium", ...; needs
+        network or the local HF cache) or a directory written by `save_pretrained`.
+        `transformers` is only needed here, so it is imported here."""
+        try:
+            from transformers import GPT2LMHeadModel
+        except ImportError as e:
+            raise ImportError("GPT.from_pretrained needs `pip install transformers`") from e
+        try:
+            hf = GPT2LMHeadModel.from_pretrained(name_or_path)
+        except OSError as e:
+            raise OSError(f"could not load GPT-2 weights from {name_or_path!r}: no local directory by "
+                          f"that name and the Hugging Face hub is unreachable ({e})") from e
+        c = hf.config
+        config = GPTConfig(vocab_size=c.vocab_size, block_size=c.n_positions, n_layer=c.n_layer,
+                           n_head=c.n_head, n_embd=c.n_embd, dropout=dropout, bias=True)
+        model = cls(config)
+        sd, hf_sd = model.state_dict(), hf.state_dict()
+        # HF's GPT-2 stores these four as Conv1D, i.e. (in, out): transpose into nn.Linear's (out, in).
+        transposed = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+        with torch.no_grad():
+            for key in sd:
+                w = hf_sd[key]
+                sd[key].copy_(w.t() if key.endswith(transposed) else w)
+        return model

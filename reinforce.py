@@ -1,0 +1,287 @@
+"""
+The math of the RL update: token log-probs, rewards, advantages and the policy-gradient loss.
+torch only, no I/O; train.py calls these functions, tests/test_reinforce.py checks them:
+
+    python -m pytest -q tests/test_reinforce.py
+
+Letters: B sequences (completions), T completion time steps, G samples per prompt (a "group"),
+N tokens (rows of hidden states), C channels, V vocabulary.
+
+The objective is the expected exact reward of a sampled completion y ~ π_θ(·|x):
+    J(θ) = E_y[r(y)],   ∇J = E_y[(r(y) − b) ∇log π_θ(y)]   (REINFORCE, Williams 1992)
+for any baseline b that does not depend on y itself. log π_θ(y) = Σ_t log π_θ(y_t | y_<t), so
+the loss is −Σ_t A · log π_θ(y_t) with A = r − b, averaged over tokens or sequences.
+"""
+
+import torch
+
+BASELINES = ("none", "batch", "group", "rloo")
+AGGREGATIONS = ("token-mean", "seq-mean", "const")
+LOSS_TYPES = ("reinforce", "mirror")
+
+# -----------------------------------------------------------------------------
+# token log-probs without materialising the (N, V) logits
+
+def _compute_dtype(hidden, weight):
+    # under autocast the head matmul runs in the autocast dtype (bf16); otherwise in the inputs' dtype
+    device_type = hidden.device.type
+    if torch.is_autocast_enabled(device_type) and hidden.dtype != torch.float64:
+        return torch.get_autocast_dtype(device_type)
+    return torch.promote_types(hidden.dtype, weight.dtype)
+
+class TokenLogprobs(torch.autograd.Function):
+    """log softmax(hidden @ weight.T)[n, targets[n]], computed chunk_size rows at a time.
+
+    Only hidden, weight, targets and the (N,) logsumexp are saved; backward recomputes each chunk's
+    logits (one more head matmul) instead of keeping N*V floats alive between forward and backward.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk_size, return_entropy):
+        cdt = _compute_dtype(hidden, weight)  # dtype of the matmuls
+        acc = torch.promote_types(cdt, torch.float32)  # dtype of logits, logsumexp, outputs
+        N = hidden.shape[0]
+        valid = targets >= 0  # (N,) targets == -1 are ignored
+        safe = targets.clamp(min=0)  # (N,) a legal index for gather at ignored rows
+        logprobs = torch.empty(N, dtype=acc, device=hidden.device)
+        lse = torch.empty(N, dtype=acc, device=hidden.device)
+        entropy = torch.empty(N if return_entropy else 0, dtype=acc, device=hidden.device)
+        with torch.autocast(hidden.device.type, enabled=False):
+            w = weight.to(cdt)  # (V, C)
+            for s in range(0, N, chunk_size):
+                e = min(s + chunk_size, N)
+                z = (hidden[s:e].to(cdt) @ w.T).to(acc)  # (n, V) logits of this chunk, upcast
+                lse[s:e] = torch.logsumexp(z, dim=-1)  # (n,)
+                # log π(y) = z_y − log Σ_v exp(z_v)
+                logprobs[s:e] = z.gather(1, safe[s:e, None]).squeeze(1) - lse[s:e]
+                if return_entropy:
+                    # H = −Σ_v p_v log p_v = lse − Σ_v p_v z_v
+                    p = (z - lse[s:e, None]).exp_()
+                    entropy[s:e] = lse[s:e] - (p * z).sum(-1)
+        logprobs = torch.where(valid, logprobs, 0.0)
+        if return_entropy:
+            entropy = torch.where(valid, entropy, 0.0)
+        ctx.save_for_backward(hidden, weight, targets, lse)
+        ctx.chunk_size, ctx.cdt = chunk_size, cdt
+        ctx.mark_non_differentiable(entropy)
+        return logprobs, entropy
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_logprobs, grad_entropy):
+        hidden, weight, targets, lse = ctx.saved_tensors
+        cdt, acc, N = ctx.cdt, lse.dtype, hidden.shape[0]
+        # ignored rows get no gradient at all: zero their upstream gradient
+        g = torch.where(targets >= 0, grad_logprobs.to(acc), 0.0)  # (N,)
+        safe = targets.clamp(min=0)
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_h = torch.zeros(hidden.shape, dtype=acc, device=hidden.device) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
+        with torch.autocast(hidden.device.type, enabled=False):
+            w = weight.to(cdt)  # (V, C)
+            for s in range(0, N, ctx.chunk_size):
+                e = min(s + ctx.chunk_size, N)
+                h = hidden[s:e].to(cdt)  # (n, C)
+                z = (h @ w.T).to(acc)  # (n, V) the same logits as forward
+                # log p_y = z_y − log Σ_u exp(z_u), so d log p_y / d z_v = 1[v = y] − exp(z_v − lse) = 1[v = y] − p_v;
+                # chain rule: dL/dz = g · (onehot(y) − softmax(z)), g = dL/d log p_y the upstream gradient
+                dz = (z - lse[s:e, None]).exp_().neg_()  # (n, V) −softmax
+                dz[torch.arange(e - s, device=dz.device), safe[s:e]] += 1.0
+                dz.mul_(g[s:e, None])
+                dz = dz.to(cdt)
+                # z = h Wᵀ, so dL/dh = dz W and dL/dW = dzᵀ h (summed over the chunk's rows)
+                if need_h:
+                    grad_h[s:e] = dz @ w
+                if need_w:
+                    grad_w += dz.T @ h
+        grad_h = grad_h.to(hidden.dtype) if need_h else None
+        grad_w = grad_w.to(weight.dtype) if need_w else None
+        return grad_h, grad_w, None, None, None
+
+def token_logprobs(hidden, weight, targets, chunk_size=2048, return_entropy=False):
+    """hidden (N, C), weight (V, C), targets (N,) int64 -> logprobs (N,) float32 (float64 for
+    float64 inputs); targets == -1 are ignored (logprob 0, no gradient). Leading dims of hidden
+    and targets may be anything (e.g. (B, T, C) and (B, T)); the output takes targets' shape.
+    With return_entropy also the (detached) entropy of each row's distribution, 0 where ignored."""
+    shape = targets.shape
+    hidden, targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
+    logprobs, entropy = TokenLogprobs.apply(hidden, weight, targets, chunk_size, return_entropy)
+    if return_entropy:
+        return logprobs.view(shape), entropy.view(shape)
+    return logprobs.view(shape)
+
+def sft_loss(hidden, weight, targets, chunk_size=2048):
+    """Cold-start supervised loss: mean of −log π(target) over targets != -1 (cross-entropy)."""
+    logprobs = token_logprobs(hidden, weight, targets, chunk_size)
+    n = (targets >= 0).sum().clamp(min=1)  # no valid target -> loss 0, not NaN
+    return -logprobs.sum() / n
+
+# -----------------------------------------------------------------------------
+# rewards and advantages
+
+def _groups(group_ids):
+    """group_ids (B,) arbitrary ints -> g (B,) in [0, n_groups), n_groups"""
+    uniq, g = torch.unique(group_ids, return_inverse=True)
+    return g, uniq.numel()
+
+def _group_sum(x, g, n):
+    return x.new_zeros(n).index_add_(0, g, x)  # (n,) Σ of x over each group
+
+def _group_flat(x, g, n):
+    """(n,) bool: True where every x in the group is equal (zero variance, no learning signal)"""
+    lo = x.new_zeros(n).scatter_reduce_(0, g, x, "amin", include_self=False)
+    hi = x.new_zeros(n).scatter_reduce_(0, g, x, "amax", include_self=False)
+    return lo == hi
+
+def shape_rewards(correct, wrong_reward=0.0):
+    """correct (B,) 0/1 -> (B,) float: 1 where correct, wrong_reward (0 or −1) elsewhere."""
+    correct = correct.float() if not correct.is_floating_point() else correct
+    return torch.where(correct > 0.5, 1.0, wrong_reward).to(correct.dtype)
+
+def length_penalty(lengths, correct, group_ids):
+    """Kimi k1.5 §2.3.3 length reward, per group of samples of one prompt:
+        λ = 0.5 − (len − min_len) / (max_len − min_len)
+    correct samples get λ (short ones rewarded, long ones penalised), wrong ones min(0, λ) (only
+    penalised); a group whose lengths are all equal gets 0. Returns (B,) float; the trainer scales it."""
+    L = lengths.float() if not lengths.is_floating_point() else lengths  # (B,)
+    g, n = _groups(group_ids)
+    lo = L.new_zeros(n).scatter_reduce_(0, g, L, "amin", include_self=False)[g]  # (B,)
+    hi = L.new_zeros(n).scatter_reduce_(0, g, L, "amax", include_self=False)[g]  # (B,)
+    lam = 0.5 - (L - lo) / (hi - lo).clamp(min=1e-9)
+    lam = torch.where(hi > lo, lam, 0.0)
+    return torch.where(correct > 0.5, lam, lam.clamp(max=0.0))
+
+def compute_advantages(rewards, group_ids, baseline="group", std_normalize=False, eps=1e-6):
+    """rewards (B,), group_ids (B,) (samples of one prompt share an id) -> advantages A (B,).
+
+    Any baseline b that does not depend on the sample keeps ∇J = E[(r − b) ∇log π] unbiased and
+    lowers its variance. Options:
+      none:  A = r                                     (REINFORCE, Williams 1992)
+      batch: A = r − mean over the batch               (Williams 1992 average-reward baseline)
+      group: A = r − mean of its group                 (GRPO, Shao et al. 2024; Dr. GRPO, Liu et al. 2025)
+      rloo:  A = r − mean of the OTHER G−1 samples     (RLOO, Kool et al. 2019; Ahmadian et al. 2024)
+    The group mean includes the sample itself, so E[A ∇log π] = (G−1)/G ∇J: biased by a constant
+    factor, harmless for direction. rloo = G/(G−1) × group and is unbiased; a group of size 1 has no
+    other samples, so it gets A = 0 (no baseline is available, we skip it rather than use A = r).
+    std_normalize divides by the group's reward std (population std, + eps; GRPO; Dr. GRPO drops it,
+    it up-weights near-unanimous groups). A group whose rewards are all equal gets exactly A = 0
+    under group/rloo/std_normalize: it carries no signal, and 0/0 must not become NaN or 1e6.
+    """
+    if baseline not in BASELINES:
+        raise ValueError(f"unknown baseline {baseline!r}; valid baselines: {', '.join(BASELINES)}")
+    r = rewards if rewards.is_floating_point() else rewards.float()  # (B,)
+    g, n = _groups(group_ids)
+    count = _group_sum(torch.ones_like(r), g, n)[g]  # (B,) G of each sample's group
+    total = _group_sum(r, g, n)[g]  # (B,) Σ r over the group
+    flat = _group_flat(r, g, n)[g]  # (B,) all-equal group
+    if baseline == "none":
+        adv = r
+    elif baseline == "batch":
+        adv = r - r.mean()
+    elif baseline == "group":
+        adv = r - total / count
+    else:  # rloo: r_i − (Σ_j r_j − r_i) / (G − 1)
+        adv = r - (total - r) / (count - 1).clamp(min=1)
+        adv = torch.where(count > 1, adv, 0.0)
+    if baseline in ("group", "rloo"):
+        adv = torch.where(flat, 0.0, adv)
+    if std_normalize:
+        mean = total / count
+        std = (_group_sum((r - mean) ** 2, g, n)[g] / count).sqrt()  # (B,)
+        adv = torch.where(flat, 0.0, adv / (std + eps))
+    return adv
+
+# -----------------------------------------------------------------------------
+# the loss
+
+def _aggregate(x, mask, keep, aggregation, max_len):
+    """x, mask (B, T), keep (B,) -> scalar, the per-token quantity x reduced over trained tokens"""
+    m = mask * keep[:, None]  # (B, T) dropped sequences weigh 0
+    n_seqs = keep.sum().clamp(min=1)
+    if aggregation == "token-mean":
+        # Σ over tokens / #tokens: every token weighs the same (DAPO, Yu et al. 2025)
+        return (x * m).sum() / m.sum().clamp(min=1)
+    if aggregation == "seq-mean":
+        # mean over sequences of token means (GRPO): short answers' tokens weigh more, a length bias
+        return ((x * m).sum(1) / mask.sum(1).clamp(min=1)).sum() / n_seqs
+    # const: Σ over tokens / (B · max_len), a normaliser that is a constant: unbiased (Dr. GRPO, Liu et al. 2025)
+    return (x * m).sum() / (n_seqs * max_len)
+
+def reinforce_loss(logprobs, old_logprobs, rewards, group_ids, completion_mask, *,
+                   baseline="group", std_normalize=False, aggregation="token-mean", max_len=None,
+                   loss_type="reinforce", tau=0.1, clip_eps=0.0, kl_coef=0.0, ref_logprobs=None,
+                   drop_zero_signal=False):
+    """The policy-gradient loss of one batch of B completions and its metrics.
+
+    logprobs (B, T) log π_θ(y_t) with grad (0 at masked positions); old_logprobs (B, T) the same
+    under the sampling policy, no grad (= logprobs.detach() when on-policy); rewards (B,);
+    group_ids (B,); completion_mask (B, T) 1 on the completion tokens that are trained.
+    Returns (loss, metrics) with loss a scalar to minimise and metrics a dict of Python floats.
+    loss_type "mirror" ignores baseline, std_normalize, aggregation and clip_eps (see below).
+    """
+    if baseline not in BASELINES:
+        raise ValueError(f"unknown baseline {baseline!r}; valid baselines: {', '.join(BASELINES)}")
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"unknown aggregation {aggregation!r}; valid: {', '.join(AGGREGATIONS)}")
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"unknown loss_type {loss_type!r}; valid: {', '.join(LOSS_TYPES)}")
+    if aggregation == "const" and loss_type == "reinforce" and max_len is None:
+        raise ValueError("aggregation 'const' needs max_len (the normaliser B * max_len)")
+    if kl_coef > 0 and ref_logprobs is None:
+        raise ValueError("kl_coef > 0 needs ref_logprobs")
+    mask = completion_mask.to(logprobs.dtype)  # (B, T)
+    r = rewards.to(logprobs.dtype)  # (B,)
+    g, n = _groups(group_ids)
+    flat = _group_flat(r, g, n)  # (n_groups,) groups without signal
+    # DAPO dynamic sampling (Yu et al. 2025): drop all-equal groups from the loss and its normaliser
+    keep = (~flat[g]).to(mask.dtype) if drop_zero_signal else torch.ones_like(r)  # (B,)
+    clip_frac = torch.zeros(())
+
+    if loss_type == "reinforce":
+        adv = compute_advantages(r, group_ids, baseline, std_normalize)  # (B,)
+        A = adv[:, None]  # (B, 1)
+        if clip_eps > 0:
+            # PPO clip (Schulman et al. 2017), for several steps on one batch: ratio = π_θ/π_old per token,
+            # objective min(ratio·A, clip(ratio, 1−ε, 1+ε)·A): no gradient once the ratio left [1−ε, 1+ε]
+            ratio = (logprobs - old_logprobs).exp()  # (B, T)
+            obj = torch.minimum(ratio * A, ratio.clamp(1 - clip_eps, 1 + clip_eps) * A)
+            # clip_frac: fraction of trained tokens whose gradient the clip zeroed
+            clipped = ((A > 0) & (ratio > 1 + clip_eps)) | ((A < 0) & (ratio < 1 - clip_eps))
+            m = mask * keep[:, None]
+            clip_frac = (clipped * m).sum() / m.sum().clamp(min=1)
+        else:
+            # REINFORCE: ∇J ≈ A ∇log π(y) = Σ_t A ∇log π(y_t), so each token's objective is A · log π(y_t)
+            obj = A * logprobs  # (B, T)
+        loss = -_aggregate(obj, mask, keep, aggregation, max_len)
+    else:
+        # online policy mirror descent (Kimi k1.5 §2.3.2): regress τ·log(π_θ/π_old)(y) onto r − r̄
+        #   ρ_i = Σ_t log π_θ(y_t) − log π_old(y_t),  L = mean_i (r_i − r̄ − τρ_i)² / (2τ)
+        #   ∇L = −mean_i (r_i − r̄ − τρ_i) ∇ρ_i: at ρ = 0 (θ = θ_old) REINFORCE with a group-mean baseline
+        adv = compute_advantages(r, group_ids, "group")  # (B,) r − r̄ (0 in all-equal groups)
+        rho = ((logprobs - old_logprobs) * mask).sum(1)  # (B,) sequence log-ratio
+        per_seq = (adv - tau * rho) ** 2 / (2 * tau)  # (B,)
+        loss = (per_seq * keep).sum() / keep.sum().clamp(min=1)
+
+    kl = torch.zeros(())
+    if kl_coef > 0:
+        # k3 estimator of KL(π_θ ‖ π_ref) per token (Schulman 2020), ≥ 0 and unbiased: e^d − d − 1, d = ref − lp
+        d = ref_logprobs - logprobs  # (B, T)
+        how = aggregation if loss_type == "reinforce" else "token-mean"
+        kl = _aggregate(d.exp() - d - 1, mask, keep, how, max_len)
+        loss = loss + kl_coef * kl
+
+    lengths = completion_mask.float().sum(1)  # (B,)
+    adv = adv.detach().float()
+    metrics = {
+        "reward_mean": r.float().mean().item(),
+        "adv_mean": adv.mean().item(),
+        "adv_std": adv.std(unbiased=False).item(),
+        "adv_abs_mean": adv.abs().mean().item(),
+        "zero_signal_frac": flat.float().mean().item(),
+        "len_mean": lengths.mean().item(),
+        "len_max": lengths.max().item(),
+        "clip_frac": float(clip_frac),
+        "kl": float(kl.detach()),
+        "n_seqs_trained": keep.sum().item(),
+    }
+    return loss, metrics

@@ -1,0 +1,440 @@
+"""
+Exact, verifiable rewards for chain-of-thought RL, and the tasks that produce them.
+
+A reward here is a pure function of text: find the final answer in a model's completion,
+compare it exactly with the reference, return 1.0 or 0.0. No learned reward model, no torch.
+A policy under RL will emit every string it can, so every reward must survive any input
+(garbage, 1 MB of braces, `__import__('os')`) without raising, hanging, or running code.
+
+Three tasks; each samples problems from disjoint train/test splits and writes the worked
+traces used for the cold-start SFT:
+    arithmetic  "347+685=" -> "0+7+5=12,1+4+8=13,1+3+6=10 #### 1032"  (default, char-level)
+    countdown   reach a target from given numbers with + - * / ( ), as in TinyZero
+    gsm8k       grade-school word problems from a GSM8K-format JSONL file
+
+Test:      python -m pytest -q tests/test_rewards.py
+Look:      python rewards.py
+"""
+
+import hashlib
+import json
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+MAX_SCAN_CHARS = 4096   # answers live at the end: searching only the tail bounds the cost of huge outputs
+MAX_ANSWER_CHARS = 200  # a longer "final answer" is not well formed
+MAX_NUMBER_CHARS = 100  # longer strings are never converted to numbers (no huge int() conversions)
+MAX_EXPR_CHARS = 200    # countdown expressions: longest accepted
+MAX_EXPR_DEPTH = 50     # countdown expressions: deepest nesting of parentheses / unary minus
+MAX_VALUE_BITS = 256    # countdown expressions: largest numerator or denominator of any intermediate
+TEST_FRACTION = 0.1     # share of problems held out for evaluation
+
+# -----------------------------------------------------------------------------
+# Finding the final answer
+
+# The inside of \boxed{...}: text whose braces nest at most 3 deep. The possessive quantifiers
+# (++, *+) never backtrack, so a failed match costs linear time, not exponential.
+_BRACED = r"[^{}]*+"
+for _ in range(3):
+    _BRACED = r"(?:[^{}]++|\{" + _BRACED + r"\})*+"
+
+_ANSWER_TAG = re.compile(r"<answer>([^<]*+)</answer>")  # content may not contain '<'
+_ANSWER_PATTERNS = (
+    re.compile(r"####[ \t]*([^\n#]*)"),                             # GSM8K: "#### 72"
+    re.compile(r"\\boxed\{(" + _BRACED + r")\}"),                    # LaTeX: "\boxed{\frac{1}{2}}"
+    re.compile(r"the answer is[ \t]*:?[ \t]*(\S+?)[.,]?(?!\S)", re.IGNORECASE),  # "The answer is 72."
+    _ANSWER_TAG,                                                    # tags:  "<answer>72</answer>"
+)
+
+
+def _tail(text: str) -> tuple[int, str]:
+    """(offset, last MAX_SCAN_CHARS characters of text)."""
+    offset = max(0, len(text) - MAX_SCAN_CHARS)
+    return offset, text[offset:]
+
+
+def _find_last_answer(text: str) -> tuple[int, str] | None:
+    """(where its marker starts, answer) for the last well-formed answer in text, else None."""
+    if not isinstance(text, str):
+        return None
+    offset, tail = _tail(text)
+    best = None  # (where the answer itself starts, where its marker starts, answer)
+    for pattern in _ANSWER_PATTERNS:
+        for m in pattern.finditer(tail):
+            answer = m.group(1).strip()
+            if answer and len(answer) <= MAX_ANSWER_CHARS and (best is None or m.start(1) > best[0]):
+                best = (m.start(1), m.start(), answer)
+    # ordering by where the answer starts lets "The answer is \boxed{5}" resolve to "5"
+    return None if best is None else (offset + best[1], best[2])
+
+
+def extract_answer(text: str) -> str | None:
+    """The last final answer in text, in any supported format; None if there is none."""
+    found = _find_last_answer(text)
+    return None if found is None else found[1]
+
+
+# -----------------------------------------------------------------------------
+# Comparing answers
+
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")  # no exponents: "1e400" is not a number
+_LATEX_FRAC = re.compile(r"([+-]?)\\d?frac\{([^{}]*)\}\{([^{}]*)\}")
+_THOUSANDS_COMMA = re.compile(r"(?<=[0-9]),(?=[0-9]{3}(?![0-9]))")
+
+
+def parse_number(s: str) -> Fraction | None:
+    """Exact value of "12", "-3.50", "7/2" or "\\frac{7}{2}"; None for anything else."""
+    # guard the length before converting: int() on a 10,000-digit string raises in Python 3.11,
+    # and a short exponent like 1e400 would stand for a huge value, so neither is a number here
+    if len(s) > MAX_NUMBER_CHARS:
+        return None
+    m = _LATEX_FRAC.fullmatch(s)
+    if m:
+        s = f"{m[1]}{m[2]}/{m[3]}"
+    top, slash, bottom = s.partition("/")
+    if not _DECIMAL.fullmatch(top) or (slash and not _DECIMAL.fullmatch(bottom)):
+        return None
+    if slash and Fraction(bottom) == 0:
+        return None
+    return Fraction(top) / Fraction(bottom) if slash else Fraction(top)  # safe: short plain decimals
+
+
+def normalize_answer(ans: str) -> str:
+    """Drop formatting that does not change the answer: "$ 1,000." -> "1000", "+4" -> "4"."""
+    s = "".join(ans.split())  # all whitespace
+    s = s.replace("\\$", "").replace("$", "").removesuffix(".")
+    return _THOUSANDS_COMMA.sub("", s).removeprefix("+")
+
+
+def answers_match(pred: str, ref: str) -> bool:
+    """Numbers compare as exact fractions ("3.50" == "7/2"); anything else as normalised text."""
+    pred, ref = normalize_answer(pred), normalize_answer(ref)
+    if not pred or not ref:
+        return False
+    a, b = parse_number(pred), parse_number(ref)
+    if a is not None and b is not None:
+        return a == b
+    return pred == ref
+
+
+def exact_match(completion: str, answer: str) -> float:
+    """1.0 if the completion's final answer equals the reference answer, else 0.0."""
+    pred = extract_answer(completion)
+    return 1.0 if pred is not None and answers_match(pred, answer) else 0.0
+
+
+def format_reward(completion: str) -> float:
+    """1.0 if the completion states a final answer at all, right or wrong."""
+    return 1.0 if extract_answer(completion) is not None else 0.0
+
+
+# -----------------------------------------------------------------------------
+# Countdown expressions: our own tiny parser, so model output is never eval'd
+
+_TOKEN = re.compile(r"[0-9]+|\S")  # integers, or any single non-space character
+
+
+class _ExpressionParser:
+    """Recursive descent over Fractions. Grammar:
+        expr   := term (('+' | '-') term)*
+        term   := factor (('*' | '/') factor)*
+        factor := '-' factor | '(' expr ')' | integer
+    Raises ValueError on anything else, including the resource limits above."""
+
+    def __init__(self, text: str):
+        self.tokens = _TOKEN.findall(text) + [""]  # "" marks the end; nothing is read past it
+        self.pos = 0
+        self.depth = 0
+        self.literals = []  # every integer used, to check against the given numbers
+
+    def peek(self) -> str:
+        return self.tokens[self.pos]
+
+    def take(self) -> str:
+        self.pos += 1
+        return self.tokens[self.pos - 1]
+
+    def expr(self) -> Fraction:
+        value = self.term()
+        while self.peek() in ("+", "-"):
+            op, rhs = self.take(), self.term()
+            value = _bounded(value + rhs if op == "+" else value - rhs)
+        return value
+
+    def term(self) -> Fraction:
+        value = self.factor()
+        while self.peek() in ("*", "/"):
+            op, rhs = self.take(), self.factor()
+            if op == "/" and rhs == 0:
+                raise ValueError("division by zero")
+            value = _bounded(value * rhs if op == "*" else value / rhs)
+        return value
+
+    def factor(self) -> Fraction:
+        self.depth += 1
+        if self.depth > MAX_EXPR_DEPTH:
+            raise ValueError("nested too deeply")
+        tok = self.take()
+        if tok == "-":
+            value = -self.factor()
+        elif tok == "(":
+            value = self.expr()
+            if self.take() != ")":
+                raise ValueError("missing ')'")
+        elif tok.isascii() and tok.isdigit():
+            self.literals.append(int(tok))  # short: the whole expression is <= MAX_EXPR_CHARS
+            value = _bounded(Fraction(int(tok)))
+        else:
+            raise ValueError(f"unexpected {tok!r}")
+        self.depth -= 1
+        return value
+
+
+def _bounded(x: Fraction) -> Fraction:
+    if max(abs(x.numerator).bit_length(), x.denominator.bit_length()) > MAX_VALUE_BITS:
+        raise ValueError("value too large")
+    return x
+
+
+def evaluate_expression(text: str) -> tuple[Fraction, list[int]]:
+    """(exact value, integer literals used) of an arithmetic expression; ValueError if invalid."""
+    if len(text) > MAX_EXPR_CHARS:
+        raise ValueError("expression too long")
+    parser = _ExpressionParser(text)
+    value = parser.expr()
+    if parser.peek() != "":
+        raise ValueError(f"unexpected {parser.peek()!r}")
+    return value, parser.literals
+
+
+def countdown_reward(completion: str, numbers: list[int], target: int) -> float:
+    """1.0 if the last <answer>...</answer> holds an expression equal to target that uses
+    only the given numbers, each at most once. TinyZero demands exactly once; we also credit
+    a correct expression that leaves numbers out, which makes early rewards less sparse."""
+    if not isinstance(completion, str):
+        return 0.0
+    tags = _ANSWER_TAG.findall(_tail(completion)[1])
+    if not tags:
+        return 0.0
+    try:
+        value, literals = evaluate_expression(tags[-1])
+    except ValueError:
+        return 0.0
+    if Counter(literals) - Counter(numbers):  # a number not given, or used too often
+        return 0.0
+    return 1.0 if value == target else 0.0
+
+
+# -----------------------------------------------------------------------------
+# Tasks: problems, disjoint splits, and cold-start traces
+
+@dataclass
+class Problem:
+    prompt: str                               # text given to the model
+    answer: str                               # reference final answer
+    info: dict = field(default_factory=dict)  # task-specific data (numbers, target, solution...)
+
+
+def split_of(key: str) -> str:
+    """'train' or 'test' from a stable hash of key (Python's hash() is salted per process)."""
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
+    return "test" if int.from_bytes(digest[:8], "big") < TEST_FRACTION * 2**64 else "train"
+
+
+def _check_split(split: str):
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+
+
+def _draw(split: str, rng: random.Random, make_problem) -> Problem:
+    """Draw problems until one belongs to split; rejection keeps the splits disjoint."""
+    _check_split(split)
+    for _ in range(100_000):
+        problem = make_problem(rng)
+        if split_of(problem.prompt) == split:
+            return problem
+    raise RuntimeError(f"no {split} problem found in 100,000 draws: is the problem space tiny?")
+
+
+class ArithmeticTask:
+    """a+b with `digits`-digit operands: "347+685=" -> "1032". Small enough for a char-level
+    model, and its scratch traces show RL what working-before-answering looks like."""
+    name = "arithmetic"
+    styles = ("direct", "scratch")
+
+    def __init__(self, digits: int = 3, op: str = "+"):
+        if op != "+":
+            raise ValueError(f"only op='+' is supported, got {op!r}")
+        if not (isinstance(digits, int) and 1 <= digits <= 9):
+            raise ValueError(f"digits must be in 1..9, got {digits!r}")
+        self.digits = digits
+
+    def _make(self, rng: random.Random) -> Problem:
+        lo, hi = 10 ** (self.digits - 1), 10 ** self.digits - 1  # first digit nonzero
+        a, b = rng.randint(lo, hi), rng.randint(lo, hi)
+        return Problem(prompt=f"{a}+{b}=", answer=str(a + b), info={"a": a, "b": b})
+
+    def sample(self, split: str, rng: random.Random) -> Problem:
+        return _draw(split, rng, self._make)
+
+    def trace(self, problem: Problem, style: str) -> str:
+        a, b = problem.info["a"], problem.info["b"]
+        if style == "direct":
+            return f"#### {a + b}"
+        if style == "scratch":
+            # column addition from the units up: "carry+x+y=sum", the sum's tens digit is the next carry
+            columns, carry = [], 0
+            for x, y in zip(reversed(str(a)), reversed(str(b))):
+                s = carry + int(x) + int(y)
+                columns.append(f"{carry}+{x}+{y}={s:02d}")
+                carry = s // 10
+            return ",".join(columns) + f" #### {a + b}"
+        raise ValueError(f"unknown style {style!r}; styles are {self.styles}")
+
+    def reward(self, completion: str, problem: Problem) -> float:
+        return exact_match(completion, problem.answer)
+
+    def is_step_by_step(self, completion: str) -> bool:
+        return "=" in completion.rpartition("####")[0]
+
+
+def _random_expression(numbers: list[int], rng: random.Random) -> tuple[str, int]:
+    """Combine all numbers in random order with random ops -> (expression, value).
+    Divisions are only made when exact, so every intermediate value stays an integer."""
+    items = [(str(n), n) for n in numbers]  # (text, value)
+    while len(items) > 1:
+        (ta, a), (tb, b) = items.pop(rng.randrange(len(items))), items.pop(rng.randrange(len(items)))
+        op = rng.choice("+-*/")
+        if op == "/" and (b == 0 or a % b):
+            op = rng.choice("+-*")
+        value = a + b if op == "+" else a - b if op == "-" else a * b if op == "*" else a // b
+        left = ta if ta.isdigit() else f"({ta})"  # bracket every compound operand
+        right = tb if tb.isdigit() else f"({tb})"
+        items.append((f"{left}{op}{right}", value))
+    return items[0]
+
+
+class CountdownTask:
+    """Reach a target with + - * / ( ) over the given numbers, each used at most once.
+    The target is built from a random expression over the numbers, so a solution exists."""
+    name = "countdown"
+    styles = ("direct",)
+
+    def __init__(self, n_numbers: int = 4, max_number: int = 99, max_target: int = 100):
+        if not 2 <= n_numbers <= 6:
+            raise ValueError(f"n_numbers must be in 2..6, got {n_numbers}")
+        if max_number < 1 or max_target < 1:
+            raise ValueError("max_number and max_target must be >= 1")
+        self.n_numbers, self.max_number, self.max_target = n_numbers, max_number, max_target
+
+    def _make(self, rng: random.Random) -> Problem:
+        while True:  # most random expressions overshoot max_target or go negative; redraw
+            numbers = [rng.randint(1, self.max_number) for _ in range(self.n_numbers)]
+            solution, target = _random_expression(numbers, rng)
+            if 1 <= target <= self.max_target:
+                break
+        numbers.sort()  # one number set and target -> one prompt, so splits stay disjoint
+        prompt = f"Using the numbers {numbers} make {target}. Put the expression in <answer></answer>.\n"
+        info = {"numbers": numbers, "target": target, "solution": solution}
+        return Problem(prompt=prompt, answer=str(target), info=info)
+
+    def sample(self, split: str, rng: random.Random) -> Problem:
+        return _draw(split, rng, self._make)
+
+    def trace(self, problem: Problem, style: str) -> str:
+        if style != "direct":
+            raise ValueError(f"unknown style {style!r}; styles are {self.styles}")
+        return f"<answer>{problem.info['solution']}</answer>"
+
+    def reward(self, completion: str, problem: Problem) -> float:
+        return countdown_reward(completion, problem.info["numbers"], problem.info["target"])
+
+    def is_step_by_step(self, completion: str) -> bool:
+        head, tag, _ = completion.rpartition("<answer>")
+        return bool(tag) and bool(head.strip())
+
+
+def load_gsm8k(path) -> list[dict]:
+    """Rows {"question", "answer"} of a GSM8K-format JSONL file; the answer ends in "#### N".
+    A malformed row raises ValueError naming the file and its 1-based line number."""
+    rows = []
+    with open(path, "rb") as f:  # bytes, so that bad UTF-8 is also reported with its line
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                row = json.loads(line)
+            except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+                raise ValueError(f"{where}: not valid JSON ({e})") from None
+            fields = ("question", "answer")
+            if not (isinstance(row, dict) and all(isinstance(row.get(k), str) for k in fields)):
+                raise ValueError(f"{where}: expected an object with string fields 'question' and 'answer'")
+            if "####" not in row["answer"] or not row["answer"].rpartition("####")[2].strip():
+                raise ValueError(f"{where}: answer does not end in '#### <final answer>'")
+            rows.append({"question": row["question"], "answer": row["answer"]})
+    return rows
+
+
+class GSM8KTask:
+    """Word problems from a GSM8K-format JSONL file; the cold-start trace is the file's own
+    worked solution. Rows are split by a hash of the question."""
+    name = "gsm8k"
+    styles = ("cot",)
+
+    def __init__(self, path):
+        rows = load_gsm8k(path)
+        self.splits = {"train": [], "test": []}
+        for row in rows:
+            question, solution = row["question"], row["answer"]
+            answer = normalize_answer(solution.rpartition("####")[2])
+            info = {"question": question, "solution": solution}
+            problem = Problem(prompt=f"Question: {question}\nAnswer:", answer=answer, info=info)
+            self.splits[split_of(question)].append(problem)
+        # a tiny file can hash entirely into one split: then move one row (the last) across
+        if len(rows) >= 2 and not self.splits["test"]:
+            self.splits["test"].append(self.splits["train"].pop())
+        elif len(rows) >= 2 and not self.splits["train"]:
+            self.splits["train"].append(self.splits["test"].pop())
+
+    def sample(self, split: str, rng: random.Random) -> Problem:
+        _check_split(split)
+        if not self.splits[split]:
+            raise ValueError(f"the {split} split is empty")
+        return rng.choice(self.splits[split])
+
+    def trace(self, problem: Problem, style: str) -> str:
+        if style != "cot":
+            raise ValueError(f"unknown style {style!r}; styles are {self.styles}")
+        return " " + problem.info["solution"]
+
+    def reward(self, completion: str, problem: Problem) -> float:
+        return exact_match(completion, problem.answer)
+
+    def is_step_by_step(self, completion: str) -> bool:
+        found = _find_last_answer(completion)
+        return found is not None and bool(completion[:found[0]].strip())
+
+
+def get_task(name: str, **kwargs):
+    if name == "arithmetic":
+        return ArithmeticTask(**kwargs)
+    elif name == "countdown":
+        return CountdownTask(**kwargs)
+    elif name == "gsm8k":
+        return GSM8KTask(**kwargs)
+    raise ValueError(f"unknown task {name!r}; valid names are: arithmetic, countdown, gsm8k")
+
+
+if __name__ == "__main__":
+    rng = random.Random(0)
+    tasks = [ArithmeticTask(), CountdownTask(), GSM8KTask("tests/data/gsm8k_tiny.jsonl")]
+    for task in tasks:
+        problem = task.sample("train", rng)
+        for style in task.styles:
+            completion = task.trace(problem, style)
+            print(f"[{task.name}/{style}] reward={task.reward(completion, problem)}")
+            print(problem.prompt + completion + "\n")

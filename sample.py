@@ -1,0 +1,168 @@
+"""
+The rollout engine: turn a model and a batch of prompts into completions, fast. RL spends most
+of its time here. Also the tokenizers (text <-> token ids), since this is where text meets tokens.
+
+    python sample.py --ckpt=out/ckpt.pt --prompt="347+685=" --num_samples=4
+
+How `generate` works: prompts of different lengths are left-padded into one (B, T) batch; one
+batched forward pass ("prefill") fills a preallocated KV cache; then each step feeds only the
+newest token of every unfinished row. Rows that hit a stop token are dropped from the batch (and
+from the cache), so they cost nothing more.
+"""
+import sys
+from dataclasses import dataclass
+
+import tiktoken
+import torch
+import torch.nn.functional as F
+
+from model import GPT, GPTConfig, KVCache
+
+# -----------------------------------------------------------------------------
+# Tokenizers (both are tiktoken encodings)
+
+def get_tokenizer(name):
+    """"char": one token per byte plus <|endoftext|>, built in code (works offline; the built-in
+    tasks are short strings of digits and symbols). "gpt2": GPT-2's BPE (tiktoken fetches its
+    files once, so it needs network or a filled TIKTOKEN_CACHE_DIR)."""
+    if name == "char":
+        return tiktoken.Encoding(
+            name="char",
+            pat_str=r"[\s\S]",  # every character is its own piece, so there is nothing to merge
+            mergeable_ranks={bytes([i]): i for i in range(256)},
+            special_tokens={"<|endoftext|>": 256},
+        )
+    if name == "gpt2":
+        try:
+            return tiktoken.get_encoding("gpt2")
+        except Exception as e:  # offline: a requests/connection error from deep inside tiktoken
+            raise RuntimeError("the 'gpt2' tokenizer needs its files: connect to the network once, or "
+                               f"point TIKTOKEN_CACHE_DIR at a cache that has them ({e})") from e
+    raise ValueError(f"unknown tokenizer {name!r}: choose 'char' or 'gpt2'")
+
+
+def encode(tokenizer, text):
+    return tokenizer.encode(text, disallowed_special=())  # model text never becomes a special token
+
+
+def end_of_text(tokenizer):
+    return tokenizer.eot_token
+
+# -----------------------------------------------------------------------------
+# Sampling
+
+def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """logits (B, V) -> next tokens (B,). temperature 0 is greedy (argmax)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None:  # keep the k most likely tokens
+        kth_best = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth_best, float("-inf"))
+    if top_p is not None:  # nucleus: the smallest set of tokens whose probability reaches top_p
+        sorted_logits, order = torch.sort(logits, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs  # probability of the better tokens
+        sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))  # the best always stays
+        logits = torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)
+    probs = logits.softmax(dim=-1)  # (B, V)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+@torch.no_grad()
+def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
+             stop_tokens=(), generator=None, return_logprobs=False):
+    """prompts: a list of token lists (any lengths). Returns one list of new tokens per prompt,
+    ending at (and including) the first stop token. With return_logprobs, also each sampled
+    token's log-prob under the model at temperature 1 (what the trainer calls log pi_old)."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("generate needs a non-empty list of non-empty prompts")
+    longest, block_size = max(len(p) for p in prompts), model.config.block_size
+    if longest + max_new_tokens > block_size:
+        raise ValueError(f"prompt of {longest} tokens + max_new_tokens={max_new_tokens} = "
+                         f"{longest + max_new_tokens} exceeds the model's block_size={block_size}")
+    device = model.transformer.wte.weight.device
+    was_training = model.training
+    model.eval()
+
+    B = len(prompts)
+    pad = torch.tensor([longest - len(p) for p in prompts], device=device)  # (B,) left padding
+    idx = torch.tensor([[0] * (longest - len(p)) + list(p) for p in prompts], device=device)  # (B, T)
+    positions = (torch.arange(longest, device=device)[None] - pad[:, None]).clamp(min=0)  # (B, T)
+    dtype = (torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type)
+             else model.transformer.wte.weight.dtype)
+    cache = KVCache(model.config, B, longest + max_new_tokens, device, dtype)
+    cache.valid[:, :longest] = torch.arange(longest, device=device)[None] >= pad[:, None]  # real prompt tokens
+    logits = model(idx, cache=cache, positions=positions)[:, -1]  # (B, V): prefill, all rows at once
+
+    new_tokens = torch.zeros(B, max_new_tokens, dtype=torch.long, device=device)
+    new_logprobs = torch.zeros(B, max_new_tokens, device=device)
+    lengths = torch.full((B,), max_new_tokens, device=device)
+    active = torch.arange(B, device=device)  # which original rows are still generating
+    stop = torch.tensor(list(stop_tokens), dtype=torch.long, device=device)
+    next_pos = positions[:, -1] + 1  # (B,)
+    for t in range(max_new_tokens):
+        token = sample_next(logits, temperature, top_k, top_p, generator)  # (b,)
+        new_tokens[active, t] = token
+        if return_logprobs:
+            new_logprobs[active, t] = F.log_softmax(logits.float(), dim=-1).gather(1, token[:, None]).squeeze(1)
+        done = torch.isin(token, stop)  # (b,)
+        lengths[active[done]] = t + 1
+        if t == max_new_tokens - 1 or done.all():
+            break
+        if done.any():  # shrink the batch: finished rows take no more compute
+            keep = (~done).nonzero().squeeze(1)
+            active, token, next_pos = active[keep], token[keep], next_pos[keep]
+            cache.keep(keep)
+        cache.valid[:, cache.length] = True
+        logits = model(token[:, None], cache=cache, positions=next_pos[:, None])[:, -1]  # (b, V)
+        next_pos = next_pos + 1
+
+    model.train(was_training)
+    lengths = lengths.tolist()
+    completions = [row[:n] for row, n in zip(new_tokens.tolist(), lengths)]
+    if return_logprobs:
+        return completions, [row[:n] for row, n in zip(new_logprobs.tolist(), lengths)]
+    return completions
+
+# -----------------------------------------------------------------------------
+# Command line: sample from a checkpoint written by train.py
+
+@dataclass
+class SampleConfig:
+    ckpt: str = "out/ckpt.pt"  # checkpoint written by train.py
+    prompt: str = "347+685="   # text to complete
+    num_samples: int = 4       # completions to draw
+    max_new_tokens: int = 64
+    temperature: float = 1.0   # 0 = greedy
+    top_k: int = 0             # 0 = off
+    top_p: float = 1.0         # 1 = off
+    seed: int = 1337
+    device: str = "auto"       # auto = cuda if available, else cpu
+
+
+def load_model(path, device):
+    """Rebuild the model and tokenizer from a train.py checkpoint (tensors only: weights_only)."""
+    ckpt = torch.load(path, map_location=device, weights_only=True)
+    model = GPT(GPTConfig(**ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    return model.to(device), get_tokenizer(ckpt["tokenizer"])
+
+
+def main(argv):
+    from train import parse_config, pick_device  # the one --key=value parser, shared with train.py
+    cfg = parse_config(SampleConfig, argv)
+    device = pick_device(cfg.device)
+    model, tokenizer = load_model(cfg.ckpt, device)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    prompt = encode(tokenizer, cfg.prompt)
+    completions = generate(model, [prompt] * cfg.num_samples, cfg.max_new_tokens, cfg.temperature,
+                           top_k=cfg.top_k or None, top_p=cfg.top_p if cfg.top_p < 1 else None,
+                           stop_tokens=(end_of_text(tokenizer),), generator=generator)
+    for completion in completions:
+        text = tokenizer.decode([t for t in completion if t != end_of_text(tokenizer)])
+        print(f"{cfg.prompt}{text}\n---")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,368 @@
+"""
+Tests for reinforce.py: the fused log-probs against the naive ones, advantages and losses on
+hand-computed examples, and the estimator's (un)biasedness on a bandit whose gradient is exact.
+
+    python -m pytest -q tests/test_reinforce.py
+"""
+
+import math
+import os
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from reinforce import (compute_advantages, length_penalty, reinforce_loss, sft_loss,  # noqa: E402
+                       shape_rewards, token_logprobs)
+
+f64 = torch.float64
+
+# -----------------------------------------------------------------------------
+# token_logprobs: fused and chunked vs the naive log_softmax(h @ W.T).gather
+
+def naive_logprobs(h, W, t):
+    logp = torch.log_softmax(h @ W.T, dim=-1)  # (N, V) materialised
+    lp = logp.gather(1, t.clamp(min=0)[:, None]).squeeze(1)
+    return torch.where(t >= 0, lp, 0.0)
+
+def random_problem(N=37, C=8, V=23, dtype=f64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(N, C, generator=g, dtype=dtype)
+    W = torch.randn(V, C, generator=g, dtype=dtype) * 0.7
+    t = torch.randint(0, V, (N,), generator=g)
+    t[::5] = -1  # every fifth token ignored
+    return h, W, t
+
+@pytest.mark.parametrize("chunk_size", [1, 8, 2048])  # 1 row at a time, N=37 not a multiple of 8, chunk > N
+def test_token_logprobs_match_naive_values_and_grads(chunk_size):
+    h, W, t = random_problem()
+    upstream = torch.randn(h.shape[0], dtype=f64, generator=torch.Generator().manual_seed(1))
+    h1, W1 = h.clone().requires_grad_(), W.clone().requires_grad_()
+    lp = token_logprobs(h1, W1, t, chunk_size=chunk_size)
+    (lp * upstream).sum().backward()
+    h2, W2 = h.clone().requires_grad_(), W.clone().requires_grad_()
+    ref = naive_logprobs(h2, W2, t)
+    (ref * upstream).sum().backward()
+    assert lp.dtype == f64
+    torch.testing.assert_close(lp, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(h1.grad, h2.grad, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(W1.grad, W2.grad, rtol=1e-12, atol=1e-12)
+
+def test_token_logprobs_ignored_targets_give_zero_value_and_zero_grad():
+    h, W, t = random_problem()
+    h.requires_grad_()
+    lp = token_logprobs(h, W, t, chunk_size=8)
+    lp.sum().backward()
+    ignored = t == -1
+    assert (lp[ignored] == 0).all() and (lp[~ignored] < 0).all()
+    assert (h.grad[ignored] == 0).all() and (h.grad[~ignored] != 0).any()
+
+def test_token_logprobs_entropy_matches_naive():
+    h, W, t = random_problem()
+    lp, ent = token_logprobs(h, W, t, chunk_size=8, return_entropy=True)
+    logp = torch.log_softmax(h @ W.T, dim=-1)
+    ref = -(logp.exp() * logp).sum(-1)
+    torch.testing.assert_close(ent, torch.where(t >= 0, ref, 0.0), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(lp, naive_logprobs(h, W, t))
+
+def test_token_logprobs_gradcheck():
+    h, W, t = random_problem(N=5, C=3, V=7)
+    h.requires_grad_(), W.requires_grad_()
+    assert torch.autograd.gradcheck(lambda h, W: token_logprobs(h, W, t, chunk_size=2), (h, W))
+
+def test_token_logprobs_saves_only_inputs_and_logsumexp():
+    # the memory claim: nothing of size N*V is kept between forward and backward
+    N, C, V = 37, 8, 23
+    h, W, t = random_problem(N, C, V)
+    lp = token_logprobs(h.requires_grad_(), W, t, chunk_size=8)
+    node = lp.grad_fn
+    while type(node).__name__ != "TokenLogprobsBackward":  # skip the reshape views
+        node = node.next_functions[0][0]
+    saved = node.saved_tensors
+    assert sum(s.numel() for s in saved) == N * C + V * C + N + N  # hidden, weight, targets, lse
+
+def test_token_logprobs_accepts_batch_time_shape():
+    h, W, t = random_problem(N=24)
+    lp = token_logprobs(h.view(4, 6, -1), W, t.view(4, 6), chunk_size=5)
+    assert lp.shape == (4, 6)
+    torch.testing.assert_close(lp.view(-1), naive_logprobs(h, W, t))
+
+def test_token_logprobs_bf16_autocast_close_to_float32():
+    h, W, t = random_problem(N=64, C=32, V=50, dtype=torch.float32)
+    h1, W1 = h.clone().requires_grad_(), W.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        lp = token_logprobs(h1, W1, t, chunk_size=16)
+    lp.sum().backward()
+    h2, W2 = h.clone().requires_grad_(), W.clone().requires_grad_()
+    naive_logprobs(h2, W2, t).sum().backward()
+    assert lp.dtype == torch.float32 and h1.grad.dtype == torch.float32 and W1.grad.dtype == torch.float32
+    torch.testing.assert_close(lp, naive_logprobs(h, W, t), rtol=0, atol=0.1)
+    torch.testing.assert_close(h1.grad, h2.grad, rtol=0, atol=0.05)
+    torch.testing.assert_close(W1.grad, W2.grad, rtol=0, atol=0.1)
+
+def test_token_logprobs_bf16_inputs_give_float32_logprobs_and_bf16_grads():
+    h, W, t = random_problem(N=16, dtype=torch.bfloat16)
+    h.requires_grad_(), W.requires_grad_()
+    lp = token_logprobs(h, W, t, chunk_size=4)
+    lp.sum().backward()
+    assert lp.dtype == torch.float32 and h.grad.dtype == torch.bfloat16 and W.grad.dtype == torch.bfloat16
+
+def test_sft_loss_equals_cross_entropy():
+    h, W, t = random_problem()
+    torch.testing.assert_close(sft_loss(h, W, t, chunk_size=8), F.cross_entropy(h @ W.T, t, ignore_index=-1))
+
+# -----------------------------------------------------------------------------
+# rewards and advantages, by hand
+
+R = torch.tensor([1., 0., 0., 1., 1., 1., 1., 1.], dtype=f64)  # two groups of 4, the second all correct
+GROUPS = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+
+def test_shape_rewards():
+    correct = torch.tensor([1., 0., 1.])
+    assert shape_rewards(correct).tolist() == [1., 0., 1.]
+    assert shape_rewards(correct, wrong_reward=-1.0).tolist() == [1., -1., 1.]
+
+def test_advantages_none_is_the_reward():
+    assert compute_advantages(R, GROUPS, "none").tolist() == R.tolist()
+
+def test_advantages_batch_baseline():
+    # batch mean = 6/8 = 0.75
+    assert compute_advantages(R, GROUPS, "batch").tolist() == [.25, -.75, -.75, .25, .25, .25, .25, .25]
+
+def test_advantages_group_baseline():
+    # group means 0.5 and 1
+    assert compute_advantages(R, GROUPS, "group").tolist() == [.5, -.5, -.5, .5, 0, 0, 0, 0]
+
+def test_advantages_rloo_baseline():
+    # sample 0: 1 − (0 + 0 + 1)/3 = 2/3; sample 1: 0 − (1 + 0 + 1)/3 = −2/3
+    expected = torch.tensor([2 / 3, -2 / 3, -2 / 3, 2 / 3, 0, 0, 0, 0], dtype=f64)
+    torch.testing.assert_close(compute_advantages(R, GROUPS, "rloo"), expected)
+
+def test_advantages_rloo_group_of_one_is_zero():
+    adv = compute_advantages(torch.tensor([1., 0., 1.]), torch.tensor([0, 0, 1]), "rloo")
+    assert adv.tolist() == [1., -1., 0.]
+
+def test_advantages_std_normalize():
+    # group 0: mean .5, population std .5 -> ±1; group 1 has zero variance -> exactly 0
+    adv = compute_advantages(R, GROUPS, "group", std_normalize=True, eps=0.0)
+    assert adv.tolist() == [1., -1., -1., 1., 0., 0., 0., 0.]
+    adv = compute_advantages(R, GROUPS, "group", std_normalize=True)  # default eps barely matters
+    torch.testing.assert_close(adv, torch.tensor([1., -1., -1., 1., 0., 0., 0., 0.], dtype=f64), atol=1e-5, rtol=0)
+
+def test_advantages_non_contiguous_group_ids():
+    # the same two groups, interleaved and with arbitrary ids
+    perm = torch.tensor([0, 4, 1, 5, 2, 6, 3, 7])
+    ids = torch.where(GROUPS == 0, 42, -7)[perm]
+    for baseline in ("batch", "group", "rloo"):
+        torch.testing.assert_close(compute_advantages(R[perm], ids, baseline),
+                                   compute_advantages(R, GROUPS, baseline)[perm])
+
+def test_advantages_all_equal_rewards_are_exact_zeros():
+    r = torch.full((6,), 0.1, dtype=torch.float32)  # 0.1 is not exact in binary: mean could round
+    ids = torch.tensor([3, 3, 3, 9, 9, 9])
+    for baseline in ("group", "rloo"):
+        for std_normalize in (False, True):
+            adv = compute_advantages(r, ids, baseline, std_normalize=std_normalize)
+            assert (adv == 0).all(), (baseline, std_normalize)
+    assert (compute_advantages(r, ids, "none", std_normalize=True) == 0).all()  # not r / eps = 1e5
+
+def test_length_penalty_by_hand():
+    lengths = torch.tensor([10, 20, 30, 12, 7, 7])
+    correct = torch.tensor([1., 1., 0., 0., 1., 0.])
+    ids = torch.tensor([5, 5, 5, 5, 2, 2])
+    # group 5: min 10, max 30, λ = 0.5 − (len − 10)/20 = [0.5, 0, −0.5, 0.4]; wrong ones get min(0, λ)
+    # group 2: all lengths equal -> 0
+    assert length_penalty(lengths, correct, ids).tolist() == pytest.approx([0.5, 0.0, -0.5, 0.0, 0.0, 0.0])
+
+# -----------------------------------------------------------------------------
+# the loss, by hand
+
+def hand_batch():
+    # two sequences of one group; rewards [1, 0] -> group advantages [0.5, −0.5]
+    lp = torch.tensor([[-1., -2., 0.], [-1., 0., 0.]], dtype=f64, requires_grad=True)
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]], dtype=torch.bool)
+    return lp, torch.tensor([1., 0.], dtype=f64), torch.tensor([0, 0]), mask
+
+@pytest.mark.parametrize("aggregation, expected", [
+    ("token-mean", 1 / 3),   # objective A·lp on tokens: [−0.5, −1.0] and [0.5]; sum −1 over 3 tokens
+    ("seq-mean", 0.125),     # token means −0.75 and 0.5, their mean −0.125
+    ("const", 0.1),          # sum −1 over B · max_len = 2 · 5
+])
+def test_aggregation_by_hand(aggregation, expected):
+    lp, r, ids, mask = hand_batch()
+    loss, metrics = reinforce_loss(lp, lp.detach(), r, ids, mask, aggregation=aggregation, max_len=5)
+    assert loss.item() == pytest.approx(expected)
+    assert metrics["len_mean"] == 1.5 and metrics["len_max"] == 2 and metrics["reward_mean"] == 0.5
+    assert metrics["adv_abs_mean"] == 0.5 and metrics["n_seqs_trained"] == 2
+
+def test_reinforce_gradient_is_minus_advantage_over_tokens():
+    lp, r, ids, mask = hand_batch()
+    loss, _ = reinforce_loss(lp, lp.detach(), r, ids, mask, aggregation="token-mean")
+    loss.backward()
+    # d loss / d lp = −A / #tokens on completion tokens, 0 elsewhere
+    expected = torch.tensor([[-0.5, -0.5, 0], [0.5, 0, 0]], dtype=f64) / 3
+    torch.testing.assert_close(lp.grad, expected)
+
+def test_drop_zero_signal_trains_on_informative_groups_only():
+    g = torch.Generator().manual_seed(0)
+    lp = (-torch.rand(4, 5, generator=g, dtype=f64)).requires_grad_()
+    mask = torch.ones(4, 5, dtype=torch.bool)
+    r, ids = torch.tensor([1., -1., 1., 1.], dtype=f64), torch.tensor([0, 0, 1, 1])
+    # baseline "none" so the all-correct group would otherwise push its samples up
+    loss, metrics = reinforce_loss(lp, lp.detach(), r, ids, mask, baseline="none", drop_zero_signal=True)
+    alone, _ = reinforce_loss(lp[:2], lp[:2].detach(), r[:2], ids[:2], mask[:2], baseline="none")
+    torch.testing.assert_close(loss, alone)
+    loss.backward()
+    assert (lp.grad[2:] == 0).all() and (lp.grad[:2] != 0).all()
+    assert metrics["zero_signal_frac"] == 0.5 and metrics["n_seqs_trained"] == 2
+
+def test_drop_zero_signal_all_groups_flat_gives_zero_loss_not_nan():
+    lp = torch.randn(4, 3, dtype=f64).requires_grad_()
+    r, ids = torch.tensor([1., 1., 0., 0.], dtype=f64), torch.tensor([0, 0, 1, 1])
+    for aggregation in ("token-mean", "seq-mean", "const"):
+        for loss_type in ("reinforce", "mirror"):
+            lp.grad = None
+            loss, m = reinforce_loss(lp, lp.detach(), r, ids, torch.ones(4, 3), baseline="none", max_len=3,
+                                     aggregation=aggregation, loss_type=loss_type, drop_zero_signal=True)
+            loss.backward()
+            assert loss.item() == 0 and (lp.grad == 0).all() and m["n_seqs_trained"] == 0
+
+def test_kl_k3_is_zero_at_reference_and_positive_elsewhere():
+    lp, r, ids, mask = hand_batch()
+    plain, _ = reinforce_loss(lp, lp.detach(), r, ids, mask)
+    same, m = reinforce_loss(lp, lp.detach(), r, ids, mask, kl_coef=0.5, ref_logprobs=lp.detach())
+    assert m["kl"] == 0 and same.item() == plain.item()
+    ref = lp.detach() + torch.tensor([[0.3, -0.2, 0.], [0.1, 0., 0.]], dtype=f64)
+    other, m = reinforce_loss(lp, lp.detach(), r, ids, mask, kl_coef=0.5, ref_logprobs=ref)
+    k3 = lambda d: math.exp(d) - d - 1
+    assert m["kl"] == pytest.approx((k3(0.3) + k3(-0.2) + k3(0.1)) / 3)
+    assert other.item() == pytest.approx(plain.item() + 0.5 * m["kl"])
+
+def test_clip_frac_and_clipped_objective_by_hand():
+    # advantages [0.5, −0.5]; ratios chosen per token, ε = 0.2
+    lp = torch.zeros(2, 2, dtype=f64, requires_grad=True)
+    ratio = torch.tensor([[1.65, 1.0], [0.6, 1.5]], dtype=f64)
+    old = -ratio.log()  # so exp(lp − old) = ratio
+    r, ids, mask = torch.tensor([1., 0.], dtype=f64), torch.tensor([0, 0]), torch.ones(2, 2)
+    loss, m = reinforce_loss(lp, old, r, ids, mask, clip_eps=0.2)
+    # tokens: min(1.65·.5, 1.2·.5) = .6 clipped; 1·.5 = .5; min(.6·−.5, .8·−.5) = −.4 clipped;
+    # min(1.5·−.5, 1.2·−.5) = −.75, not clipped (the pessimistic side): |ratio − 1| > ε is not enough
+    assert loss.item() == pytest.approx(-(0.6 + 0.5 - 0.4 - 0.75) / 4)
+    assert m["clip_frac"] == 0.5
+    loss.backward()
+    assert lp.grad[0, 0] == 0 and lp.grad[1, 0] == 0 and lp.grad[0, 1] != 0 and lp.grad[1, 1] != 0
+
+def test_unknown_options_raise_value_error_naming_them():
+    lp, r, ids, mask = hand_batch()
+    with pytest.raises(ValueError, match="baseline 'mean'"):
+        compute_advantages(r, ids, baseline="mean")
+    with pytest.raises(ValueError, match="baseline 'mean'"):
+        reinforce_loss(lp, lp.detach(), r, ids, mask, baseline="mean")
+    with pytest.raises(ValueError, match="aggregation 'sum'"):
+        reinforce_loss(lp, lp.detach(), r, ids, mask, aggregation="sum")
+    with pytest.raises(ValueError, match="loss_type 'ppo'"):
+        reinforce_loss(lp, lp.detach(), r, ids, mask, loss_type="ppo")
+    with pytest.raises(ValueError, match="max_len"):
+        reinforce_loss(lp, lp.detach(), r, ids, mask, aggregation="const")
+    with pytest.raises(ValueError, match="ref_logprobs"):
+        reinforce_loss(lp, lp.detach(), r, ids, mask, kl_coef=0.1)
+
+# -----------------------------------------------------------------------------
+# the estimator on a bandit: π = softmax(θ) over K actions, J = Σ_a π_a r_a, ∇J = π ⊙ (r − J)
+
+THETA = torch.tensor([0.5, -0.3, 0.1, 0.8, -1.0], dtype=f64)
+BANDIT_R = torch.tensor([1., 0., 0., 1., 0.], dtype=f64)  # exact 0/1 rewards
+
+def bandit_gradients(baseline, G=4, n_batches=40, groups_per_batch=500, seed=0):
+    """(n_batches, K) REINFORCE estimates of ∇J from reinforce_loss, and the exact ∇J"""
+    gen = torch.Generator().manual_seed(seed)
+    pi = torch.softmax(THETA, -1)
+    exact = pi * (BANDIT_R - (pi * BANDIT_R).sum())
+    B = G * groups_per_batch
+    ids = torch.arange(groups_per_batch).repeat_interleave(G)
+    grads = []
+    for _ in range(n_batches):
+        theta = THETA.clone().requires_grad_()
+        a = torch.multinomial(pi, B, replacement=True, generator=gen)  # (B,) sampled actions
+        lp = torch.log_softmax(theta, -1)[a][:, None]  # (B, 1) one-token completions
+        loss, _ = reinforce_loss(lp, lp.detach(), BANDIT_R[a], ids, torch.ones(B, 1), baseline=baseline)
+        loss.backward()
+        grads.append(-theta.grad)  # the loss is −J's estimate
+    return torch.stack(grads), exact
+
+def assert_mean_matches(grads, target, n_sigma=4.5):
+    mean, stderr = grads.mean(0), grads.std(0) / math.sqrt(grads.shape[0])
+    assert ((mean - target).abs() < n_sigma * stderr).all(), (mean, target, stderr)
+
+@pytest.mark.parametrize("baseline", ["none", "batch", "rloo"])
+def test_reinforce_gradient_is_unbiased(baseline):
+    # "batch" includes the sample too, but with 2000 samples the 1/B bias is far below the noise
+    grads, exact = bandit_gradients(baseline)
+    assert_mean_matches(grads, exact)
+
+def test_group_mean_baseline_is_biased_by_g_minus_one_over_g():
+    # A_i = r_i − (1/G) Σ_j r_j = (G−1)/G · (r_i − mean of the others), and the others are independent of a_i
+    G = 4
+    grads, exact = bandit_gradients("group", G=G)
+    assert_mean_matches(grads, (G - 1) / G * exact)
+    stderr = grads.std(0) / math.sqrt(grads.shape[0])
+    assert ((grads.mean(0) - exact).abs() > 4.5 * stderr).any()  # and the bias is plainly visible
+
+def test_baselines_reduce_variance():
+    var_none = bandit_gradients("none", n_batches=20)[0].var(0).sum()
+    var_rloo = bandit_gradients("rloo", n_batches=20)[0].var(0).sum()
+    assert var_rloo < var_none
+
+# -----------------------------------------------------------------------------
+# mirror descent, and a step of learning
+
+def toy_sequences(B=12, T=6, K=5, seed=0):
+    """a position-wise policy: θ (T, K) logits, sampled sequences with ragged lengths"""
+    g = torch.Generator().manual_seed(seed)
+    theta = torch.randn(T, K, generator=g, dtype=f64).requires_grad_()
+    y = torch.randint(0, K, (B, T), generator=g)
+    mask = torch.arange(T)[None, :] < torch.randint(1, T + 1, (B, 1), generator=g)  # (B, T)
+    rewards = torch.tensor([1., 0., 0., 1., 1., 1., 0., 0., 1., 0., 1., 0.], dtype=f64)
+    ids = torch.arange(B) // 4  # three prompts, G = 4; the last group is flat
+    rewards[8:] = 1.0
+    return theta, y, mask, rewards, ids
+
+def toy_logprobs(theta, y, mask):
+    T = y.shape[1]
+    lp = torch.log_softmax(theta, -1)[torch.arange(T)[None, :], y]  # (B, T)
+    return lp * mask
+
+@pytest.mark.parametrize("tau", [1e-3, 0.1, 1.0])
+def test_mirror_descent_gradient_equals_group_baseline_reinforce(tau):
+    theta, y, mask, r, ids = toy_sequences()
+    lp = toy_logprobs(theta, y, mask)
+    loss, _ = reinforce_loss(lp, lp.detach(), r, ids, mask, loss_type="mirror", tau=tau)
+    g_mirror, = torch.autograd.grad(loss, theta, retain_graph=True)
+    A = compute_advantages(r, ids, "group")
+    reinforce = -(A[:, None] * lp).sum(1).mean()  # sequence-level sum, mean over sequences
+    g_reinforce, = torch.autograd.grad(reinforce, theta)
+    torch.testing.assert_close(g_mirror, g_reinforce, rtol=1e-12, atol=1e-15)
+    assert loss.item() == pytest.approx((A ** 2).mean().item() / (2 * tau))  # at ρ = 0, L = mean A²/(2τ)
+
+def test_sgd_step_raises_probability_of_rewarded_samples():
+    # a one-context policy through the fused head: π = softmax(W h), reward 1 for even tokens
+    gen = torch.Generator().manual_seed(0)
+    V, C, B = 6, 4, 32
+    h = torch.randn(1, C, generator=gen).expand(B, C)
+    W = (0.5 * torch.randn(V, C, generator=gen)).requires_grad_()
+    with torch.no_grad():
+        a = torch.multinomial(torch.softmax(h[0] @ W.T, -1), B, replacement=True, generator=gen)
+    rewarded = a % 2 == 0
+    ids = torch.arange(B) // 8
+    lp = token_logprobs(h, W, a)[:, None]
+    loss, _ = reinforce_loss(lp, lp.detach(), rewarded.float(), ids, torch.ones(B, 1))
+    loss.backward()
+    with torch.no_grad():
+        W -= 1.0 * W.grad
+        lp_after = token_logprobs(h, W, a)[:, None]
+    assert lp_after[rewarded].mean() > lp[rewarded].mean()
+    assert lp_after[~rewarded].mean() < lp[~rewarded].mean()
+    pi_before, pi_after = lp.detach().exp(), lp_after.exp()
+    assert (pi_after[rewarded] > pi_before[rewarded]).all()

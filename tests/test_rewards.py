@@ -1,0 +1,374 @@
+"""
+Tests for rewards.py: answer extraction, exact comparison, the countdown parser, robustness
+against hostile completions, and the tasks' splits and traces.
+
+    python -m pytest -q tests/test_rewards.py
+"""
+
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from rewards import (  # noqa: E402
+    ArithmeticTask, CountdownTask, GSM8KTask, answers_match, countdown_reward, evaluate_expression,
+    exact_match, extract_answer, format_reward, get_task, load_gsm8k, normalize_answer,
+)
+
+GSM8K_TINY = Path(__file__).parent / "data" / "gsm8k_tiny.jsonl"
+HUGE_NUMBER = "7" * 10_000
+TOWER_OF_99S = "*".join(["99"] * 39)
+
+
+def all_tasks():
+    return [ArithmeticTask(), ArithmeticTask(digits=1), CountdownTask(), CountdownTask(n_numbers=3),
+            GSM8KTask(GSM8K_TINY)]
+
+
+# -----------------------------------------------------------------------------
+# Extraction
+
+@pytest.mark.parametrize("text, expected", [
+    ("#### 72", "72"),
+    ("She has 3*24 = <<3*24=72>>72 apples.\n#### 72", "72"),
+    ("0+7+5=12,1+4+8=13,1+3+6=10 #### 1032", "1032"),
+    ("#### 18\n\nQuestion: next one", "18"),
+    ("so \\boxed{42}", "42"),
+    ("\\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
+    ("\\boxed{\\frac{\\sqrt{2}}{2}}", "\\frac{\\sqrt{2}}{2}"),
+    ("The answer is 7.", "7"),
+    ("The answer is 1,000, I think", "1,000"),
+    ("so THE ANSWER IS: 12 apples", "12"),
+    ("<answer>(3+4)*5</answer>", "(3+4)*5"),
+    ("<answer> 35 </answer>", "35"),
+    ("The answer is \\boxed{5}.", "5"),  # the boxed answer starts later, so it is the last
+])
+def test_extract_answer_understands_each_format(text, expected):
+    assert extract_answer(text) == expected
+
+
+@pytest.mark.parametrize("text", [
+    "", "   ", "no answer here", "####", "#### \n5", "\\boxed{unclosed", "<answer></answer>",
+    "<answer>5", "the answer is", "#" * 10_000, "\\boxed{" * 2_000, "#### " + HUGE_NUMBER,
+])
+def test_extract_answer_returns_none_without_a_well_formed_answer(text):
+    assert extract_answer(text) is None
+    assert format_reward(text) == 0.0
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("#### 5\nWait, I made a mistake. #### 6", "6"),
+    ("The answer is 5. Hmm, actually \\boxed{6}", "6"),
+    ("\\boxed{6} no wait, <answer>7</answer>", "7"),
+    ("<answer>7</answer> Let me recheck: the answer is 8", "8"),
+])
+def test_the_last_answer_in_the_text_counts(text, expected):
+    assert extract_answer(text) == expected
+
+
+def test_only_the_tail_of_a_long_completion_is_searched():
+    # answers live at the end; an answer followed by pages of text is not found (and cannot hang us)
+    assert extract_answer("#### 5" + " and so on" * 1_000) is None
+    assert extract_answer("and so on " * 1_000 + "#### 5") == "5"
+
+
+def test_a_self_correcting_completion_gets_credit_for_its_final_answer():
+    assert exact_match("347+685 is about #### 1000. No: 7+5=12, carry 1... #### 1032", "1032") == 1.0
+
+
+def test_a_completion_that_ends_on_a_wrong_answer_gets_nothing():
+    assert exact_match("#### 1032\nOn second thought, #### 1031", "1032") == 0.0
+
+
+# -----------------------------------------------------------------------------
+# Normalisation and equality
+
+@pytest.mark.parametrize("raw, normal", [
+    (" 1,000 ", "1000"), ("$5", "5"), ("5.", "5"), ("+4", "4"), ("$1,234,567.50.", "1234567.50"),
+    ("\\$12", "12"), ("1,23", "1,23"), ("-7", "-7"),
+])
+def test_normalize_answer_drops_formatting(raw, normal):
+    assert normalize_answer(raw) == normal
+
+
+@pytest.mark.parametrize("pred, ref", [
+    ("1,000", "1000"), ("$5", "5"), ("3.50", "7/2"), ("3.5", "3.50"), ("+4", "4"), ("5.", "5"),
+    ("\\frac{1}{2}", "0.5"), ("-\\frac{3}{4}", "-0.75"), (".5", "1/2"), ("0", "-0"), ("abc", " abc "),
+])
+def test_equal_answers_match(pred, ref):
+    assert answers_match(pred, ref)
+
+
+@pytest.mark.parametrize("pred, ref", [
+    ("5", "6"), ("3.51", "7/2"), ("-4", "4"), ("", ""), ("", "0"), ("1/0", "1"), ("abc", "abd"),
+    ("1e400", "1"), ("1e0", "1"), (HUGE_NUMBER, "1"), (HUGE_NUMBER, HUGE_NUMBER[:-1]),
+])
+def test_different_answers_do_not_match(pred, ref):
+    assert not answers_match(pred, ref)
+
+
+@pytest.mark.parametrize("completion, answer, reward", [
+    ("#### 1032", "1032", 1.0),
+    ("#### 1,032", "1032", 1.0),
+    ("\\boxed{\\frac{1}{2}}", "0.5", 1.0),
+    ("The answer is $18.", "18", 1.0),
+    ("#### 1033", "1032", 0.0),
+    ("1032", "1032", 0.0),  # a bare number is not a stated final answer
+    ("", "1032", 0.0),
+    ("#### 1e400", "1", 0.0),
+    ("#### " + HUGE_NUMBER, HUGE_NUMBER, 0.0),  # far too long to be an answer
+])
+def test_exact_match(completion, answer, reward):
+    assert exact_match(completion, answer) == reward
+
+
+def test_format_reward_credits_any_stated_answer_right_or_wrong():
+    assert format_reward("#### 9999") == 1.0
+    assert format_reward("I think it is 9999") == 0.0
+
+
+def test_extraction_is_fast_on_100kb_of_garbage():
+    rng = random.Random(0)
+    texts = ["".join(rng.choice("0123456789{}#<>/\\boxed answer ") for _ in range(100_000)),
+             "####" * 25_000, "\\boxed{" * 15_000, "<answer>" * 12_500, "the answer is " * 7_000]
+    start = time.perf_counter()
+    for _ in range(20):
+        for text in texts:
+            exact_match(text, "5"), format_reward(text), countdown_reward(text, [1, 2], 3)
+    per_call = (time.perf_counter() - start) / (20 * len(texts) * 3)
+    assert per_call < 0.005  # typically ~0.3 ms; the bound is loose for busy machines
+
+
+# -----------------------------------------------------------------------------
+# Countdown
+
+@pytest.mark.parametrize("expr, numbers, target", [
+    ("(3+4)*5", [3, 4, 5], 35),
+    ("25*4-50/2", [2, 4, 25, 50], 75),
+    ("50/(7-5)", [5, 7, 50], 25),
+    (" 8 * ( 9 - 3 ) ", [3, 8, 9], 48),
+    ("-3+10", [3, 10], 7),
+    ("99", [1, 99, 2], 99),  # numbers may be left unused
+    ("3*3", [3, 3, 4], 9),  # a repeated number may be used as often as it is given
+    ("(1+2)/3*6", [1, 2, 3, 6], 6),  # intermediate fractions are exact
+    ("+".join(["1"] * 60), [1] * 60, 60),  # long but flat: only nesting depth is limited
+])
+def test_countdown_accepts_correct_expressions(expr, numbers, target):
+    assert countdown_reward(f"<answer>{expr}</answer>", numbers, target) == 1.0
+
+
+@pytest.mark.parametrize("completion", [
+    "<answer>(3+4)*6</answer>",       # wrong value
+    "<answer>5*5+5+5</answer>",       # reuses a number
+    "<answer>(3+4)*5+0</answer>",     # foreign number
+    "<answer>7*5.0</answer>",         # non-integer literal
+    "<answer>35/(3-3)</answer>",      # division by zero
+    "<answer>3+4)*5</answer>",        # unbalanced
+    "<answer>(3+4)*</answer>",        # incomplete
+    "<answer></answer>",              # empty
+    "(3+4)*5",                        # not in tags
+    "<answer>(3+4)*5</answer> no: <answer>3+4+5</answer>",  # the last answer counts
+])
+def test_countdown_rejects_wrong_or_invalid_answers(completion):
+    assert countdown_reward(completion, [3, 4, 5], 35) == 0.0
+
+
+def test_countdown_reward_reads_the_last_answer():
+    assert countdown_reward("<answer>3+4+5</answer> no: <answer>(3+4)*5</answer>", [3, 4, 5], 35) == 1.0
+
+
+def test_countdown_never_runs_model_output_as_code(tmp_path):
+    marker = tmp_path / "pwned"
+    completion = f"<answer>__import__('os').system('touch {marker}')</answer>"
+    assert countdown_reward(completion, [1, 2, 3], 6) == 0.0
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("expr", [
+    "9**9**9**9",
+    "(" * 5000 + "1" + ")" * 5000,
+    "(" * 60 + "1" + ")" * 60,   # short enough, but nested too deeply
+    "-" * 100 + "1",
+    TOWER_OF_99S,  # short, but its value needs 259 bits
+    "9" * 10_000,
+    "1" * 1_000_000,
+])
+def test_countdown_returns_zero_quickly_on_hostile_input(expr):
+    start = time.perf_counter()
+    assert countdown_reward(f"<answer>{expr}</answer>", [1, 9, 99], 1) == 0.0
+    assert time.perf_counter() - start < 0.1
+
+
+def test_countdown_bounds_intermediate_values():
+    with pytest.raises(ValueError, match="too large"):
+        evaluate_expression(TOWER_OF_99S)
+
+
+def test_countdown_reward_on_a_1mb_string_is_quick():
+    text = "<answer>" + "1+" * 500_000 + "1</answer>"
+    start = time.perf_counter()
+    assert countdown_reward(text, [1, 1], 2) == 0.0
+    assert time.perf_counter() - start < 0.1
+
+
+# -----------------------------------------------------------------------------
+# Fuzz: no reward ever raises, and every reward is 0.0 or 1.0
+
+def random_completion(rng: random.Random) -> str:
+    pieces = ["####", " ", "\n", "\\boxed{", "{", "}", "<answer>", "</answer>", "The answer is ",
+              "(", ")", "+", "-", "*", "/", "**", ".", ",", "$", "1e400", "\\frac{1}{2}", "0",
+              "__import__('os')", "9" * rng.randint(1, 400), str(rng.randint(0, 10**6))]
+    kind = rng.random()
+    if kind < 0.3:  # random unicode, including surrogates and control characters
+        return "".join(chr(rng.randint(0, 0x10FFFF)) for _ in range(rng.randint(0, 50)))
+    if kind < 0.9:  # a soup of answer-shaped fragments
+        return "".join(rng.choice(pieces) for _ in range(rng.randint(0, 40)))
+    return rng.choice(pieces) * rng.randint(1, 5_000)  # one fragment, repeated a lot
+
+
+def test_fuzz_rewards_never_raise_and_return_zero_or_one():
+    rng = random.Random(1234)
+    tasks = all_tasks()
+    problems = [(task, task.sample("train", rng)) for task in tasks]
+    for _ in range(3_000):
+        text = random_completion(rng)
+        rewards = [exact_match(text, "1032"), exact_match(text, "1/2"), format_reward(text),
+                   countdown_reward(text, [1, 2, 3, 9], 6)]
+        rewards += [task.reward(text, problem) for task, problem in problems]
+        assert all(r in (0.0, 1.0) for r in rewards), (text, rewards)
+        for task, _ in problems:
+            assert task.is_step_by_step(text) in (True, False)
+
+
+# -----------------------------------------------------------------------------
+# Tasks
+
+@pytest.mark.parametrize("task", all_tasks(), ids=lambda t: t.name)
+def test_sampling_is_deterministic_under_a_seed(task):
+    def draw(seed):
+        rng = random.Random(seed)
+        return [task.sample(split, rng) for split in ("train", "test") * 5]
+    assert draw(7) == draw(7)
+    assert draw(7) != draw(8)
+
+
+@pytest.mark.parametrize("task", [ArithmeticTask(), CountdownTask()], ids=lambda t: t.name)
+def test_train_and_test_splits_share_no_prompt(task):
+    rng = random.Random(0)
+    train = {task.sample("train", rng).prompt for _ in range(2_000)}
+    test = {task.sample("test", rng).prompt for _ in range(300)}
+    assert len(test) > 250 and not train & test
+
+
+def test_gsm8k_splits_are_disjoint_and_both_non_empty():
+    task = GSM8KTask(GSM8K_TINY)
+    train, test = ({p.prompt for p in task.splits[s]} for s in ("train", "test"))
+    assert train and test and not train & test
+    assert len(train) + len(test) == len(load_gsm8k(GSM8K_TINY))
+
+
+@pytest.mark.parametrize("task", all_tasks(), ids=lambda t: t.name)
+def test_every_sft_trace_earns_full_reward(task):
+    rng = random.Random(0)
+    for i in range(200):
+        problem = task.sample("train" if i % 4 else "test", rng)
+        for style in task.styles:
+            assert task.reward(task.trace(problem, style), problem) == 1.0, (problem, style)
+
+
+def test_arithmetic_problem_and_trace_formats():
+    task = ArithmeticTask()
+    problem = task.sample("train", random.Random(0))
+    a, b = problem.info["a"], problem.info["b"]
+    assert problem.prompt == f"{a}+{b}=" and problem.answer == str(a + b)
+    assert 100 <= a <= 999 and 100 <= b <= 999
+    problem.info.update(a=347, b=685)
+    assert task.trace(problem, "direct") == "#### 1032"
+    assert task.trace(problem, "scratch") == "0+7+5=12,1+4+8=13,1+3+6=10 #### 1032"
+    problem.info.update(a=123, b=456)
+    assert task.trace(problem, "scratch") == "0+3+6=09,0+2+5=07,0+1+4=05 #### 579"
+
+
+def test_scratch_traces_are_step_by_step_and_direct_ones_are_not():
+    task = ArithmeticTask()
+    problem = task.sample("train", random.Random(0))
+    assert task.is_step_by_step(task.trace(problem, "scratch"))
+    assert not task.is_step_by_step(task.trace(problem, "direct"))
+    assert not task.is_step_by_step("no answer = given")
+
+
+def test_countdown_and_gsm8k_step_by_step():
+    countdown, gsm8k = CountdownTask(), GSM8KTask(GSM8K_TINY)
+    problem = countdown.sample("train", random.Random(0))
+    assert not countdown.is_step_by_step(countdown.trace(problem, "direct"))
+    assert countdown.is_step_by_step("3+4=7, 7*5=35 " + countdown.trace(problem, "direct"))
+    problem = gsm8k.sample("train", random.Random(0))
+    assert gsm8k.is_step_by_step(gsm8k.trace(problem, "cot"))
+    assert not gsm8k.is_step_by_step(" #### 4")
+
+
+def test_countdown_problems_are_solvable_by_their_own_solution():
+    task = CountdownTask(n_numbers=4, max_number=99, max_target=100)
+    rng = random.Random(3)
+    for _ in range(100):
+        problem = task.sample("train", rng)
+        value, used = evaluate_expression(problem.info["solution"])
+        assert value == problem.info["target"] == int(problem.answer)
+        assert sorted(used) == problem.info["numbers"] and 1 <= value <= 100
+
+
+def test_gsm8k_problem_format():
+    problem = GSM8KTask(GSM8K_TINY).splits["train"][0]
+    assert problem.prompt.startswith("Question: ") and problem.prompt.endswith("\nAnswer:")
+    assert problem.answer == "48"
+
+
+@pytest.mark.parametrize("lines, message", [
+    (['{"question": "q", "answer": "a #### 1"}', "{not json"], "not valid JSON"),
+    (['{"question": "q"}'], "string fields"),
+    (['{"question": "q", "answer": 5}'], "string fields"),
+    (['["question", "answer"]'], "string fields"),
+    (['{"question": "q", "answer": "no final answer"}'], "####"),
+    (['{"question": "q", "answer": "nothing after ####  "}'], "####"),
+])
+def test_gsm8k_loader_names_file_and_line_of_a_malformed_row(tmp_path, lines, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n\n".join(lines) + "\n")  # blank lines are skipped but still counted
+    with pytest.raises(ValueError, match=message) as err:
+        load_gsm8k(path)
+    assert f"{path}:{2 * len(lines) - 1}:" in str(err.value)
+
+
+def test_gsm8k_loader_skips_blank_lines(tmp_path):
+    path = tmp_path / "ok.jsonl"
+    rows = [{"question": f"q{i}", "answer": f"work\n#### {i}"} for i in range(3)]
+    path.write_text("\n\n".join(json.dumps(r) for r in rows) + "\n\n")
+    assert load_gsm8k(path) == rows
+
+
+def test_gsm8k_missing_file_names_the_path(tmp_path):
+    path = tmp_path / "nope.jsonl"
+    with pytest.raises(FileNotFoundError, match="nope.jsonl"):
+        GSM8KTask(path)
+
+
+def test_get_task_builds_each_task_and_refuses_unknown_names():
+    assert get_task("arithmetic", digits=2).name == "arithmetic"
+    assert get_task("countdown").name == "countdown"
+    assert get_task("gsm8k", path=GSM8K_TINY).name == "gsm8k"
+    with pytest.raises(ValueError, match="arithmetic, countdown, gsm8k"):
+        get_task("chess")
+
+
+@pytest.mark.parametrize("make", [
+    lambda: ArithmeticTask(digits=0), lambda: ArithmeticTask(digits=10), lambda: ArithmeticTask(op="*"),
+    lambda: ArithmeticTask().sample("val", random.Random(0)),
+    lambda: ArithmeticTask().trace(ArithmeticTask().sample("train", random.Random(0)), "cot"),
+])
+def test_bad_task_arguments_raise_value_error(make):
+    with pytest.raises(ValueError):
+        make()
