@@ -1,0 +1,523 @@
+"""
+The whole method in one loop: a cold-start SFT on worked traces, then REINFORCE with an exact
+reward. With no arguments it trains a small GPT from scratch on 4-digit addition on the CPU
+(about 10 minutes on 2 cores) and prints accuracy, pass@k, response length and the share of
+step-by-step answers before and after RL.
+
+    python train.py                                   # the default run
+    python train.py --rl_steps=300 --baseline=rloo    # any field of TrainConfig as --key=value
+    python train.py --init_from=resume                # continue out/ckpt.pt exactly
+    torchrun --standalone --nproc_per_node=2 train.py # data-parallel (gloo on CPU, nccl on CUDA)
+
+One RL step (see ../shared/DESIGN.md): P training problems -> each prompt repeated G times ->
+generate (sample.py) -> exact reward of each completion (rewards.py) -> advantages and the
+REINFORCE loss on fused token log-probs (reinforce.py) -> one optimizer step.
+"""
+import copy
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from model import GPT, GPTConfig
+from reinforce import length_penalty, reinforce_loss, sft_loss, shape_rewards, token_logprobs
+from rewards import get_task
+from sample import encode, generate, get_tokenizer
+
+
+@dataclass
+class TrainConfig:
+    # run
+    out_dir: str = "out"            # checkpoint, metrics.jsonl, summary.json, curves.png
+    seed: int = 1337
+    device: str = "auto"            # auto = cuda if available, else cpu
+    dtype: str = "auto"             # float32 | bfloat16; auto = bfloat16 on CUDA, float32 on CPU
+    compile: bool = False           # torch.compile the training forward pass
+    threads: int = 0                # CPU threads for torch (0 = torch's default)
+    # task (rewards.py)
+    task: str = "arithmetic"        # arithmetic | countdown | gsm8k
+    digits: int = 4                 # arithmetic: digits of each operand (difficulty)
+    data_path: str = ""             # gsm8k: a JSONL file with "question" and "answer" per line
+    scratch_frac: float = 0.3       # share of cold-start traces that think step by step (the rest answer directly)
+    # model
+    init_from: str = "scratch"      # scratch | resume | gpt2 (or gpt2-medium, ...) | a local Hugging Face directory
+    tokenizer: str = "auto"         # char | gpt2; auto = char from scratch, gpt2 for pretrained weights
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    block_size: int = 96
+    dropout: float = 0.0
+    # cold start: supervised fine-tuning on the task's traces
+    sft_steps: int = 900
+    sft_batch_size: int = 64
+    sft_lr: float = 2e-3            # peak; linear warm-up then cosine decay to sft_lr / 10
+    warmup_steps: int = 50
+    # RL
+    rl_steps: int = 150
+    prompts_per_step: int = 16      # P problems per step
+    samples_per_prompt: int = 8     # G completions per problem (a "group")
+    max_new_tokens: int = 64
+    temperature: float = 1.0        # sampling temperature during RL
+    rl_lr: float = 3e-4             # constant after warm-up, so a resumed run may extend rl_steps
+    updates_per_batch: int = 1      # >1: several optimizer steps on one batch (needs clip_eps or loss_type=mirror)
+    wrong_reward: float = 0.0       # reward of a wrong or unparsable answer: 0, or -1 to penalise errors
+    baseline: str = "group"         # none | batch | group | rloo (reinforce.compute_advantages)
+    std_normalize: bool = False     # divide advantages by the group's reward std (GRPO)
+    aggregation: str = "seq-mean"   # seq-mean (GRPO) | token-mean (DAPO) | const (Dr. GRPO)
+    loss_type: str = "reinforce"    # reinforce | mirror (Kimi k1.5 online mirror descent)
+    tau: float = 0.1                # mirror: strength of the log-ratio regulariser
+    clip_eps: float = 0.0           # PPO ratio clipping for updates_per_batch > 1 (0 = off)
+    kl_coef: float = 0.0            # KL penalty to the frozen post-SFT policy (k3 estimator; 0 = off)
+    length_penalty: float = 0.0     # Kimi k1.5 length reward coefficient (0 = off)
+    length_penalty_warmup: int = 0  # RL steps before the length reward switches on
+    drop_zero_signal: bool = False  # leave groups with all-equal rewards out of the loss (DAPO)
+    prioritized: bool = False       # sample training problems in proportion to 1 - success rate (Kimi k1.5)
+    problem_pool: int = 2000        # prioritized: size of the fixed pool of training problems
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0          # clip the global gradient norm (0 = off)
+    # evaluation and checkpoints
+    eval_every: int = 25            # RL steps between held-out evaluations (0 = only before and after RL)
+    eval_problems: int = 200        # held-out test problems
+    pass_k: int = 8                 # samples per problem for pass@k
+    ckpt_every: int = 100           # steps between checkpoints (0 = only at the end)
+
+
+# -----------------------------------------------------------------------------
+# config from the command line
+
+def _parse_value(text, typ, key):
+    if typ is bool:
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"--{key} expects true or false, got {text!r}")
+    try:
+        return typ(text)
+    except ValueError:
+        raise ValueError(f"--{key} expects a {typ.__name__}, got {text!r}") from None
+
+
+def parse_config(cls, argv, base=None):
+    """`--key=value` arguments -> a `cls` dataclass; each value is parsed with the type of the
+    field's default, unknown keys are refused by name. base: field values to start from (the
+    saved config when resuming)."""
+    types = {f.name: type(f.default) for f in fields(cls)}
+    values = {k: v for k, v in (base or {}).items() if k in types}
+    for arg in argv:
+        if not arg.startswith("--") or "=" not in arg:
+            raise ValueError(f"arguments look like --key=value, got {arg!r}")
+        key, text = arg[2:].split("=", 1)
+        if key not in types:
+            raise ValueError(f"unknown config key {key!r}; known keys: {', '.join(types)}")
+        values[key] = _parse_value(text, types[key], key)
+    return cls(**values)
+
+
+def check_config(cfg):
+    choices = {"dtype": ("auto", "float32", "bfloat16"), "baseline": ("none", "batch", "group", "rloo"),
+               "aggregation": ("seq-mean", "token-mean", "const"), "loss_type": ("reinforce", "mirror"),
+               "tokenizer": ("auto", "char", "gpt2")}
+    for key, allowed in choices.items():
+        if getattr(cfg, key) not in allowed:
+            raise ValueError(f"--{key}={getattr(cfg, key)} is not one of {', '.join(allowed)}")
+    for key in ("sft_steps", "rl_steps", "eval_every", "ckpt_every", "updates_per_batch"):
+        if getattr(cfg, key) < 0:
+            raise ValueError(f"--{key} must be >= 0")
+    if cfg.updates_per_batch > 1 and cfg.clip_eps == 0 and cfg.loss_type != "mirror":
+        raise ValueError("--updates_per_batch > 1 re-uses samples from an older policy: set --clip_eps "
+                         "or --loss_type=mirror")
+
+
+def pick_device(name):
+    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+
+# -----------------------------------------------------------------------------
+# batches
+
+def step_rng(cfg, step, rank, what):
+    """Every step's randomness is a pure function of (seed, step, rank): a resumed run draws
+    exactly what the uninterrupted one would have, with no generator state to carry over."""
+    return random.Random(f"{cfg.seed}/{what}/{step}/{rank}")
+
+
+def pad_batch(prompts, completions, pad_id=0):
+    """Token lists -> idx (B, T) inputs, targets (B, T) next tokens with -1 except on completion
+    tokens, and completion_mask (B, T). Right-padded: causal attention never looks ahead at pads."""
+    seqs = [p + c for p, c in zip(prompts, completions)]
+    T = max(len(s) for s in seqs) - 1
+    idx = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    targets = torch.full((len(seqs), T), -1, dtype=torch.long)
+    for i, (p, c) in enumerate(zip(prompts, completions)):
+        seq = p + c
+        idx[i, :len(seq) - 1] = torch.tensor(seq[:-1])
+        targets[i, len(p) - 1:len(seq) - 1] = torch.tensor(c)  # position t predicts token t+1
+    return idx, targets, targets >= 0
+
+
+def sft_batch(task, tokenizer, rng, cfg):
+    """Cold-start batch: worked traces in the task's styles; styles[0] (the direct answer where
+    there is one) with probability 1 - scratch_frac, a step-by-step style otherwise."""
+    prompts, completions = [], []
+    for _ in range(cfg.sft_batch_size):
+        problem = task.sample("train", rng)
+        thinks = len(task.styles) > 1 and rng.random() < cfg.scratch_frac
+        style = rng.choice(task.styles[1:]) if thinks else task.styles[0]
+        prompts.append(encode(tokenizer, problem.prompt))
+        completions.append(encode(tokenizer, task.trace(problem, style)) + [tokenizer.eot_token])
+    longest = max(len(p) + len(c) for p, c in zip(prompts, completions))
+    if longest > cfg.block_size:
+        raise ValueError(f"a training trace of {longest} tokens exceeds block_size={cfg.block_size}")
+    return pad_batch(prompts, completions)
+
+
+def decode(tokenizer, tokens):
+    return tokenizer.decode([t for t in tokens if t != tokenizer.eot_token])
+
+# -----------------------------------------------------------------------------
+# the RL update
+
+def policy_update(model, optimizer, idx, targets, mask, rewards, group_ids, cfg, ctx, ref_model=None):
+    """One batch of completions -> cfg.updates_per_batch optimizer steps of the REINFORCE loss.
+    Returns (metrics, number of steps skipped because the loss or gradient was not finite)."""
+    raw = model.module if isinstance(model, DDP) else model
+
+    def completion_logprobs(net, **kw):
+        with ctx:
+            hidden = net(idx, return_hidden=True)  # (B, T, C): the (B, T, V) logits are never built
+        head = raw.lm_head.weight if net is model else net.lm_head.weight  # (V, C)
+        return token_logprobs(hidden, head, targets, **kw)
+
+    with torch.no_grad():  # log pi_old: only needed when the policy moves between updates
+        old = completion_logprobs(raw) if cfg.updates_per_batch > 1 or cfg.loss_type == "mirror" else None
+        ref = completion_logprobs(ref_model) if ref_model is not None else None
+    skipped = 0
+    for _ in range(cfg.updates_per_batch):
+        logprobs, entropy = completion_logprobs(model, return_entropy=True)  # (B, T) each
+        loss, metrics = reinforce_loss(
+            logprobs, logprobs.detach() if old is None else old, rewards, group_ids, mask,
+            baseline=cfg.baseline, std_normalize=cfg.std_normalize, aggregation=cfg.aggregation,
+            max_len=cfg.max_new_tokens, loss_type=cfg.loss_type, tau=cfg.tau, clip_eps=cfg.clip_eps,
+            kl_coef=cfg.kl_coef, ref_logprobs=ref, drop_zero_signal=cfg.drop_zero_signal)
+        skipped += optimizer_step(model, optimizer, loss, cfg)
+    metrics["entropy"] = (entropy.sum() / mask.sum()).item()
+    metrics["loss"] = loss.item()
+    return metrics, skipped
+
+
+def optimizer_step(model, optimizer, loss, cfg):
+    """backward, clip, step. A non-finite loss or gradient norm skips the step (returns 1) and
+    leaves the weights untouched; under DDP the gradients are averaged first, so all ranks agree."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+    if not (torch.isfinite(norm) and torch.isfinite(loss.detach())):
+        optimizer.zero_grad(set_to_none=True)
+        return 1
+    optimizer.step()
+    return 0
+
+# -----------------------------------------------------------------------------
+# evaluation on the held-out split
+
+@torch.no_grad()
+def evaluate(model, task, tokenizer, problems, cfg, ctx):
+    """Greedy accuracy, pass@k (k samples at the RL temperature), response length and the share
+    of step-by-step answers, on held-out test problems."""
+    eot = tokenizer.eot_token
+    prompts = [encode(tokenizer, p.prompt) for p in problems]
+    with ctx:
+        greedy = generate(model, prompts, cfg.max_new_tokens, temperature=0, stop_tokens=(eot,))
+        gen = torch.Generator(device=model.transformer.wte.weight.device).manual_seed(cfg.seed)
+        sampled = generate(model, [p for p in prompts for _ in range(cfg.pass_k)], cfg.max_new_tokens,
+                           temperature=cfg.temperature, stop_tokens=(eot,), generator=gen)
+    greedy_text = [decode(tokenizer, c) for c in greedy]
+    correct = [task.reward(t, p) for t, p in zip(greedy_text, problems)]
+    sampled_text = [decode(tokenizer, c) for c in sampled]
+    sampled_correct = [task.reward(t, problems[i // cfg.pass_k]) for i, t in enumerate(sampled_text)]
+    k = cfg.pass_k
+    return {
+        "accuracy": sum(correct) / len(problems),
+        f"pass@{k}": sum(max(sampled_correct[i:i + k]) for i in range(0, len(sampled_correct), k)) / len(problems),
+        "sample_accuracy": sum(sampled_correct) / len(sampled_correct),
+        "length": sum(len(c) for c in greedy) / len(greedy),
+        "step_by_step": sum(map(task.is_step_by_step, greedy_text)) / len(problems),
+        "sample_step_by_step": sum(map(task.is_step_by_step, sampled_text)) / len(sampled_text),
+        "example": problems[0].prompt + greedy_text[0],
+    }
+
+# -----------------------------------------------------------------------------
+# checkpoints
+
+def save_checkpoint(path, model, optimizer, cfg, step, extra):
+    """Atomic: write a temp file, then rename over the old one (a crash leaves one or the other)."""
+    ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "config": asdict(cfg),
+            "model_config": asdict(model.config), "step": step, "torch_rng": torch.get_rng_state(), **extra}
+    torch.save(ckpt, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def build_model(cfg, device):
+    """-> (model, tokenizer name, checkpoint or None)"""
+    ckpt = None
+    if cfg.init_from == "resume":
+        path = os.path.join(cfg.out_dir, "ckpt.pt")
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+        model = GPT(GPTConfig(**ckpt["model_config"]))
+        model.load_state_dict(ckpt["model"])
+        return model.to(device), ckpt["tokenizer"], ckpt
+    if cfg.init_from == "scratch":
+        tokenizer_name = "char" if cfg.tokenizer == "auto" else cfg.tokenizer
+        vocab_size = get_tokenizer(tokenizer_name).n_vocab
+        model = GPT(GPTConfig(vocab_size=vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer,
+                              n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=False))
+    else:  # pretrained GPT-2: a hub name or a local Hugging Face directory
+        tokenizer_name = "gpt2" if cfg.tokenizer == "auto" else cfg.tokenizer
+        model = GPT.from_pretrained(cfg.init_from, dropout=cfg.dropout)
+        if get_tokenizer(tokenizer_name).n_vocab > model.config.vocab_size:
+            raise ValueError(f"tokenizer {tokenizer_name!r} has more tokens than the model's vocab_size")
+    return model.to(device), tokenizer_name, ckpt
+
+# -----------------------------------------------------------------------------
+
+def main(argv):
+    cfg = parse_config(TrainConfig, argv)
+    if cfg.init_from == "resume":  # the saved config, updated by what this command line says
+        saved = torch.load(os.path.join(cfg.out_dir, "ckpt.pt"), map_location="cpu", weights_only=True)
+        cfg = parse_config(TrainConfig, argv, base={**saved["config"], "init_from": "resume"})
+    check_config(cfg)
+
+    # processes and devices: under torchrun every rank runs this same script
+    ddp = "RANK" in os.environ
+    if ddp:
+        use_cuda = torch.cuda.is_available() and cfg.device != "cpu"
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
+        device = f"cuda:{int(os.environ['LOCAL_RANK'])}" if use_cuda else "cpu"
+        if use_cuda:
+            torch.cuda.set_device(device)
+    else:
+        rank, world, device = 0, 1, pick_device(cfg.device)
+    master = rank == 0
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device_type = "cuda" if "cuda" in device else "cpu"
+    dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device_type == "cuda" else "float32")
+    ctx = nullcontext() if dtype == "float32" else torch.autocast(device_type, dtype=torch.bfloat16)
+    torch.manual_seed(cfg.seed)
+
+    task_args = {"arithmetic": {"digits": cfg.digits}, "gsm8k": {"path": cfg.data_path}}.get(cfg.task, {})
+    task = get_task(cfg.task, **task_args)
+    model, tokenizer_name, ckpt = build_model(cfg, device)
+    tokenizer = get_tokenizer(tokenizer_name)
+    optimizer = model.configure_optimizer(cfg.sft_lr, cfg.weight_decay, device_type=device_type)
+    start, state = 0, {"before": None, "skipped": 0, "sft_time": 0.0, "rl_time": 0.0}
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        torch.set_rng_state(ckpt["torch_rng"].cpu())
+        start = ckpt["step"]
+        state.update({k: ckpt[k] for k in state})
+    ref_model = None
+    if cfg.kl_coef > 0:  # the frozen policy that RL starts from (KL is measured against it)
+        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+    train_model = torch.compile(model) if cfg.compile else model
+    if ddp:
+        train_model = DDP(train_model, device_ids=[device] if device_type == "cuda" else None)
+
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+    metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
+    if master:  # a resumed run rewrites the log from its restart point
+        lines = open(metrics_path).read().splitlines() if start and os.path.exists(metrics_path) else []
+        with open(metrics_path, "w") as f:
+            f.writelines(line + "\n" for line in lines if json.loads(line)["step"] < start)
+    def log(record):
+        if master:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    eval_problems = [task.sample("test", random.Random(f"{cfg.seed}/eval/{i}")) for i in range(cfg.eval_problems)]
+    pool = [task.sample("train", random.Random(f"{cfg.seed}/pool/{i}"))  # prioritized sampling draws from it
+            for i in range(cfg.problem_pool if cfg.prioritized else 0)]
+    success = ckpt["success"] if ckpt is not None else torch.zeros(len(pool))  # last success rate of each
+
+    stop = {"requested": False}  # Ctrl-C: finish the current step, save, exit
+    signal.signal(signal.SIGINT, lambda *_: stop.update(requested=True))
+    def checkpoint(step):
+        if master:
+            save_checkpoint(ckpt_path, model, optimizer, cfg, step,
+                            {**state, "tokenizer": tokenizer_name, "success": success})
+    def should_stop():
+        flag = torch.tensor(float(stop["requested"]))
+        if ddp:
+            dist.all_reduce(flag)  # every rank stops at the same step
+        return flag.item() > 0
+
+    total = cfg.sft_steps + cfg.rl_steps
+    eot = tokenizer.eot_token
+    # ---- phase 1: cold-start SFT ---------------------------------------------------------
+    bar = tqdm(range(start, cfg.sft_steps), desc="sft", disable=not master, initial=start, total=cfg.sft_steps)
+    t0 = time.time()
+    for step in bar:
+        # linear warm-up, then cosine decay to a tenth of the peak
+        decay = 0.5 * (1 + math.cos(math.pi * step / max(1, cfg.sft_steps)))
+        lr = cfg.sft_lr * min(1.0, (step + 1) / cfg.warmup_steps) * (0.1 + 0.9 * decay)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        idx, targets, _ = sft_batch(task, tokenizer, step_rng(cfg, step, rank, "sft"), cfg)
+        with ctx:
+            hidden = train_model(idx.to(device), return_hidden=True)  # (B, T, C)
+        loss = sft_loss(hidden, model.lm_head.weight, targets.to(device))
+        state["skipped"] += optimizer_step(train_model, optimizer, loss, cfg)
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        log({"step": step, "phase": "sft", "loss": loss.item(), "lr": lr})
+        if should_stop():
+            checkpoint(step + 1)
+            return print(f"interrupted: saved {ckpt_path} at step {step + 1}") if master else None
+        if cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0:
+            checkpoint(step + 1)
+    state["sft_time"] += time.time() - t0 if start < cfg.sft_steps else 0.0
+
+    # ---- phase 2: RL with exact rewards ----------------------------------------------------
+    if state["before"] is None:
+        state["before"] = evaluate(model, task, tokenizer, eval_problems, cfg, ctx) if master else {}
+        log({"step": cfg.sft_steps, "phase": "eval", **state["before"]})
+        if master:
+            print(f"after SFT: {fmt(state['before'])}")
+    G, P = cfg.samples_per_prompt, cfg.prompts_per_step
+    bar = tqdm(range(max(start, cfg.sft_steps), total), desc="rl", disable=not master,
+               initial=max(0, start - cfg.sft_steps), total=total - cfg.sft_steps)
+    t0 = time.time()
+    for step in bar:
+        rl_step = step - cfg.sft_steps
+        lr = cfg.rl_lr * min(1.0, (rl_step + 1) / cfg.warmup_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        # 1. problems: uniform, or in proportion to 1 - success rate (Kimi k1.5 prioritized sampling)
+        rng = step_rng(cfg, step, rank, "rl")
+        if cfg.prioritized:
+            weights = (1 - success).clamp(min=0.05).tolist()  # solved problems still come back now and then
+            chosen = rng.choices(range(cfg.problem_pool), weights=weights, k=P)
+        else:
+            chosen = [None] * P
+        problems = [pool[i] if i is not None else task.sample("train", rng) for i in chosen]
+        # 2. sample G completions per problem with the KV-cached sampler
+        prompts = [encode(tokenizer, p.prompt) for p in problems for _ in range(G)]
+        gen = torch.Generator(device=device).manual_seed(rng.getrandbits(62))
+        t_sample = time.time()
+        with ctx:
+            completions = generate(model, prompts, cfg.max_new_tokens, temperature=cfg.temperature,
+                                   stop_tokens=(eot,), generator=gen)
+        t_sample = time.time() - t_sample
+        # 3. exact rewards: 1 if the final answer is right, else wrong_reward (+ optional length reward)
+        texts = [decode(tokenizer, c) for c in completions]
+        correct = torch.tensor([task.reward(t, problems[i // G]) for i, t in enumerate(texts)])  # (B,)
+        group_ids = torch.arange(P).repeat_interleave(G)  # (B,) samples of one problem share an id
+        lengths = torch.tensor([len(c) for c in completions], dtype=torch.float)
+        rewards = shape_rewards(correct, cfg.wrong_reward)
+        len_reward = torch.zeros_like(rewards)
+        if cfg.length_penalty > 0 and rl_step >= cfg.length_penalty_warmup:
+            len_reward = cfg.length_penalty * length_penalty(lengths, correct, group_ids)
+        if cfg.prioritized:
+            for j, i in enumerate(chosen):
+                success[i] = correct[j * G:(j + 1) * G].mean()
+        # 4. the REINFORCE update
+        idx, targets, mask = pad_batch(prompts, completions)
+        t_update = time.time()
+        metrics, skipped = policy_update(train_model, optimizer, idx.to(device), targets.to(device),
+                                         mask.to(device), (rewards + len_reward).to(device),
+                                         group_ids.to(device), cfg, ctx, ref_model)
+        state["skipped"] += skipped
+        record = {"step": step, "phase": "rl", "lr": lr, "accuracy": correct.mean().item(),
+                  "step_by_step": sum(map(task.is_step_by_step, texts)) / len(texts),
+                  "length_reward": len_reward.mean().item(), "skipped": state["skipped"],
+                  "sample_time": t_sample, "update_time": time.time() - t_update, **metrics}
+        if cfg.prioritized:
+            record["sampling_weight_min"] = (1 - success).clamp(min=0.05).min().item()
+        log(record)
+        bar.set_postfix(acc=f"{record['accuracy']:.2f}", len=f"{metrics['len_mean']:.0f}",
+                        think=f"{record['step_by_step']:.2f}")
+        if master and cfg.eval_every and (rl_step + 1) % cfg.eval_every == 0 and step + 1 < total:
+            log({"step": step + 1, "phase": "eval", **evaluate(model, task, tokenizer, eval_problems, cfg, ctx)})
+        if should_stop():
+            state["rl_time"] += time.time() - t0
+            checkpoint(step + 1)
+            return print(f"interrupted: saved {ckpt_path} at step {step + 1}") if master else None
+        if cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0:
+            checkpoint(step + 1)
+    state["rl_time"] += time.time() - t0
+
+    # ---- the summary: before vs after RL ---------------------------------------------------
+    summary = None
+    if master:
+        after = evaluate(model, task, tokenizer, eval_problems, cfg, ctx)
+        log({"step": total, "phase": "eval", **after})
+        checkpoint(total)
+        summary = {"before": state["before"], "after": after, "sft_time": state["sft_time"],
+                   "rl_time": state["rl_time"], "skipped_steps": state["skipped"], "config": asdict(cfg)}
+        with open(os.path.join(cfg.out_dir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+        print_summary(summary, cfg)
+        plot_curves(metrics_path, os.path.join(cfg.out_dir, "curves.png"))
+    if ddp:
+        dist.destroy_process_group()
+    return summary
+
+
+def fmt(result):
+    return ", ".join(f"{k} {v:.3f}" for k, v in result.items() if isinstance(v, float))
+
+
+def print_summary(summary, cfg):
+    before, after = summary["before"], summary["after"]
+    rows = [("greedy accuracy", "accuracy"), (f"pass@{cfg.pass_k}", f"pass@{cfg.pass_k}"),
+            ("sampled accuracy", "sample_accuracy"), ("mean length (tokens)", "length"),
+            ("step-by-step share", "step_by_step"), ("step-by-step share, sampled", "sample_step_by_step")]
+    print(f"\n{'held-out (' + str(cfg.eval_problems) + ' problems)':<30}{'after SFT':>12}{'after RL':>12}")
+    for name, key in rows:
+        print(f"{name:<30}{before[key]:>12.3f}{after[key]:>12.3f}")
+    print(f"{'wall time (s)':<30}{summary['sft_time']:>12.0f}{summary['rl_time']:>12.0f}")
+    print(f"example after RL: {after['example']!r}")
+
+
+def plot_curves(metrics_path, png_path):
+    """Accuracy, reward and response length vs step, if matplotlib is installed (optional)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    records = [json.loads(line) for line in open(metrics_path)]
+    rl = [r for r in records if r["phase"] == "rl"]
+    ev = [r for r in records if r["phase"] == "eval"]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
+    axes[0].plot([r["step"] for r in rl], [r["accuracy"] for r in rl], label="train (sampled)")
+    axes[0].plot([r["step"] for r in ev], [r["accuracy"] for r in ev], "o-", label="held-out (greedy)")
+    axes[1].plot([r["step"] for r in rl], [r["reward_mean"] for r in rl])
+    axes[2].plot([r["step"] for r in rl], [r["len_mean"] for r in rl], label="length (tokens)")
+    axes[2].twinx().plot([r["step"] for r in rl], [r["step_by_step"] for r in rl], "g", alpha=0.5)
+    for ax, title in zip(axes, ("accuracy", "mean reward", "response length (green: step-by-step share)")):
+        ax.set_title(title)
+        ax.set_xlabel("step")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1:])
+    except ValueError as e:
+        sys.exit(f"train.py: error: {e}")
