@@ -139,6 +139,9 @@ def check_config(cfg):
                          "or --loss_type=mirror")
 
 
+STOP = {"requested": False}  # set by Ctrl-C (see the end of the file): finish the step, save, exit
+
+
 def pick_device(name):
     return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
 
@@ -165,7 +168,7 @@ def pad_batch(prompts, completions, pad_id=0):
     return idx, targets, targets >= 0
 
 
-def sft_batch(task, tokenizer, rng, cfg):
+def sft_batch(task, tokenizer, rng, cfg, block_size):
     """Cold-start batch: worked traces in the task's styles; styles[0] (the direct answer where
     there is one) with probability 1 - scratch_frac, a step-by-step style otherwise."""
     prompts, completions = [], []
@@ -176,8 +179,8 @@ def sft_batch(task, tokenizer, rng, cfg):
         prompts.append(encode(tokenizer, problem.prompt))
         completions.append(encode(tokenizer, task.trace(problem, style)) + [tokenizer.eot_token])
     longest = max(len(p) + len(c) for p, c in zip(prompts, completions))
-    if longest > cfg.block_size:
-        raise ValueError(f"a training trace of {longest} tokens exceeds block_size={cfg.block_size}")
+    if longest > block_size:
+        raise ValueError(f"a training trace of {longest} tokens exceeds the model's block_size={block_size}")
     return pad_batch(prompts, completions)
 
 
@@ -351,14 +354,12 @@ def main(argv):
             for i in range(cfg.problem_pool if cfg.prioritized else 0)]
     success = ckpt["success"] if ckpt is not None else torch.zeros(len(pool))  # last success rate of each
 
-    stop = {"requested": False}  # Ctrl-C: finish the current step, save, exit
-    signal.signal(signal.SIGINT, lambda *_: stop.update(requested=True))
     def checkpoint(step):
         if master:
             save_checkpoint(ckpt_path, model, optimizer, cfg, step,
                             {**state, "tokenizer": tokenizer_name, "success": success})
     def should_stop():
-        flag = torch.tensor(float(stop["requested"]))
+        flag = torch.tensor(float(STOP["requested"]))
         if ddp:
             dist.all_reduce(flag)  # every rank stops at the same step
         return flag.item() > 0
@@ -374,7 +375,7 @@ def main(argv):
         lr = cfg.sft_lr * min(1.0, (step + 1) / cfg.warmup_steps) * (0.1 + 0.9 * decay)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        idx, targets, _ = sft_batch(task, tokenizer, step_rng(cfg, step, rank, "sft"), cfg)
+        idx, targets, _ = sft_batch(task, tokenizer, step_rng(cfg, step, rank, "sft"), cfg, model.config.block_size)
         with ctx:
             hidden = train_model(idx.to(device), return_hidden=True)  # (B, T, C)
         loss = sft_loss(hidden, model.lm_head.weight, targets.to(device))
@@ -517,6 +518,7 @@ def plot_curves(metrics_path, png_path):
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGINT, lambda *_: STOP.update(requested=True))
     try:
         main(sys.argv[1:])
     except ValueError as e:

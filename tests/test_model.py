@@ -1,0 +1,106 @@
+"""model.py: our GPT against Hugging Face's GPT-2 on the same weights, and its own fast paths."""
+import pytest
+import torch
+
+from model import GPT, GPTConfig, KVCache
+
+transformers = pytest.importorskip("transformers")  # installed by requirements-dev.txt (CI has it)
+
+
+def tiny_config(**kw):
+    return GPTConfig(**{"vocab_size": 97, "block_size": 32, "n_layer": 2, "n_head": 2, "n_embd": 16, **kw})
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    """A small randomly initialised Hugging Face GPT-2, saved the way `save_pretrained` does."""
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=97, n_positions=32, n_embd=32, n_layer=3, n_head=4,
+                                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    hf = transformers.GPT2LMHeadModel(config)
+    with torch.no_grad():  # HF zero-inits biases; randomise them so the test would see a bias mix-up
+        for name, p in hf.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.02)
+    path = tmp_path_factory.mktemp("hf_gpt2")
+    hf.save_pretrained(path)
+    return path
+
+
+def test_forward_returns_logits_for_every_position():
+    model = GPT(tiny_config())
+    idx = torch.randint(0, 97, (3, 10))
+    assert model(idx).shape == (3, 10, 97)
+
+
+def test_forward_with_targets_returns_mean_cross_entropy():
+    model = GPT(tiny_config())
+    idx, targets = torch.randint(0, 97, (2, 8)), torch.randint(0, 97, (2, 8))
+    targets[0, :3] = -1  # ignored
+    logits, loss = model(idx, targets)
+    expected = torch.nn.functional.cross_entropy(logits.view(-1, 97), targets.view(-1), ignore_index=-1)
+    torch.testing.assert_close(loss, expected)
+
+
+def test_hidden_states_through_the_head_are_the_logits():
+    model = GPT(tiny_config())
+    idx = torch.randint(0, 97, (2, 8))
+    hidden = model(idx, return_hidden=True)
+    torch.testing.assert_close(hidden @ model.lm_head.weight.T, model(idx))
+
+
+def test_lm_head_is_tied_to_the_token_embedding():
+    model = GPT(tiny_config())
+    assert model.lm_head.weight is model.transformer.wte.weight
+
+
+def test_sequence_longer_than_block_size_is_an_error():
+    model = GPT(tiny_config())
+    with pytest.raises(ValueError, match="block_size=32"):
+        model(torch.zeros(1, 33, dtype=torch.long))
+
+
+def test_incremental_decoding_with_kv_cache_equals_full_forward_in_float64():
+    torch.manual_seed(1)
+    model = GPT(tiny_config()).double().eval()
+    idx = torch.randint(0, 97, (2, 12))
+    full = model(idx)
+    cache = KVCache(model.config, 2, 12, "cpu", torch.float64)
+    cache.valid[:] = True
+    steps = [model(idx[:, :5], cache=cache)] + [model(idx[:, t:t + 1], cache=cache) for t in range(5, 12)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=0, atol=1e-12)
+
+
+def test_optimizer_decays_only_block_matrices():
+    model = GPT(tiny_config())
+    opt = model.configure_optimizer(lr=1e-3, weight_decay=0.1)
+    decayed = {id(p) for p in opt.param_groups[0]["params"]}
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(names[i].endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")) for i in decayed)
+    assert id(model.transformer.wte.weight) not in decayed
+    assert len(decayed) == 4 * model.config.n_layer
+
+
+def test_logits_match_huggingface_gpt2_on_the_same_weights(hf_dir):
+    hf = transformers.GPT2LMHeadModel.from_pretrained(hf_dir).eval()
+    ours = GPT.from_pretrained(str(hf_dir)).eval()
+    idx = torch.randint(0, 97, (3, 20), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        diff = (ours(idx) - hf(idx).logits).abs().max().item()
+    assert diff < 1e-4
+
+
+def test_greedy_continuations_match_huggingface_generate(hf_dir):
+    from sample import generate
+    hf = transformers.GPT2LMHeadModel.from_pretrained(hf_dir).eval()
+    ours = GPT.from_pretrained(str(hf_dir))
+    prompts = [[5, 17, 3, 88], [42, 1, 9, 60]]
+    expected = hf.generate(torch.tensor(prompts), max_new_tokens=12, do_sample=False,
+                           attention_mask=torch.ones(2, 4, dtype=torch.long), pad_token_id=0)
+    got = generate(ours, prompts, 12, temperature=0)
+    assert got == expected[:, 4:].tolist()
+
+
+def test_from_pretrained_names_the_missing_directory(tmp_path):
+    with pytest.raises(OSError, match="no_such_model"):
+        GPT.from_pretrained(str(tmp_path / "no_such_model"))

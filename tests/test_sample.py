@@ -1,0 +1,136 @@
+"""sample.py: the KV-cached batched sampler against naive full recompute, and its sampling maths."""
+import pytest
+import torch
+
+from model import GPT, GPTConfig
+from sample import generate, get_tokenizer, sample_next
+
+
+def tiny_model(vocab_size=50, seed=0, sharpen=20.0):
+    torch.manual_seed(seed)
+    config = GPTConfig(vocab_size=vocab_size, block_size=48, n_layer=2, n_head=2, n_embd=32)
+    model = GPT(config)
+    with torch.no_grad():  # sharper than the 0.02 init, so greedy paths differ between prompts
+        model.transformer.wte.weight.mul_(sharpen)
+    return model
+
+
+def naive_greedy(model, prompt, max_new_tokens, stop_tokens):
+    """The obviously correct decoder: recompute the whole sequence for every new token."""
+    idx, out = torch.tensor([prompt]), []
+    for _ in range(max_new_tokens):
+        token = model(idx)[0, -1].argmax().item()
+        out.append(token)
+        if token in stop_tokens:
+            break
+        idx = torch.cat([idx, torch.tensor([[token]])], dim=1)
+    return out
+
+
+def test_kv_cached_greedy_equals_naive_recompute_for_mixed_prompt_lengths():
+    model = tiny_model().eval()
+    g = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(0, 50, (n,), generator=g).tolist() for n in (1, 7, 3, 12, 5, 9, 2, 4)]
+    # a stop token that some rows hit early: the most common first greedy token
+    firsts = [naive_greedy(model, p, 1, ())[0] for p in prompts]
+    stop = max(set(firsts), key=firsts.count)
+    got = generate(model, prompts, 20, temperature=0, stop_tokens=(stop,))
+    expected = [naive_greedy(model, p, 20, (stop,)) for p in prompts]
+    assert got == expected
+    assert any(len(c) < 20 for c in got) and any(len(c) == 20 for c in got)  # early and full-length rows
+
+
+def test_completions_end_at_the_first_stop_token():
+    model = tiny_model()
+    g = torch.Generator().manual_seed(0)
+    out = generate(model, [[1, 2]] * 64, 30, stop_tokens=(7, 11), generator=g)
+    for completion in out:
+        stops = [i for i, t in enumerate(completion) if t in (7, 11)]
+        assert stops == [] and len(completion) == 30 or stops == [len(completion) - 1]
+
+
+def test_returned_logprobs_equal_the_models_full_forward_logprobs():
+    model = tiny_model()
+    prompts = [[3, 4, 5], [9], [1, 2, 3, 4, 5, 6]]
+    g = torch.Generator().manual_seed(1)
+    completions, logprobs = generate(model, prompts, 10, generator=g, return_logprobs=True)
+    for p, c, lp in zip(prompts, completions, logprobs):
+        full = torch.log_softmax(model(torch.tensor([p + c]))[0], dim=-1)  # (T, V)
+        expected = full[len(p) - 1:-1].gather(1, torch.tensor(c)[:, None]).squeeze(1)
+        torch.testing.assert_close(torch.tensor(lp), expected, atol=1e-5, rtol=0)
+
+
+def test_same_generator_seed_gives_the_same_samples():
+    model = tiny_model()
+    draw = lambda: generate(model, [[1], [2, 3]], 15, generator=torch.Generator().manual_seed(7))
+    assert draw() == draw()
+
+
+def chi_square(counts, probs):
+    expected = probs * counts.sum()
+    return (((counts - expected) ** 2) / expected).sum().item()
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_sampling_frequencies_follow_softmax_of_logits_over_temperature(temperature):
+    V, n = 8, 20000
+    model = tiny_model(vocab_size=V, seed=4, sharpen=4.0)
+    with torch.no_grad():
+        logits = model(torch.tensor([[1, 2, 3]]))[0, -1].double()
+    out = generate(model, [[1, 2, 3]] * n, 1, temperature=temperature, generator=torch.Generator().manual_seed(0))
+    counts = torch.bincount(torch.tensor(out).view(-1), minlength=V).double()
+    right = torch.softmax(logits / temperature, -1)
+    wrong = torch.softmax(logits / (temperature * 1.3), -1)  # a mis-applied temperature
+    critical = 24.32  # chi-square, 7 degrees of freedom, p = 0.001
+    assert chi_square(counts, right) < critical
+    assert chi_square(counts, wrong) > critical  # the test can tell the difference
+
+
+def test_top_k_never_emits_a_token_outside_the_k_most_likely():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, 100, generator=g)
+    allowed = torch.topk(logits, 5).indices
+    for _ in range(20):
+        tokens = sample_next(logits, temperature=1.5, top_k=5, generator=g)
+        assert (allowed == tokens[:, None]).any(1).all()
+
+
+def test_top_p_never_emits_a_token_outside_the_nucleus():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, 100, generator=g) * 3
+    probs, order = torch.softmax(logits, -1).sort(descending=True)
+    in_nucleus = (probs.cumsum(-1) - probs) < 0.6  # (B, V) sorted: mass before the token < p
+    for _ in range(20):
+        tokens = sample_next(logits, top_p=0.6, generator=g)
+        rank = (order == tokens[:, None]).float().argmax(1)
+        assert in_nucleus.gather(1, rank[:, None]).all()
+
+
+def test_temperature_zero_is_argmax():
+    logits = torch.randn(10, 30)
+    assert torch.equal(sample_next(logits, temperature=0), logits.argmax(-1))
+
+
+def test_prompt_plus_new_tokens_longer_than_block_size_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"40 tokens \+ max_new_tokens=10 = 50 exceeds .*block_size=48"):
+        generate(tiny_model(), [[1] * 40], 10)
+
+
+def test_empty_prompts_are_an_error():
+    with pytest.raises(ValueError, match="non-empty"):
+        generate(tiny_model(), [], 5)
+    with pytest.raises(ValueError, match="non-empty"):
+        generate(tiny_model(), [[1], []], 5)
+
+
+def test_char_tokenizer_round_trips_text_and_has_end_of_text():
+    tok = get_tokenizer("char")
+    text = "347+685=0+7+5=12 #### 1032\n"
+    assert tok.decode(tok.encode(text)) == text
+    assert len(tok.encode(text)) == len(text)
+    assert tok.eot_token == 256 and tok.n_vocab == 257
+
+
+def test_unknown_tokenizer_is_an_error():
+    with pytest.raises(ValueError, match="unknown tokenizer 'bpe9'"):
+        get_tokenizer("bpe9")

@@ -1,0 +1,197 @@
+"""train.py end to end on a tiny config: metrics, checkpoints, exact resume, Ctrl-C, NaN steps,
+config errors, DDP, and the GSM8K + Hugging Face GPT-2 path."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import train
+from model import GPT, GPTConfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--n_layer=1", "--n_head=2", "--n_embd=16", "--block_size=48", "--digits=2", "--sft_steps=4",
+        "--sft_batch_size=8", "--rl_steps=3", "--prompts_per_step=2", "--samples_per_prompt=4",
+        "--max_new_tokens=24", "--eval_problems=4", "--pass_k=2", "--eval_every=0", "--ckpt_every=0",
+        "--warmup_steps=2"]
+
+
+def run(tmp_path, *extra, name="out"):
+    out = str(tmp_path / name)
+    train.main(TINY + [f"--out_dir={out}", *extra])
+    return out
+
+
+def weights(out):
+    return torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)["model"]
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_smoke_run_logs_every_phase_and_writes_a_loadable_checkpoint(tmp_path):
+    out = run(tmp_path, "--eval_every=2")
+    records = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    assert [r["phase"] for r in records].count("sft") == 4
+    rl = [r for r in records if r["phase"] == "rl"]
+    assert len(rl) == 3 and {"reward_mean", "accuracy", "len_mean", "entropy", "step_by_step"} <= rl[0].keys()
+    evals = [r for r in records if r["phase"] == "eval"]
+    assert [r["step"] for r in evals] == [4, 6, 7]  # before RL, every 2 RL steps, after RL
+    assert {"accuracy", "pass@2", "length", "step_by_step"} <= evals[0].keys()
+    ckpt = torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)
+    assert ckpt["step"] == 7 and ckpt["tokenizer"] == "char" and ckpt["config"]["rl_steps"] == 3
+    model = GPT(GPTConfig(**ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    assert summary["before"]["accuracy"] >= 0 and "after" in summary
+
+
+def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(tmp_path):
+    full = run(tmp_path, "--rl_steps=4", name="full")
+    part = run(tmp_path, "--rl_steps=2", name="part")
+    train.main([f"--out_dir={part}", "--init_from=resume", "--rl_steps=4"])  # extend the same run
+    assert_same_weights(weights(full), weights(part))
+
+
+def test_resume_across_the_sft_to_rl_boundary_is_exact(tmp_path):
+    full = run(tmp_path, name="full")
+    part = run(tmp_path, "--rl_steps=0", name="part")
+    train.main([f"--out_dir={part}", "--init_from=resume", "--rl_steps=3"])
+    assert_same_weights(weights(full), weights(part))
+    steps = [json.loads(line)["step"] for line in open(os.path.join(part, "metrics.jsonl"))]
+    assert steps == sorted(steps)  # the resumed log continues where the checkpoint was, no repeats
+
+
+def test_non_finite_loss_skips_the_update_and_keeps_the_weights(tmp_path, monkeypatch):
+    sft_only = run(tmp_path, "--rl_steps=0", name="sft_only")
+    real_loss = train.reinforce_loss
+    monkeypatch.setattr(train, "reinforce_loss",
+                        lambda *a, **k: (lambda loss, m: (loss * float("nan"), m))(*real_loss(*a, **k)))
+    out = run(tmp_path, "--rl_steps=2", name="nan")
+    ckpt = torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)
+    assert ckpt["skipped"] == 2
+    assert_same_weights(weights(sft_only), ckpt["model"])
+    last = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl")) if '"rl"' in line][-1]
+    assert last["skipped"] == 2
+
+
+def test_unknown_config_key_is_refused_by_name():
+    with pytest.raises(ValueError, match="unknown config key 'lr'"):
+        train.parse_config(train.TrainConfig, ["--lr=3"])
+
+
+@pytest.mark.parametrize("arg, message", [("--rl_steps=many", "--rl_steps expects a int"),
+                                          ("--compile=maybe", "--compile expects true or false"),
+                                          ("--baseline=median", "--baseline=median is not one of"),
+                                          ("rl_steps=3", "look like --key=value")])
+def test_bad_values_name_the_key(arg, message):
+    with pytest.raises(ValueError, match=message):
+        train.check_config(train.parse_config(train.TrainConfig, [arg]))
+
+
+def test_command_line_error_exits_non_zero_with_the_message():
+    result = subprocess.run([sys.executable, "train.py", "--learning_rate=1"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "unknown config key 'learning_rate'" in result.stderr
+
+
+def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes_exactly(tmp_path):
+    out = str(tmp_path / "interrupted")
+    args = TINY + ["--sft_steps=400", "--rl_steps=2"]
+    proc = subprocess.Popen([sys.executable, "train.py", f"--out_dir={out}", *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics = os.path.join(out, "metrics.jsonl")
+    deadline = time.time() + 120
+    while time.time() < deadline and not (os.path.exists(metrics) and len(open(metrics).readlines()) >= 3):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, output
+    step = torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)["step"]
+    assert 3 <= step < 400 and f"interrupted: saved" in output
+    train.main([f"--out_dir={out}", "--init_from=resume"])
+    full = str(tmp_path / "full")
+    train.main([f"--out_dir={full}", *args])
+    assert_same_weights(weights(full), weights(out))
+
+
+def _ddp_worker(rank, init_file, half_batches, out_path):
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    model, optimizer, cfg = _tiny_policy()
+    ddp_model = torch.nn.parallel.DistributedDataParallel(model)
+    train.policy_update(ddp_model, optimizer, *half_batches[rank], cfg, train.nullcontext())
+    if rank == 0:
+        torch.save(model.state_dict(), out_path)
+    torch.distributed.destroy_process_group()
+
+
+def _tiny_policy():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=20, block_size=32, n_layer=1, n_head=2, n_embd=16))
+    cfg = train.TrainConfig()
+    return model, model.configure_optimizer(lr=1e-2), cfg
+
+
+def _random_batch(seed, n_groups, G=4):
+    g = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(0, 20, (int(torch.randint(2, 6, (1,), generator=g)),), generator=g).tolist()
+               for _ in range(n_groups) for _ in range(G)]
+    completions = [torch.randint(0, 20, (int(torch.randint(1, 9, (1,), generator=g)),), generator=g).tolist()
+                   for _ in prompts]
+    idx, targets, mask = train.pad_batch(prompts, completions)
+    rewards = torch.randint(0, 2, (len(prompts),), generator=g).float()
+    group_ids = torch.arange(n_groups).repeat_interleave(G)
+    return idx, targets, mask, rewards, group_ids
+
+
+def test_ddp_step_on_two_processes_equals_one_process_on_the_union_of_their_batches(tmp_path):
+    halves = [_random_batch(1, 3), _random_batch(2, 3)]
+    torch.multiprocessing.spawn(_ddp_worker, args=(str(tmp_path / "init"), halves, str(tmp_path / "ddp.pt")),
+                                nprocs=2, join=True)
+    # the union: both halves in one batch (pad to a common length; padding is masked)
+    prompts, completions = [], []
+    for idx, targets, mask, _, _ in halves:
+        for row_idx, row_t, row_m in zip(idx, targets, mask):
+            first = int(row_m.float().argmax())  # position of the first completion target
+            n = int(row_m.sum())
+            prompts.append(row_idx[:first + 1].tolist())
+            completions.append(row_t[first:first + n].tolist())
+    idx, targets, mask = train.pad_batch(prompts, completions)
+    rewards = torch.cat([h[3] for h in halves])
+    group_ids = torch.cat([halves[0][4], halves[1][4] + 3])
+    model, optimizer, cfg = _tiny_policy()
+    train.policy_update(model, optimizer, idx, targets, mask, rewards, group_ids, cfg, train.nullcontext())
+    ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(ddp[k], v, rtol=1e-5, atol=1e-6)
+
+
+def test_torchrun_with_two_cpu_processes_trains_and_checkpoints(tmp_path):
+    out = str(tmp_path / "ddp")
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "train.py", f"--out_dir={out}", *TINY], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    ckpt = torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)
+    assert ckpt["step"] == 7
+
+
+def test_gsm8k_file_with_a_local_hugging_face_gpt2_runs_end_to_end(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=257, n_positions=512, n_embd=32,
+                                                              n_layer=2, n_head=2))
+    hf.save_pretrained(tmp_path / "hf")
+    out = str(tmp_path / "gsm8k")
+    train.main([f"--out_dir={out}", "--task=gsm8k", f"--data_path={ROOT}/tests/data/gsm8k_tiny.jsonl",
+                f"--init_from={tmp_path / 'hf'}", "--tokenizer=char", "--sft_steps=2", "--sft_batch_size=2",
+                "--rl_steps=2", "--prompts_per_step=2", "--samples_per_prompt=2", "--max_new_tokens=16",
+                "--eval_problems=2", "--pass_k=2", "--eval_every=0", "--ckpt_every=0"])
+    ckpt = torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)
+    assert ckpt["step"] == 4 and ckpt["model_config"]["block_size"] == 512
