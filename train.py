@@ -63,7 +63,7 @@ class TrainConfig:
     sft_lr: float = 2e-3            # peak; linear warm-up then cosine decay to sft_lr / 10
     warmup_steps: int = 50
     # RL
-    rl_steps: int = 150
+    rl_steps: int = 100
     prompts_per_step: int = 16      # P problems per step
     samples_per_prompt: int = 8     # G completions per problem (a "group")
     max_new_tokens: int = 64
@@ -86,7 +86,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0          # clip the global gradient norm (0 = off)
     # evaluation and checkpoints
-    eval_every: int = 25            # RL steps between held-out evaluations (0 = only before and after RL)
+    eval_every: int = 10            # RL steps between held-out evaluations (0 = only before and after RL)
     eval_problems: int = 200        # held-out test problems
     pass_k: int = 8                 # samples per problem for pass@k
     ckpt_every: int = 100           # steps between checkpoints (0 = only at the end)
@@ -182,6 +182,13 @@ def sft_batch(task, tokenizer, rng, cfg, block_size):
     if longest > block_size:
         raise ValueError(f"a training trace of {longest} tokens exceeds the model's block_size={block_size}")
     return pad_batch(prompts, completions)
+
+
+def sampling_weights(success, floor=0.05):
+    """Kimi k1.5 prioritized sampling: draw problem i with probability proportional to
+    1 - success_i, so compute goes to what the policy gets wrong; the floor keeps solved
+    problems coming back now and then (a policy can forget)."""
+    return (1 - success).clamp(min=floor)
 
 
 def decode(tokenizer, tokens):
@@ -330,9 +337,7 @@ def main(argv):
         torch.set_rng_state(ckpt["torch_rng"].cpu())
         start = ckpt["step"]
         state.update({k: ckpt[k] for k in state})
-    ref_model = None
-    if cfg.kl_coef > 0:  # the frozen policy that RL starts from (KL is measured against it)
-        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+    ref_model = None  # with kl_coef > 0: the frozen policy that RL starts from
     train_model = torch.compile(model) if cfg.compile else model
     if ddp:
         train_model = DDP(train_model, device_ids=[device] if device_type == "cuda" else None)
@@ -352,12 +357,15 @@ def main(argv):
     eval_problems = [task.sample("test", random.Random(f"{cfg.seed}/eval/{i}")) for i in range(cfg.eval_problems)]
     pool = [task.sample("train", random.Random(f"{cfg.seed}/pool/{i}"))  # prioritized sampling draws from it
             for i in range(cfg.problem_pool if cfg.prioritized else 0)]
-    success = ckpt["success"] if ckpt is not None else torch.zeros(len(pool))  # last success rate of each
+    success = torch.zeros(len(pool))  # the last success rate of each pool problem
+    if ckpt is not None and len(ckpt["success"]) == len(pool):  # (empty when the saved run did not prioritize)
+        success = ckpt["success"]
 
     def checkpoint(step):
         if master:
+            ref = {"ref_model": ref_model.state_dict()} if ref_model is not None else {}
             save_checkpoint(ckpt_path, model, optimizer, cfg, step,
-                            {**state, "tokenizer": tokenizer_name, "success": success})
+                            {**state, "tokenizer": tokenizer_name, "success": success, **ref})
     def should_stop():
         flag = torch.tensor(float(STOP["requested"]))
         if ddp:
@@ -395,6 +403,10 @@ def main(argv):
         log({"step": cfg.sft_steps, "phase": "eval", **state["before"]})
         if master:
             print(f"after SFT: {fmt(state['before'])}")
+    if cfg.kl_coef > 0:  # KL is measured against the policy RL started from
+        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+        if ckpt is not None and "ref_model" in ckpt:
+            ref_model.load_state_dict(ckpt["ref_model"])
     G, P = cfg.samples_per_prompt, cfg.prompts_per_step
     bar = tqdm(range(max(start, cfg.sft_steps), total), desc="rl", disable=not master,
                initial=max(0, start - cfg.sft_steps), total=total - cfg.sft_steps)
@@ -407,8 +419,7 @@ def main(argv):
         # 1. problems: uniform, or in proportion to 1 - success rate (Kimi k1.5 prioritized sampling)
         rng = step_rng(cfg, step, rank, "rl")
         if cfg.prioritized:
-            weights = (1 - success).clamp(min=0.05).tolist()  # solved problems still come back now and then
-            chosen = rng.choices(range(cfg.problem_pool), weights=weights, k=P)
+            chosen = rng.choices(range(cfg.problem_pool), weights=sampling_weights(success).tolist(), k=P)
         else:
             chosen = [None] * P
         problems = [pool[i] if i is not None else task.sample("train", rng) for i in chosen]
@@ -444,7 +455,7 @@ def main(argv):
                   "length_reward": len_reward.mean().item(), "skipped": state["skipped"],
                   "sample_time": t_sample, "update_time": time.time() - t_update, **metrics}
         if cfg.prioritized:
-            record["sampling_weight_min"] = (1 - success).clamp(min=0.05).min().item()
+            record["sampling_weight_min"] = sampling_weights(success).min().item()
         log(record)
         bar.set_postfix(acc=f"{record['accuracy']:.2f}", len=f"{metrics['len_mean']:.0f}",
                         think=f"{record['step_by_step']:.2f}")

@@ -53,9 +53,11 @@ def test_smoke_run_logs_every_phase_and_writes_a_loadable_checkpoint(tmp_path):
     assert summary["before"]["accuracy"] >= 0 and "after" in summary
 
 
-def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(tmp_path):
-    full = run(tmp_path, "--rl_steps=4", name="full")
-    part = run(tmp_path, "--rl_steps=2", name="part")
+@pytest.mark.parametrize("options", [[], ["--kl_coef=0.1", "--baseline=none", "--wrong_reward=-1"],
+                                     ["--prioritized=true", "--problem_pool=8"]])
+def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(tmp_path, options):
+    full = run(tmp_path, "--rl_steps=4", *options, name="full")
+    part = run(tmp_path, "--rl_steps=2", *options, name="part")
     train.main([f"--out_dir={part}", "--init_from=resume", "--rl_steps=4"])  # extend the same run
     assert_same_weights(weights(full), weights(part))
 
@@ -195,3 +197,42 @@ def test_gsm8k_file_with_a_local_hugging_face_gpt2_runs_end_to_end(tmp_path):
                 "--eval_problems=2", "--pass_k=2", "--eval_every=0", "--ckpt_every=0"])
     ckpt = torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)
     assert ckpt["step"] == 4 and ckpt["model_config"]["block_size"] == 512
+
+
+def test_prioritized_sampling_weights_are_one_minus_success_with_a_floor():
+    weights = train.sampling_weights(torch.tensor([0.0, 0.25, 1.0, 0.99]))
+    torch.testing.assert_close(weights, torch.tensor([1.0, 0.75, 0.05, 0.05]))
+
+
+@pytest.mark.parametrize("options, metric", [
+    (["--loss_type=mirror", "--updates_per_batch=2"], "loss"),
+    (["--length_penalty=1.0", "--length_penalty_warmup=1"], "length_reward"),
+    (["--prioritized=true", "--problem_pool=16"], "sampling_weight_min"),
+    (["--drop_zero_signal=true"], "n_seqs_trained"),
+    (["--updates_per_batch=2", "--clip_eps=0.2"], "clip_frac"),
+    (["--kl_coef=0.1"], "kl"),
+    (["--baseline=rloo", "--std_normalize=true", "--wrong_reward=-1", "--aggregation=const"], "adv_abs_mean"),
+])
+def test_each_rl_option_runs_end_to_end_and_logs_its_metric(tmp_path, options, metric):
+    out = run(tmp_path, *options)
+    rl = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl")) if '"rl"' in line]
+    assert len(rl) == 3 and all(metric in r and r[metric] == r[metric] for r in rl)  # present, not NaN
+
+
+def test_length_reward_is_off_during_its_warm_up(tmp_path):
+    out = run(tmp_path, "--length_penalty=1.0", "--length_penalty_warmup=2", "--rl_steps=3")
+    rl = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl")) if '"rl"' in line]
+    assert [r["length_reward"] for r in rl[:2]] == [0.0, 0.0]
+
+
+def test_kl_penalty_is_zero_while_the_policy_equals_the_reference(tmp_path):
+    # baseline none and -1 for wrong: the tiny model is always wrong, so every step moves the policy
+    out = run(tmp_path, "--kl_coef=0.1", "--rl_steps=2", "--baseline=none", "--wrong_reward=-1")
+    rl = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl")) if '"rl"' in line]
+    assert rl[0]["kl"] == 0.0  # the first update starts at the reference policy
+    assert rl[1]["kl"] > 0.0
+
+
+def test_several_updates_per_batch_need_a_clip_or_the_mirror_loss():
+    with pytest.raises(ValueError, match="updates_per_batch"):
+        train.check_config(train.parse_config(train.TrainConfig, ["--updates_per_batch=2"]))
