@@ -12,8 +12,8 @@ Sizes are --key=value flags, the fields of each command's dataclass below, e.g.
     python bench.py logprobs --N=1024 --chunks=1024
     python bench.py rl --ckpt=out/ckpt.pt --steps=5   # rl also takes any field of train.TrainConfig
 
-Every time is the median of `repeats` runs after a warm-up, and every ratio compares numbers
-measured in the same command, on the same machine, at the same moment.
+Every time is the median of `repeats` runs after a warm-up; every ratio compares numbers measured
+by the same command, on the same machine, at the same moment.
 """
 import json
 import os
@@ -32,14 +32,16 @@ import torch
 import torch.nn.functional as F
 
 import rewards
+from model import GPT
 from reinforce import shape_rewards, token_logprobs
-from sample import encode, generate, load_model
+from sample import encode, generate, get_tokenizer, load_model
 from train import TrainConfig, build_model, check_config, decode, pad_batch, parse_config, pick_device, policy_update
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+HAS_LINEAR_CROSS_ENTROPY = hasattr(F, "linear_cross_entropy")  # torch >= 2.13
 
 # -----------------------------------------------------------------------------
-# helpers: the machine, the clock, the table
+# the machine, the clock, the table
 
 def machine(device):
     """One line of facts about where the numbers were measured."""
@@ -52,9 +54,15 @@ def machine(device):
             f"{os.cpu_count()} cores, {cpu or platform.machine()}")
 
 
+def setup(threads, device):
+    if threads:
+        torch.set_num_threads(threads)
+    return pick_device(device)
+
+
 def sync(device):
     if device.startswith("cuda"):
-        torch.cuda.synchronize()  # CUDA runs asynchronously: wait before reading the clock
+        torch.cuda.synchronize()  # CUDA runs asynchronously: wait for it before reading the clock
 
 
 def median_time(fn, repeats, device="cpu"):
@@ -71,19 +79,11 @@ def median_time(fn, repeats, device="cpu"):
 
 def print_table(title, header, rows):
     print(title + "\n")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "|".join("---" for _ in header) + "|")
-    for row in rows:
+    for row in [header, ["---"] * len(header), *rows]:
         print("| " + " | ".join(str(x) for x in row) + " |")
 
-
-def setup(threads, device):
-    if threads:
-        torch.set_num_threads(threads)
-    return pick_device(device)
-
 # -----------------------------------------------------------------------------
-# sample: tokens/s of greedy decoding with the same random weights in three samplers
+# sample: tokens/s of greedy decoding, the same random weights in three samplers
 
 @dataclass
 class SampleBench:
@@ -102,13 +102,21 @@ class SampleBench:
 
 @torch.no_grad()
 def naive_generate(model, idx, max_new_tokens):
-    """nanoGPT's loop with no cache: run the whole sequence again for every new token.
-    Like nanoGPT, only the last position goes through the head."""
+    """nanoGPT's loop without a cache: run the whole sequence again for every new token.
+    As in nanoGPT, only the last position goes through the head."""
     for _ in range(max_new_tokens):
         h = model(idx, return_hidden=True)[:, -1]  # (B, C)
         next_token = model.lm_head(h).argmax(dim=-1)  # (B,)
         idx = torch.cat([idx, next_token[:, None]], dim=1)  # (B, T + 1)
     return idx[:, -max_new_tokens:]
+
+
+@torch.no_grad()
+def hf_generate(hf, idx, max_new_tokens):
+    """Greedy Hugging Face generate; the config has no eos token, so every row makes all tokens."""
+    out = hf.generate(idx, attention_mask=torch.ones_like(idx), do_sample=False, pad_token_id=0,
+                      max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens)
+    return out[:, idx.size(1):]
 
 
 def bench_sample(argv):
@@ -119,40 +127,26 @@ def bench_sample(argv):
     logging.disable_progress_bar()  # keep the output a clean table
     torch.manual_seed(cfg.seed)
     # one random Hugging Face GPT-2, saved and loaded back as ours: the same weights in both
-    hf_config = GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.prompt_len + cfg.new_tokens,
-                           n_embd=cfg.n_embd, n_layer=cfg.n_layer, n_head=cfg.n_head, resid_pdrop=0.0,
-                           embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None, eos_token_id=None)
-    hf = GPT2LMHeadModel(hf_config)
+    hf = GPT2LMHeadModel(GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.prompt_len + cfg.new_tokens,
+                                    n_embd=cfg.n_embd, n_layer=cfg.n_layer, n_head=cfg.n_head, resid_pdrop=0.0,
+                                    embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None, eos_token_id=None))
     with tempfile.TemporaryDirectory() as tmp:
         hf.save_pretrained(tmp)
-        from model import GPT
         ours = GPT.from_pretrained(tmp).to(device).eval()
     hf = hf.to(device).eval()  # eval: no dropout
     B, n = cfg.batch_size, cfg.new_tokens
     idx = torch.randint(0, cfg.vocab_size, (B, cfg.prompt_len), device=device)  # (B, T)
-    prompts = idx.tolist()
-
-    def run_ours(n_new):
-        return generate(ours, prompts, n_new, temperature=0)
-
-    def run_naive(n_new):
-        return naive_generate(ours, idx, n_new).tolist()
-
-    @torch.no_grad()
-    def run_hf(n_new):  # no eos token in the config, so it always makes n_new tokens
-        out = hf.generate(idx, attention_mask=torch.ones_like(idx), do_sample=False, max_new_tokens=n_new,
-                          min_new_tokens=n_new, pad_token_id=0)
-        return out[:, cfg.prompt_len:].tolist()
-
-    runs = [("ours", "ours: `sample.generate` (preallocated KV cache)", run_ours),
-            ("nanoGPT", "nanoGPT-style loop, no cache", run_naive),
-            ("Hugging Face", "Hugging Face `GPT2LMHeadModel.generate` (DynamicCache)", run_hf)]
+    runs = [("ours", "ours: `sample.generate` (preallocated KV cache)",
+             lambda k: generate(ours, idx.tolist(), k, temperature=0)),
+            ("nanoGPT", "nanoGPT-style loop, no cache", lambda k: naive_generate(ours, idx, k).tolist()),
+            ("Hugging Face", "Hugging Face `GPT2LMHeadModel.generate` (DynamicCache)",
+             lambda k: hf_generate(hf, idx, k).tolist())]
     seconds, outputs = {}, {}
     for name, _, run in runs:
         run(min(8, n))  # warm-up
         seconds[name], outputs[name] = median_time(lambda: run(n), cfg.repeats, device)
-    rows = [[label, f"{B * n / seconds[name]:,.0f}", f"{seconds[name]:.2f}", f"{seconds[name] / seconds['ours']:.2f}x"]
-            for name, label, _ in runs]
+    rows = [[label, f"{B * n / seconds[name]:,.0f}", f"{seconds[name]:.2f}",
+             f"{seconds[name] / seconds['ours']:.2f}x"] for name, label, _ in runs]
     print_table(f"**sample**: {machine(device)}. Greedy, B={B}, prompt {cfg.prompt_len} tokens, {n} new "
                 f"tokens; random GPT-2-shaped model n_layer={cfg.n_layer} n_head={cfg.n_head} "
                 f"n_embd={cfg.n_embd} vocab_size={cfg.vocab_size}; median of {cfg.repeats}.",
@@ -161,7 +155,7 @@ def bench_sample(argv):
     print("\noutputs agree with ours (first 4 rows): " + ", ".join(agree))
 
 # -----------------------------------------------------------------------------
-# logprobs: time and peak memory of log π(target) forward + backward, one process per row
+# logprobs: time and peak memory of log π(target), forward + backward, one process per row
 
 @dataclass
 class LogprobsBench:
@@ -190,17 +184,9 @@ def torch_logprobs(h, W, t, chunk=0):
     return -F.linear_cross_entropy(h, W, t, reduction="none", options=options)
 
 
-def has_linear_cross_entropy():
-    try:
-        from torch.nn.modules.linear_cross_entropy_options import LinearCrossEntropyOptions  # noqa: F401
-    except ImportError:
-        return False
-    return hasattr(F, "linear_cross_entropy")
-
-
-def memory_mark(device):
-    """Bytes: on CPU the peak resident set size of this process so far (Linux reports KiB, macOS
-    bytes); on CUDA the peak of torch's allocated memory."""
+def peak_memory(device):
+    """Bytes: on CPU the peak resident set size of this process so far (ru_maxrss: KiB on Linux,
+    bytes on macOS); on CUDA the peak of torch's allocated memory."""
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated(device)
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
@@ -209,24 +195,23 @@ def memory_mark(device):
 def logprobs_worker(argv):
     """One implementation in a fresh process, so that its memory peak is its own. Prints JSON.
 
-    Measured: extra = peak − base − grads, where base is the memory once h (N, C), W (V, C),
-    targets and the upstream gradient exist (after a tiny warm-up, and nothing bigger has lived
-    before them, so the peak so far is the current size), peak is the high-water mark over the
-    warm-up and timed runs, and grads = the bytes of dL/dh and dL/dW, which every implementation
-    must return. So extra is what the implementation keeps or builds on top: logits, softmax."""
+    extra = peak − base − grads. base: the memory once h (N, C), W (V, C), targets and the upstream
+    gradient exist (after a tiny warm-up; nothing bigger lived before them, so the peak so far is
+    the current size). peak: the high-water mark over the warm-up and timed runs. grads: the bytes
+    of dL/dh and dL/dW, which every implementation returns. So extra is what an implementation
+    builds or keeps on top: logits, softmax, temporaries."""
     cfg = parse_config(LogprobsBench, argv)
     device = setup(cfg.threads, cfg.device)
     torch.manual_seed(cfg.seed)
     fn = {"naive": naive_logprobs, "ours": lambda h, W, t: token_logprobs(h, W, t, chunk_size=cfg.chunk),
           "torch": lambda h, W, t: torch_logprobs(h, W, t, cfg.chunk)}[cfg.impl]
-    # a tiny run first: the first call pages in library code and starts autograd's threads, which
-    # would otherwise be counted as memory of the implementation
-    tiny_h = torch.randn(64, cfg.C, device=device, requires_grad=True)
-    tiny_W = torch.randn(256, cfg.C, device=device, requires_grad=True)
+    # a tiny run first: the first call pages in library code and starts autograd's threads,
+    # which would otherwise count as memory of the implementation
+    tiny_h, tiny_W = (torch.randn(n, cfg.C, device=device, requires_grad=True) for n in (64, 256))
     fn(tiny_h, tiny_W, torch.randint(0, 256, (64,), device=device)).sum().backward()
     del tiny_h, tiny_W
     h = torch.randn(cfg.N, cfg.C, device=device).requires_grad_()  # (N, C) final hidden states
-    W = torch.empty(cfg.V, cfg.C, device=device).normal_(std=0.02).requires_grad_()  # (V, C), in place: no temporary copy
+    W = torch.empty(cfg.V, cfg.C, device=device).normal_(std=0.02).requires_grad_()  # (V, C) made in place
     t = torch.randint(0, cfg.V, (cfg.N,), device=device)  # (N,) targets
     g = torch.randn(cfg.N, device=device)  # (N,) upstream dL/dlog π: in RL the advantage over the normaliser
 
@@ -237,50 +222,51 @@ def logprobs_worker(argv):
     sync(device)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(device)
-    base = torch.cuda.memory_allocated(device) if device.startswith("cuda") else memory_mark(device)
+    base = torch.cuda.memory_allocated(device) if device.startswith("cuda") else peak_memory(device)
     step()  # warm-up
     seconds, _ = median_time(step, cfg.repeats, device)
     grads = (h.numel() + W.numel()) * h.element_size()
-    print(json.dumps({"ms": 1000 * seconds, "extra_mib": (memory_mark(device) - base - grads) / 2**20}))
+    print(json.dumps({"ms": 1000 * seconds, "extra_mib": (peak_memory(device) - base - grads) / 2**20}))
+
+
+LOGPROB_IMPLS = {"naive": "naive `log_softmax(h @ W.T).gather`", "ours": "ours `reinforce.token_logprobs`",
+                 "torch": "PyTorch `F.linear_cross_entropy`"}
 
 
 def bench_logprobs(argv):
     cfg = parse_config(LogprobsBench, argv)
     device = setup(cfg.threads, cfg.device)
-    chunks = [int(c) for c in cfg.chunks.split(",") if c]
-    variants = [("naive `log_softmax(h @ W.T).gather`", "naive", 0)]
-    variants += [("ours `reinforce.token_logprobs`", "ours", c) for c in chunks]
-    if has_linear_cross_entropy():
-        variants += [("PyTorch `F.linear_cross_entropy`", "torch", c) for c in [0] + chunks]
+    chunks = [int(c) for c in cfg.chunks.split(",")]
+    variants = [("naive", 0)] + [("ours", c) for c in chunks]
+    variants += [("torch", c) for c in [0] + chunks] if HAS_LINEAR_CROSS_ENTROPY else []
     rows, naive = [], None
-    for label, impl, chunk in variants:
-        args = [f"--{k}={v}" for k, v in asdict(cfg).items() if k not in ("impl", "chunk")]
-        cmd = [sys.executable, os.path.join(ROOT, "bench.py"), "_logprobs_worker", f"--impl={impl}", f"--chunk={chunk}"]
-        done = subprocess.run(cmd + args, capture_output=True, text=True)
+    for impl, chunk in variants:
+        args = [f"--{k}={v}" for k, v in {**asdict(cfg), "impl": impl, "chunk": chunk}.items()]
+        done = subprocess.run([sys.executable, os.path.join(ROOT, "bench.py"), "_logprobs_worker", *args],
+                              capture_output=True, text=True)
+        row = [LOGPROB_IMPLS[impl], "—" if impl == "naive" else chunk or "auto"]
         if done.returncode != 0:  # e.g. out of memory: say so in the table and go on
-            rows.append([label, chunk or "auto", "failed: " + (done.stderr.strip().splitlines() or ["?"])[-1], "", "", ""])
+            rows.append(row + ["failed: " + "".join(done.stderr.strip().splitlines()[-1:]), "", "", ""])
             continue
-        r = json.loads(done.stdout.strip().splitlines()[-1])
-        naive = naive or r
-        chunk_text = chunk if impl != "naive" else "—"
-        rows.append([label, chunk_text if chunk or impl == "naive" else "auto", f"{r['ms']:,.0f}",
-                     f"{r['extra_mib']:,.0f}", f"{r['ms'] / naive['ms']:.2f}",
-                     f"{r['extra_mib'] / naive['extra_mib']:.2f}"])
-    if not has_linear_cross_entropy():
-        rows.append(["PyTorch `F.linear_cross_entropy`", "—", f"not in torch {torch.__version__}", "", "", ""])
+        r = json.loads(done.stdout.splitlines()[-1])
+        naive = r if impl == "naive" else naive
+        ratios = [f"{r[k] / naive[k]:.2f}" if naive else "—" for k in ("ms", "extra_mib")]
+        rows.append(row + [f"{r['ms']:,.0f}", f"{r['extra_mib']:,.0f}", *ratios])
+    if not HAS_LINEAR_CROSS_ENTROPY:
+        rows.append([LOGPROB_IMPLS["torch"], "—", f"not in torch {torch.__version__}", "", "", ""])
+    memory = "allocated CUDA memory" if device.startswith("cuda") else "RSS"
     print_table(f"**logprobs**: {machine(device)}. N={cfg.N} tokens, C={cfg.C}, V={cfg.V}, float32; forward + "
-                f"backward of Σ g·log π(target), median of {cfg.repeats}; peak extra memory = peak "
-                f"{'allocated' if device.startswith('cuda') else 'RSS'} beyond inputs, weights and their "
-                f"gradients, each row in its own process.",
-                ["implementation", "chunk", "fwd+bwd (ms)", "peak extra memory (MiB)",
-                 "time vs naive", "memory vs naive"], rows)
+                f"backward of Σ g·log π(target), median of {cfg.repeats}; peak extra memory = peak {memory} "
+                f"beyond inputs, weights and their gradients, each row in its own process.",
+                ["implementation", "chunk", "fwd+bwd (ms)", "peak extra memory (MiB)", "time vs naive",
+                 "memory vs naive"], rows)
 
 # -----------------------------------------------------------------------------
 # rewards: throughput and worst case of the exact rewards on hostile and real completions
 
 @dataclass
 class RewardsBench:
-    n: int = 5000     # completions in the fuzz corpus
+    n: int = 5000  # completions in the fuzz corpus
     repeats: int = 3
     seed: int = 1337
 
@@ -293,7 +279,7 @@ MARKERS = ["####", "#### 1 ", "\\boxed{", "\\boxed{1}", "The answer is ", "<answ
 def fuzz_corpus(n, seed):
     """[(kind, text)]: garbage of every size, hostile answers, and real traces of every task."""
     rng = random.Random(seed)
-    alphabet = [chr(i) for i in range(32, 127)] + ["\n", "\t", "é", "中", "\\", "#"]
+    alphabet = [chr(i) for i in range(32, 127)] + ["\n", "\t", "é", "中"]
     blob = "".join(rng.choices(alphabet, k=200_000))  # long garbage is cut from this at random
     arithmetic, countdown = rewards.get_task("arithmetic", digits=4), rewards.get_task("countdown")
     gsm8k = rewards.get_task("gsm8k", path=os.path.join(ROOT, "tests", "data", "gsm8k_tiny.jsonl"))
@@ -320,27 +306,27 @@ def bench_rewards(argv):
     corpus = fuzz_corpus(cfg.n, cfg.seed)
     arithmetic, countdown = rewards.get_task("arithmetic", digits=4), rewards.get_task("countdown")
     rng = random.Random(cfg.seed)
-    a, c = arithmetic.sample("test", rng), countdown.sample("test", rng)  # the reference every call checks against
+    a, c = arithmetic.sample("test", rng), countdown.sample("test", rng)  # what every call checks against
     functions = {
         "`rewards.exact_match`": lambda text: rewards.exact_match(text, a.answer),
         "`rewards.format_reward`": rewards.format_reward,
-        "`rewards.countdown_reward`": lambda text: rewards.countdown_reward(text, c.info["numbers"], c.info["target"]),
+        "`rewards.countdown_reward`":
+            lambda text: rewards.countdown_reward(text, c.info["numbers"], c.info["target"]),
         "`ArithmeticTask.reward`": lambda text: arithmetic.reward(text, a),
     }
     rows = []
     for name, fn in functions.items():
         for _, text in corpus[:100]:  # warm-up
             fn(text)
-        totals, slowest = [], (0.0, "")
+        totals, slowest = [], (0.0, "")  # seconds per pass; (seconds, kind) of the slowest call
         for _ in range(cfg.repeats):
-            total = 0.0
+            totals.append(0.0)
             for kind, text in corpus:
                 t0 = time.perf_counter()
                 fn(text)
                 dt = time.perf_counter() - t0
-                total += dt
+                totals[-1] += dt
                 slowest = max(slowest, (dt, kind))
-            totals.append(total)
         total = statistics.median(totals)
         rows.append([name, f"{len(corpus) / total:,.0f}", f"{1e6 * total / len(corpus):.1f}",
                      f"{1e6 * slowest[0]:,.0f}", slowest[1]])
@@ -355,16 +341,17 @@ def bench_rewards(argv):
 @dataclass
 class RLBench:
     steps: int = 3  # timed RL steps, after one warm-up step
-    ckpt: str = ""  # a train.py checkpoint: realistic completion lengths ("" = random weights, which
-                    # babble until max_new_tokens)
+    ckpt: str = ""  # a train.py checkpoint, for realistic lengths ("" = random weights, which babble)
 
 
 def bench_rl(argv):
-    own = {f.name for f in fields(RLBench)}
-    is_own = [arg[2:].split("=", 1)[0] in own for arg in argv]
-    bench = parse_config(RLBench, [arg for arg, mine in zip(argv, is_own) if mine])
+    own = [arg for arg in argv if arg[2:].split("=", 1)[0] in {f.name for f in fields(RLBench)}]
+    bench = parse_config(RLBench, own)
     saved = torch.load(bench.ckpt, map_location="cpu", weights_only=True)["config"] if bench.ckpt else None
-    cfg = parse_config(TrainConfig, [arg for arg, mine in zip(argv, is_own) if not mine], base=saved)
+    try:  # the other flags are train.py's, on top of the checkpoint's config if there is one
+        cfg = parse_config(TrainConfig, [arg for arg in argv if arg not in own], base=saved)
+    except ValueError as e:
+        raise ValueError(f"{e}; and the bench's own: {', '.join(f.name for f in fields(RLBench))}") from None
     check_config(cfg)
     device = setup(cfg.threads, cfg.device)
     torch.manual_seed(cfg.seed)
@@ -372,19 +359,18 @@ def bench_rl(argv):
         model, tokenizer = load_model(bench.ckpt, device)
     else:
         model, tokenizer_name, _ = build_model(cfg, device)
-        from sample import get_tokenizer
         tokenizer = get_tokenizer(tokenizer_name)
-    dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
-    ctx = nullcontext() if dtype == "float32" else torch.autocast(device.split(":")[0], dtype=torch.bfloat16)
+    device_type = device.split(":")[0]
+    dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device_type == "cuda" else "float32")
+    ctx = nullcontext() if dtype == "float32" else torch.autocast(device_type, dtype=torch.bfloat16)
     task_args = {"arithmetic": {"digits": cfg.digits}, "gsm8k": {"path": cfg.data_path}}.get(cfg.task, {})
     task = rewards.get_task(cfg.task, **task_args)
-    optimizer = model.configure_optimizer(cfg.rl_lr, cfg.weight_decay, device_type=device.split(":")[0])
+    optimizer = model.configure_optimizer(cfg.rl_lr, cfg.weight_decay, device_type=device_type)
     P, G, eot = cfg.prompts_per_step, cfg.samples_per_prompt, tokenizer.eot_token
-    rng = random.Random(cfg.seed)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    rng, gen = random.Random(cfg.seed), torch.Generator(device=device).manual_seed(cfg.seed)
 
     def rl_step():
-        """-> (seconds sampling, scoring, updating), completion tokens; the same calls as train.py"""
+        """-> [seconds sampling, scoring, updating], completion tokens. The calls train.py makes."""
         problems = [task.sample("train", rng) for _ in range(P)]
         prompts = [encode(tokenizer, p.prompt) for p in problems for _ in range(G)]
         t0 = time.perf_counter()
@@ -400,30 +386,25 @@ def bench_rl(argv):
         policy_update(model, optimizer, idx.to(device), targets.to(device), mask.to(device),
                       shape_rewards(correct, cfg.wrong_reward).to(device), group_ids.to(device), cfg, ctx)
         t3 = time.perf_counter()  # policy_update reads the loss with .item(): the device is done
-        return (t1 - t0, t2 - t1, t3 - t2), sum(len(comp) for comp in completions)
+        return [t1 - t0, t2 - t1, t3 - t2], sum(len(comp) for comp in completions)
 
     rl_step()  # warm-up
     results = [rl_step() for _ in range(bench.steps)]
-    tokens = [n for _, n in results]
+    results = [(times + [sum(times)], n) for times, n in results]  # the whole step as a 4th phase
     phases = ["sampling (`sample.generate`, KV cache)", "scoring (decode + `task.reward`)",
-              "update (`train.policy_update`: forward, backward, AdamW)"]
-    step_seconds = statistics.median(sum(times) for times, _ in results)
-    rows = []
-    for i, phase in enumerate(phases):
-        seconds = statistics.median(times[i] for times, _ in results)
-        tokens_per_s = statistics.median(n / times[i] for times, n in results)
-        rows.append([phase, f"{seconds:.3f}", f"{100 * seconds / step_seconds:.0f}%", f"{tokens_per_s:,.0f}"])
-    rows.append(["whole step", f"{step_seconds:.3f}", "100%",
-                 f"{statistics.median(n / sum(times) for times, n in results):,.0f}"])
-    shares = [statistics.median(times[i] for times, _ in results) for i in range(3)]
-    weights = f"checkpoint {bench.ckpt}" if bench.ckpt else "random weights"
-    c = model.config
-    print_table(f"**rl**: {machine(device)}. Task {cfg.task}, {weights} (n_layer={c.n_layer} n_head={c.n_head} "
-                f"n_embd={c.n_embd} vocab_size={c.vocab_size}), B={P}x{G}={P * G} completions of "
-                f"{statistics.mean(tokens) / (P * G):.1f} tokens on average (max_new_tokens={cfg.max_new_tokens}), "
-                f"{dtype}; median of {bench.steps} steps after a warm-up.",
-                ["phase", "s/step", "share", "completion tokens/s"], rows)
-    print(f"\ndominant: {phases[shares.index(max(shares))].split(' (')[0]}")
+              "update (`train.policy_update`: forward, backward, AdamW)", "whole step"]
+    seconds = [statistics.median(times[i] for times, _ in results) for i in range(4)]
+    rows = [[phase, f"{1000 * s:,.1f}", f"{100 * s / seconds[3]:.0f}%",
+             f"{statistics.median(n / times[i] for times, n in results):,.0f}"]
+            for i, (phase, s) in enumerate(zip(phases, seconds))]
+    length = statistics.mean(n for _, n in results) / (P * G)
+    c, weights = model.config, f"checkpoint {bench.ckpt}" if bench.ckpt else "random weights"
+    print_table(f"**rl**: {machine(device)}. Task {cfg.task}, {weights} "
+                f"(n_layer={c.n_layer} n_head={c.n_head} n_embd={c.n_embd} vocab_size={c.vocab_size}), "
+                f"B={P}x{G}={P * G} completions of {length:.1f} tokens on average (max_new_tokens="
+                f"{cfg.max_new_tokens}), {dtype}; median of {bench.steps} steps after a warm-up.",
+                ["phase", "ms/step", "share", "completion tokens/s"], rows)
+    print(f"\ndominant: {phases[seconds.index(max(seconds[:3]))].split(' (')[0]}")
 
 # -----------------------------------------------------------------------------
 

@@ -85,15 +85,14 @@ class TokenLogprobs(torch.autograd.Function):
                 z = (h @ w.T).to(acc)  # (n, V) the same logits as forward
                 # log p_y = z_y − log Σ_u exp(z_u), so d log p_y / d z_v = 1[v = y] − exp(z_v − lse) = 1[v = y] − p_v;
                 # chain rule: dL/dz = g · (onehot(y) − softmax(z)), g = dL/d log p_y the upstream gradient
-                dz = (z - lse[s:e, None]).exp_().neg_()  # (n, V) −softmax
-                dz[torch.arange(e - s, device=dz.device), safe[s:e]] += 1.0
-                dz.mul_(g[s:e, None])
+                dz = z.sub_(lse[s:e, None]).exp_().mul_(-g[s:e, None])  # (n, V) −g·softmax, in place
+                dz[torch.arange(e - s, device=dz.device), safe[s:e]] += g[s:e]  # + g·onehot
                 dz = dz.to(cdt)
                 # z = h Wᵀ, so dL/dh = dz W and dL/dW = dzᵀ h (summed over the chunk's rows)
                 if need_h:
                     grad_h[s:e] = dz @ w
                 if need_w:
-                    grad_w += dz.T @ h
+                    grad_w.addmm_(dz.T.to(acc), h.to(acc))  # accumulate in place: no (V, C) temporary
         grad_h = grad_h.to(hidden.dtype) if need_h else None
         grad_w = grad_w.to(weight.dtype) if need_w else None
         return grad_h, grad_w, None, None, None

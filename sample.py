@@ -93,7 +93,8 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=
              else model.transformer.wte.weight.dtype)
     cache = KVCache(model.config, B, longest + max_new_tokens, device, dtype)
     cache.valid[:, :longest] = torch.arange(longest, device=device)[None] >= pad[:, None]  # real prompt tokens
-    logits = model(idx, cache=cache, positions=positions)[:, -1]  # (B, V): prefill, all rows at once
+    hidden = model(idx, cache=cache, positions=positions, return_hidden=True)  # (B, T, C): prefill, all rows at once
+    logits = model.lm_head(hidden[:, -1])  # (B, V): only the last position is needed, not (B, T, V)
 
     new_tokens = torch.zeros(B, max_new_tokens, dtype=torch.long, device=device)
     new_logprobs = torch.zeros(B, max_new_tokens, device=device)

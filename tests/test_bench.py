@@ -1,0 +1,72 @@
+"""bench.py: the peers it times compute what ours computes, and a command prints its table.
+Nothing here is timed."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import bench
+from reinforce import token_logprobs
+from model import GPT, GPTConfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_logprob_problem():
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(50, 16, generator=g, requires_grad=True)  # (N, C)
+    W = torch.randn(97, 16, generator=g, requires_grad=True)  # (V, C)
+    t = torch.randint(0, 97, (50,), generator=g)  # (N,)
+    upstream = torch.randn(50, generator=g)  # (N,) dL/dlog π
+    return h, W, t, upstream
+
+
+def values_and_grads(fn, h, W, t, upstream):
+    h.grad = W.grad = None
+    logprobs = fn(h, W, t)
+    (logprobs * upstream).sum().backward()
+    return logprobs.detach(), h.grad.clone(), W.grad.clone()
+
+
+@pytest.mark.parametrize("name", ["naive", "torch", "torch chunked"])
+def test_peer_logprobs_equal_ours_in_value_and_gradient(name):
+    if name.startswith("torch") and not bench.HAS_LINEAR_CROSS_ENTROPY:
+        pytest.skip(f"torch {torch.__version__} has no F.linear_cross_entropy")
+    peer = {"naive": bench.naive_logprobs,
+            "torch": bench.torch_logprobs,
+            "torch chunked": lambda h, W, t: bench.torch_logprobs(h, W, t, chunk=16)}[name]
+    problem = tiny_logprob_problem()
+    expected = values_and_grads(lambda h, W, t: token_logprobs(h, W, t, chunk_size=16), *problem)
+    for got, want in zip(values_and_grads(peer, *problem), expected):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_naive_sampler_is_greedy_decoding_without_a_cache():
+    from sample import generate
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=97, block_size=32, n_layer=2, n_head=2, n_embd=16)).eval()
+    idx = torch.randint(0, 97, (3, 5))
+    assert bench.naive_generate(model, idx, 10).tolist() == generate(model, idx.tolist(), 10, temperature=0)
+
+
+def test_fuzz_corpus_is_seeded_and_covers_every_kind():
+    corpus = bench.fuzz_corpus(18, seed=3)
+    assert corpus == bench.fuzz_corpus(18, seed=3)
+    assert len({kind for kind, _ in corpus}) == 9 and all(isinstance(text, str) for _, text in corpus)
+
+
+def test_rewards_command_prints_one_markdown_table():
+    done = subprocess.run([sys.executable, "bench.py", "rewards", "--n=200", "--repeats=1"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    table = [line for line in done.stdout.splitlines() if line.startswith("|")]
+    assert table[0].startswith("| reward | calls/s") and len(table) == 2 + 4  # header, rule, 4 rewards
+
+
+def test_unknown_command_or_flag_is_refused_by_name():
+    with pytest.raises(ValueError, match="nope"):
+        bench.main(["rewards", "--nope=1"])
+    with pytest.raises(ValueError, match="usage"):
+        bench.main(["nope"])
