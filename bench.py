@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 import rewards
 from model import GPT
-from reinforce import shape_rewards, token_logprobs
+from reinforce import shape_rewards, token_logprobs, weighted_logprob_sum
 from sample import encode, generate, get_tokenizer, load_model
 from train import TrainConfig, build_model, check_config, decode, pad_batch, parse_config, pick_device, policy_update
 
@@ -167,7 +167,7 @@ class LogprobsBench:
     threads: int = 0
     device: str = "auto"
     seed: int = 1337
-    impl: str = ""                 # set by the parent for each worker: naive | ours | torch
+    impl: str = ""                 # set by the parent for each worker: naive | ours | fused | torch
     chunk: int = 0                 # set by the parent for each worker (torch: 0 = its own "auto" choice)
 
 
@@ -204,6 +204,7 @@ def logprobs_worker(argv):
     device = setup(cfg.threads, cfg.device)
     torch.manual_seed(cfg.seed)
     fn = {"naive": naive_logprobs, "ours": lambda h, W, t: token_logprobs(h, W, t, chunk_size=cfg.chunk),
+          "fused": lambda h, W, t: weighted_logprob_sum(h, W, t, torch.ones(len(t), device=t.device), cfg.chunk)[0],
           "torch": lambda h, W, t: torch_logprobs(h, W, t, cfg.chunk)}[cfg.impl]
     # a tiny run first: the first call pages in library code and starts autograd's threads,
     # which would otherwise count as memory of the implementation
@@ -217,7 +218,10 @@ def logprobs_worker(argv):
 
     def step():
         h.grad = W.grad = None  # the last run's gradients are freed, this run's are new
-        (fn(h, W, t) * g).sum().backward()
+        if cfg.impl == "fused":  # g is known before the sum: the gradient is made in the forward pass
+            weighted_logprob_sum(h, W, t, g, chunk_size=cfg.chunk)[0].backward()
+        else:
+            (fn(h, W, t) * g).sum().backward()
 
     sync(device)
     if device.startswith("cuda"):
@@ -230,6 +234,7 @@ def logprobs_worker(argv):
 
 
 LOGPROB_IMPLS = {"naive": "naive `log_softmax(h @ W.T).gather`", "ours": "ours `reinforce.token_logprobs`",
+                 "fused": "ours, gradient in forward `reinforce.weighted_logprob_sum`",
                  "torch": "PyTorch `F.linear_cross_entropy`"}
 
 
@@ -237,7 +242,7 @@ def bench_logprobs(argv):
     cfg = parse_config(LogprobsBench, argv)
     device = setup(cfg.threads, cfg.device)
     chunks = [int(c) for c in cfg.chunks.split(",")]
-    variants = [("naive", 0)] + [("ours", c) for c in chunks]
+    variants = [("naive", 0)] + [("ours", c) for c in chunks] + [("fused", c) for c in chunks]
     variants += [("torch", c) for c in [0] + chunks] if HAS_LINEAR_CROSS_ENTROPY else []
     rows, naive = [], None
     for impl, chunk in variants:

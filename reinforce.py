@@ -83,21 +83,76 @@ class TokenLogprobs(torch.autograd.Function):
                 e = min(s + ctx.chunk_size, N)
                 h = hidden[s:e].to(cdt)  # (n, C)
                 z = (h @ w.T).to(acc)  # (n, V) the same logits as forward
-                # log p_y = z_y − log Σ_u exp(z_u), so d log p_y / d z_v = 1[v = y] − exp(z_v − lse) = 1[v = y] − p_v;
-                # chain rule: dL/dz = g · (onehot(y) − softmax(z)), g = dL/d log p_y the upstream gradient
-                dz = z.sub_(lse[s:e, None]).exp_().mul_(-g[s:e, None])  # (n, V) −g·softmax, in place
-                dz[torch.arange(e - s, device=dz.device), safe[s:e]] += g[s:e]  # + g·onehot
-                dz = dz.to(cdt)
-                # z = h Wᵀ, so dL/dh = dz W and dL/dW = dzᵀ h (summed over the chunk's rows)
-                if need_h:
-                    grad_h[s:e] = dz @ w
-                if need_w:
-                    grad_w.addmm_(dz.T.to(acc), h.to(acc))  # accumulate in place: no (V, C) temporary
+                _backprop_chunk(z, lse[s:e], g[s:e], safe[s:e], h, w, grad_h, grad_w, s, e)
         grad_h = grad_h.to(hidden.dtype) if need_h else None
         grad_w = grad_w.to(weight.dtype) if need_w else None
         return grad_h, grad_w, None, None, None
 
-def token_logprobs(hidden, weight, targets, chunk_size=2048, return_entropy=False):
+def _backprop_chunk(z, lse, g, targets, h, w, grad_h, grad_w, s, e):
+    """Gradients of Σ_n g_n log p(targets_n) through one chunk's logits z (n, V) (overwritten).
+    log p_y = z_y − log Σ_u exp(z_u), so d log p_y / d z_v = 1[v = y] − exp(z_v − lse) = 1[v = y] − p_v;
+    chain rule: dL/dz = g · (onehot(y) − softmax(z)), g = dL/d log p_y the upstream gradient."""
+    dz = z.sub_(lse[:, None]).exp_().mul_(-g[:, None])  # (n, V) −g·softmax, in place
+    dz[torch.arange(e - s, device=dz.device), targets] += g  # + g·onehot
+    # z = h Wᵀ, so dL/dh = dz W and dL/dW = dzᵀ h (summed over the chunk's rows)
+    if grad_h is not None:
+        grad_h[s:e] = dz.to(w.dtype) @ w
+    if grad_w is not None:
+        grad_w.addmm_(dz.T, h.to(dz.dtype))  # accumulate in place: no (V, C) temporary
+
+
+class WeightedLogprobSum(torch.autograd.Function):
+    """Σ_n c_n · log p(y_n) for coefficients c known BEFORE the sum is taken, with the gradient
+    computed during the forward pass.
+
+    REINFORCE is such a sum: its loss is −Σ_t (A/norm) log π(y_t), and A is fixed once the rewards
+    are in. So dL/dz = c·(onehot − softmax) is known chunk by chunk while the logits are there,
+    and the backward pass has nothing left to recompute: 3 head matmuls (logits, dh, dW) instead of
+    token_logprobs' 4. Saved: dh (N, C) and dW (V, C), the size of the gradients themselves.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, coef, chunk_size):
+        cdt = _compute_dtype(hidden, weight)
+        acc = torch.promote_types(cdt, torch.float32)
+        N = hidden.shape[0]
+        c = torch.where(targets >= 0, coef.to(acc), 0.0)  # (N,) ignored rows count 0
+        safe = targets.clamp(min=0)
+        logprobs = torch.empty(N, dtype=acc, device=hidden.device)
+        grad_h = torch.empty(hidden.shape, dtype=acc, device=hidden.device)
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device)
+        with torch.autocast(hidden.device.type, enabled=False):
+            w = weight.to(cdt)  # (V, C)
+            for s in range(0, N, chunk_size):
+                e = min(s + chunk_size, N)
+                h = hidden[s:e].to(cdt)  # (n, C)
+                z = (h @ w.T).to(acc)  # (n, V)
+                lse = torch.logsumexp(z, dim=-1)  # (n,)
+                logprobs[s:e] = z.gather(1, safe[s:e, None]).squeeze(1) - lse
+                _backprop_chunk(z, lse, c[s:e], safe[s:e], h, w, grad_h, grad_w, s, e)
+        logprobs = torch.where(targets >= 0, logprobs, 0.0)
+        ctx.save_for_backward(grad_h, grad_w)
+        ctx.dtypes = hidden.dtype, weight.dtype
+        ctx.mark_non_differentiable(logprobs)
+        return (c * logprobs).sum(), logprobs
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_total, grad_logprobs):
+        grad_h, grad_w = ctx.saved_tensors  # d total / d hidden, d total / d weight
+        return (grad_h.mul_(grad_total).to(ctx.dtypes[0]), grad_w.mul_(grad_total).to(ctx.dtypes[1]),
+                None, None, None)
+
+
+def weighted_logprob_sum(hidden, weight, targets, coef, chunk_size=1024):
+    """hidden (N, C), weight (V, C), targets (N,), coef (N,) no grad -> (Σ_n coef_n · log p(targets_n),
+    logprobs (N,) detached). The gradient is computed in the forward pass (see WeightedLogprobSum):
+    use it where the coefficients are known up front, as in on-policy REINFORCE."""
+    return WeightedLogprobSum.apply(hidden.reshape(-1, hidden.shape[-1]), weight, targets.reshape(-1),
+                                    coef.reshape(-1).detach(), chunk_size)
+
+
+def token_logprobs(hidden, weight, targets, chunk_size=1024, return_entropy=False):
     """hidden (N, C), weight (V, C), targets (N,) int64 -> logprobs (N,) float32 (float64 for
     float64 inputs); targets == -1 are ignored (logprob 0, no gradient). Leading dims of hidden
     and targets may be anything (e.g. (B, T, C) and (B, T)); the output takes targets' shape.
@@ -109,7 +164,7 @@ def token_logprobs(hidden, weight, targets, chunk_size=2048, return_entropy=Fals
         return logprobs.view(shape), entropy.view(shape)
     return logprobs.view(shape)
 
-def sft_loss(hidden, weight, targets, chunk_size=2048):
+def sft_loss(hidden, weight, targets, chunk_size=1024):
     """Cold-start supervised loss: mean of −log π(target) over targets != -1 (cross-entropy)."""
     logprobs = token_logprobs(hidden, weight, targets, chunk_size)
     n = (targets >= 0).sum().clamp(min=1)  # no valid target -> loss 0, not NaN

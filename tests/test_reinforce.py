@@ -366,3 +366,55 @@ def test_sgd_step_raises_probability_of_rewarded_samples():
     assert lp_after[~rewarded].mean() < lp[~rewarded].mean()
     pi_before, pi_after = lp.detach().exp(), lp_after.exp()
     assert (pi_after[rewarded] > pi_before[rewarded]).all()
+
+
+# -----------------------------------------------------------------------------
+# weighted_logprob_sum: the gradient computed during the forward pass
+
+@pytest.mark.parametrize("chunk_size", [1, 8, 1000])
+def test_weighted_logprob_sum_equals_naive_value_and_gradients_in_float64(chunk_size):
+    from reinforce import weighted_logprob_sum
+    torch.manual_seed(11)
+    N, C, V = 37, 6, 13
+    h = torch.randn(N, C, dtype=torch.float64, requires_grad=True)
+    W = torch.randn(V, C, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, V, (N,))
+    t[[0, 5, 36]] = -1  # ignored rows: no value, no gradient
+    coef = torch.randn(N, dtype=torch.float64)
+    total, logprobs = weighted_logprob_sum(h, W, t, coef, chunk_size=chunk_size)
+    (3.0 * total).backward()  # an upstream gradient other than 1
+    grads = h.grad.clone(), W.grad.clone()
+    h.grad = W.grad = None
+    valid = t >= 0
+    naive_lp = torch.log_softmax(h @ W.T, -1).gather(1, t.clamp(min=0)[:, None]).squeeze(1) * valid
+    naive_total = (coef * naive_lp).sum()
+    (3.0 * naive_total).backward()
+    torch.testing.assert_close(total, naive_total, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(logprobs, naive_lp.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grads[0], h.grad, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grads[1], W.grad, rtol=1e-10, atol=1e-12)
+    assert grads[0][[0, 5, 36]].abs().max() == 0
+
+
+def test_weighted_logprob_sum_with_advantages_gives_the_reinforce_gradient():
+    """coef = A/n per completion token reproduces reinforce_loss's token-mean gradient."""
+    from reinforce import weighted_logprob_sum
+    torch.manual_seed(12)
+    B, T, C, V = 4, 5, 8, 11
+    h = torch.randn(B, T, C, dtype=torch.float64, requires_grad=True)
+    W = torch.randn(V, C, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, V, (B, T))
+    mask = torch.rand(B, T) > 0.3
+    t[~mask] = -1
+    rewards, groups = torch.tensor([1.0, 0.0, 0.0, 1.0]), torch.tensor([0, 0, 1, 1])
+    lp = token_logprobs(h, W, t)
+    loss, _ = reinforce_loss(lp, lp.detach(), rewards, groups, mask, baseline="none", aggregation="token-mean")
+    loss.backward()
+    expected = h.grad.clone(), W.grad.clone()
+    h.grad = W.grad = None
+    coef = -rewards[:, None].double() * mask / mask.sum()  # d loss / d log π(y_t)
+    total, _ = weighted_logprob_sum(h, W, t, coef)
+    total.backward()
+    torch.testing.assert_close(total, loss)
+    torch.testing.assert_close(h.grad, expected[0])
+    torch.testing.assert_close(W.grad, expected[1])
