@@ -236,3 +236,13 @@ def test_kl_penalty_is_zero_while_the_policy_equals_the_reference(tmp_path):
 def test_several_updates_per_batch_need_a_clip_or_the_mirror_loss():
     with pytest.raises(ValueError, match="updates_per_batch"):
         train.check_config(train.parse_config(train.TrainConfig, ["--updates_per_batch=2"]))
+
+
+def test_sample_cli_completes_a_prompt_from_a_train_checkpoint(tmp_path, capsys):
+    import sample
+    out = run(tmp_path)
+    sample.main([f"--ckpt={out}/ckpt.pt", "--prompt=12+34=", "--num_samples=2", "--max_new_tokens=8"])
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("12+34=")]
+    assert len(printed) == 2
+    with pytest.raises(ValueError, match="exceeds the model's block_size=48"):
+        sample.main([f"--ckpt={out}/ckpt.pt", "--prompt=" + "1" * 45, "--max_new_tokens=8"])
