@@ -74,8 +74,9 @@ def main(argv):
     print(f"\nheld-out {n_eval} problems, {cfg.rl_steps} RL steps after "
           f"{cfg.sft_steps} SFT steps, seeds 1..{cfg.seeds} (mean ± half-range); "
           f"total {time.time() - t_start:.0f} s\n")
-    keys = ("accuracy", "sample_accuracy", "pass@8", "length", "sample_step_by_step")
-    print("| variant | greedy accuracy | sampled accuracy | pass@8 | mean length | step-by-step (sampled) | RL wall time (s) |")
+    pass_k = next(k for k in before[0] if k.startswith("pass@"))
+    keys = ("accuracy", "sample_accuracy", pass_k, "length", "sample_step_by_step")
+    print(f"| variant | greedy accuracy | sampled accuracy | {pass_k} | mean length | step-by-step (sampled) | RL wall time (s) |")
     print("|---|---|---|---|---|---|---|")
     print("| after SFT, before RL | " + " | ".join(cell([b[k] for b in before]) for k in keys) + " | - |")
     for name, runs in results.items():

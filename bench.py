@@ -34,8 +34,8 @@ import torch.nn.functional as F
 import rewards
 from model import GPT
 from reinforce import shape_rewards, token_logprobs, weighted_logprob_sum
-from sample import encode, generate, get_tokenizer, load_model
-from train import TrainConfig, build_model, check_config, decode, pad_batch, parse_config, pick_device, policy_update
+from sample import decode, encode, generate, get_tokenizer, load_model
+from train import TrainConfig, build_model, check_config, pad_batch, parse_config, pick_device, policy_update
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 HAS_LINEAR_CROSS_ENTROPY = hasattr(F, "linear_cross_entropy")  # torch >= 2.13
@@ -363,7 +363,7 @@ def bench_rl(argv):
     if bench.ckpt:
         model, tokenizer = load_model(bench.ckpt, device)
     else:
-        model, tokenizer_name, _ = build_model(cfg, device)
+        model, tokenizer_name = build_model(cfg, device)
         tokenizer = get_tokenizer(tokenizer_name)
     device_type = device.split(":")[0]
     dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device_type == "cuda" else "float32")

@@ -249,17 +249,19 @@ def compute_advantages(rewards, group_ids, baseline="group", std_normalize=False
 # the loss
 
 def _aggregate(x, mask, keep, aggregation, max_len):
-    """x, mask (B, T), keep (B,) -> scalar, the per-token quantity x reduced over trained tokens"""
+    """x, mask (B, T), keep (B,) -> (x reduced over the trained tokens, the normaliser it was divided by)"""
     m = mask * keep[:, None]  # (B, T) dropped sequences weigh 0
-    n_seqs = keep.sum().clamp(min=1)
     if aggregation == "token-mean":
         # Σ over tokens / #tokens: every token weighs the same (DAPO, Yu et al. 2025)
-        return (x * m).sum() / m.sum().clamp(min=1)
+        norm = m.sum().clamp(min=1)
+        return (x * m).sum() / norm, norm
     if aggregation == "seq-mean":
         # mean over sequences of token means (GRPO): short answers' tokens weigh more, a length bias
-        return ((x * m).sum(1) / mask.sum(1).clamp(min=1)).sum() / n_seqs
+        norm = keep.sum().clamp(min=1)
+        return ((x * m).sum(1) / mask.sum(1).clamp(min=1)).sum() / norm, norm
     # const: Σ over tokens / (B · max_len), a normaliser that is a constant: unbiased (Dr. GRPO, Liu et al. 2025)
-    return (x * m).sum() / (n_seqs * max_len)
+    norm = torch.tensor(float(mask.size(0) * max_len))
+    return (x * m).sum() / norm, norm
 
 def reinforce_loss(logprobs, old_logprobs, rewards, group_ids, completion_mask, *,
                    baseline="group", std_normalize=False, aggregation="token-mean", max_len=None,
@@ -306,7 +308,8 @@ def reinforce_loss(logprobs, old_logprobs, rewards, group_ids, completion_mask, 
         else:
             # REINFORCE: ∇J ≈ A ∇log π(y) = Σ_t A ∇log π(y_t), so each token's objective is A · log π(y_t)
             obj = A * logprobs  # (B, T)
-        loss = -_aggregate(obj, mask, keep, aggregation, max_len)
+        objective, norm = _aggregate(obj, mask, keep, aggregation, max_len)
+        loss = -objective
     else:
         # online policy mirror descent (Kimi k1.5 §2.3.2): regress τ·log(π_θ/π_old)(y) onto r − r̄
         #   ρ_i = Σ_t log π_θ(y_t) − log π_old(y_t),  L = mean_i (r_i − r̄ − τρ_i)² / (2τ)
@@ -314,14 +317,15 @@ def reinforce_loss(logprobs, old_logprobs, rewards, group_ids, completion_mask, 
         adv = compute_advantages(r, group_ids, "group")  # (B,) r − r̄ (0 in all-equal groups)
         rho = ((logprobs - old_logprobs) * mask).sum(1)  # (B,) sequence log-ratio
         per_seq = (adv - tau * rho) ** 2 / (2 * tau)  # (B,)
-        loss = (per_seq * keep).sum() / keep.sum().clamp(min=1)
+        norm = keep.sum().clamp(min=1)
+        loss = (per_seq * keep).sum() / norm
 
     kl = torch.zeros(())
     if kl_coef > 0:
         # k3 estimator of KL(π_θ ‖ π_ref) per token (Schulman 2020), ≥ 0 and unbiased: e^d − d − 1, d = ref − lp
         d = ref_logprobs - logprobs  # (B, T)
         how = aggregation if loss_type == "reinforce" else "token-mean"
-        kl = _aggregate(d.exp() - d - 1, mask, keep, how, max_len)
+        kl = _aggregate(d.exp() - d - 1, mask, keep, how, max_len)[0]
         loss = loss + kl_coef * kl
 
     lengths = completion_mask.float().sum(1)  # (B,)
@@ -337,5 +341,6 @@ def reinforce_loss(logprobs, old_logprobs, rewards, group_ids, completion_mask, 
         "clip_frac": float(clip_frac),
         "kl": float(kl.detach()),
         "n_seqs_trained": keep.sum().item(),
+        "normaliser": float(norm),  # what the loss was divided by (train.py rescales it under DDP)
     }
     return loss, metrics

@@ -7,7 +7,7 @@ of its time here. Also the tokenizers (text <-> token ids), since this is where 
 How `generate` works: prompts of different lengths are left-padded into one (B, T) batch; one
 batched forward pass ("prefill") fills a preallocated KV cache; then each step feeds only the
 newest token of every unfinished row. Rows that hit a stop token are dropped from the batch (and
-from the cache), so they cost nothing more.
+from the cache) once they are a quarter of it, so finished rows soon cost nothing more.
 """
 import sys
 from dataclasses import dataclass
@@ -45,8 +45,8 @@ def encode(tokenizer, text):
     return tokenizer.encode(text, disallowed_special=())  # model text never becomes a special token
 
 
-def end_of_text(tokenizer):
-    return tokenizer.eot_token
+def decode(tokenizer, tokens):
+    return tokenizer.decode([t for t in tokens if t != tokenizer.eot_token])  # without end-of-text
 
 # -----------------------------------------------------------------------------
 # Sampling
@@ -74,7 +74,8 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=
              stop_tokens=(), generator=None, return_logprobs=False):
     """prompts: a list of token lists (any lengths). Returns one list of new tokens per prompt,
     ending at (and including) the first stop token. With return_logprobs, also each sampled
-    token's log-prob under the model at temperature 1 (what the trainer calls log pi_old)."""
+    token's log-prob under the model at temperature 1 (log pi_old of the sampling policy; train.py
+    recomputes it with the training forward pass instead, so that the first ratio is exactly 1)."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("generate needs a non-empty list of non-empty prompts")
     longest, block_size = max(len(p) for p in prompts), model.config.block_size
@@ -96,24 +97,29 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=
     hidden = model(idx, cache=cache, positions=positions, return_hidden=True)  # (B, T, C): prefill, all rows at once
     logits = model.lm_head(hidden[:, -1])  # (B, V): only the last position is needed, not (B, T, V)
 
-    new_tokens = torch.zeros(B, max_new_tokens, dtype=torch.long, device=device)
-    new_logprobs = torch.zeros(B, max_new_tokens, device=device)
-    lengths = torch.full((B,), max_new_tokens, device=device)
-    active = torch.arange(B, device=device)  # which original rows are still generating
+    new_tokens = torch.zeros(B, max_new_tokens, dtype=torch.long, device=device)  # (B, max_new_tokens)
+    new_logprobs = torch.zeros(B, max_new_tokens, device=device)                    # (B, max_new_tokens)
+    lengths = torch.full((B,), max_new_tokens, device=device)  # (B,) tokens up to and including the stop
+    active = torch.arange(B, device=device)  # (b,) the original row of each row still in the batch
+    finished = torch.zeros(B, dtype=torch.bool, device=device)  # (b,) rows that already hit a stop token
     stop = torch.tensor(list(stop_tokens), dtype=torch.long, device=device)
-    next_pos = positions[:, -1] + 1  # (B,)
+    next_pos = positions[:, -1] + 1  # (b,)
     for t in range(max_new_tokens):
         token = sample_next(logits, temperature, top_k, top_p, generator)  # (b,)
-        new_tokens[active, t] = token
+        new_tokens[active, t] = token  # what a finished row adds is cut off by its length
         if return_logprobs:
             new_logprobs[active, t] = F.log_softmax(logits.float(), dim=-1).gather(1, token[:, None]).squeeze(1)
-        done = torch.isin(token, stop)  # (b,)
-        lengths[active[done]] = t + 1
-        if t == max_new_tokens - 1 or done.all():
+        newly_done = torch.isin(token, stop) & ~finished
+        lengths[active] = torch.where(newly_done, t + 1, lengths[active])
+        finished |= newly_done
+        n_finished = int(finished.sum())  # the step's one host-device sync
+        if n_finished == len(active) or t == max_new_tokens - 1:
             break
-        if done.any():  # shrink the batch: finished rows take no more compute
-            keep = (~done).nonzero().squeeze(1)
-            active, token, next_pos = active[keep], token[keep], next_pos[keep]
+        # Drop finished rows from the batch (and the cache) once they are a quarter of it: fewer rows
+        # cost less per step, and waiting for a quarter keeps the cache copies to a few per call.
+        if 4 * n_finished >= len(active):
+            keep = (~finished).nonzero().squeeze(1)
+            active, token, next_pos, finished = active[keep], token[keep], next_pos[keep], finished[keep]
             cache.keep(keep)
         cache.valid[:, cache.length] = True
         logits = model(token[:, None], cache=cache, positions=next_pos[:, None])[:, -1]  # (b, V)
@@ -159,10 +165,9 @@ def main(argv):
     prompt = encode(tokenizer, cfg.prompt)
     completions = generate(model, [prompt] * cfg.num_samples, cfg.max_new_tokens, cfg.temperature,
                            top_k=cfg.top_k or None, top_p=cfg.top_p if cfg.top_p < 1 else None,
-                           stop_tokens=(end_of_text(tokenizer),), generator=generator)
+                           stop_tokens=(tokenizer.eot_token,), generator=generator)
     for completion in completions:
-        text = tokenizer.decode([t for t in completion if t != end_of_text(tokenizer)])
-        print(f"{cfg.prompt}{text}\n---")
+        print(f"{cfg.prompt}{decode(tokenizer, completion)}\n---")
 
 
 if __name__ == "__main__":

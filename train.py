@@ -30,9 +30,10 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from model import GPT, GPTConfig
-from reinforce import length_penalty, reinforce_loss, sft_loss, shape_rewards, token_logprobs
+from reinforce import (AGGREGATIONS, BASELINES, LOSS_TYPES, length_penalty, reinforce_loss, sft_loss,
+                       shape_rewards, token_logprobs)
 from rewards import get_task
-from sample import encode, generate, get_tokenizer
+from sample import decode, encode, generate, get_tokenizer
 
 
 @dataclass
@@ -52,21 +53,21 @@ class TrainConfig:
     # model
     init_from: str = "scratch"      # scratch | resume | gpt2 (or gpt2-medium, ...) | a local Hugging Face directory
     tokenizer: str = "auto"         # char | gpt2; auto = char from scratch, gpt2 for pretrained weights
-    n_layer: int = 4
+    n_layer: int = 4                # model shape when training from scratch (~0.8M parameters)
     n_head: int = 4
     n_embd: int = 128
-    block_size: int = 96
+    block_size: int = 96            # longest prompt + completion
     dropout: float = 0.0
     # cold start: supervised fine-tuning on the task's traces
-    sft_steps: int = 900
-    sft_batch_size: int = 64
+    sft_steps: int = 900            # optimizer steps of the cold start (0 = straight to RL)
+    sft_batch_size: int = 64        # traces per SFT step
     sft_lr: float = 2e-3            # peak; linear warm-up then cosine decay to sft_lr / 10
-    warmup_steps: int = 50
+    warmup_steps: int = 50          # linear learning-rate warm-up, at the start of SFT and of RL
     # RL
-    rl_steps: int = 100
+    rl_steps: int = 100             # RL steps after the cold start
     prompts_per_step: int = 16      # P problems per step
     samples_per_prompt: int = 8     # G completions per problem (a "group")
-    max_new_tokens: int = 64
+    max_new_tokens: int = 64        # longest completion (it ends earlier at end-of-text)
     temperature: float = 1.0        # sampling temperature during RL
     rl_lr: float = 3e-4             # constant after warm-up, so a resumed run may extend rl_steps
     updates_per_batch: int = 1      # >1: several optimizer steps on one batch (needs clip_eps or loss_type=mirror)
@@ -83,7 +84,7 @@ class TrainConfig:
     drop_zero_signal: bool = False  # leave groups with all-equal rewards out of the loss (DAPO)
     prioritized: bool = False       # sample training problems in proportion to 1 - success rate (Kimi k1.5)
     problem_pool: int = 2000        # prioritized: size of the fixed pool of training problems
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0       # AdamW decay on the blocks' matrices
     grad_clip: float = 1.0          # clip the global gradient norm (0 = off)
     # evaluation and checkpoints
     eval_every: int = 10            # RL steps between held-out evaluations (0 = only before and after RL)
@@ -125,15 +126,17 @@ def parse_config(cls, argv, base=None):
 
 
 def check_config(cfg):
-    choices = {"dtype": ("auto", "float32", "bfloat16"), "baseline": ("none", "batch", "group", "rloo"),
-               "aggregation": ("seq-mean", "token-mean", "const"), "loss_type": ("reinforce", "mirror"),
-               "tokenizer": ("auto", "char", "gpt2")}
+    choices = {"dtype": ("auto", "float32", "bfloat16"), "baseline": BASELINES, "aggregation": AGGREGATIONS,
+               "loss_type": LOSS_TYPES, "tokenizer": ("auto", "char", "gpt2")}
     for key, allowed in choices.items():
         if getattr(cfg, key) not in allowed:
             raise ValueError(f"--{key}={getattr(cfg, key)} is not one of {', '.join(allowed)}")
-    for key in ("sft_steps", "rl_steps", "eval_every", "ckpt_every", "updates_per_batch"):
+    for key in ("sft_steps", "rl_steps", "eval_every", "ckpt_every"):
         if getattr(cfg, key) < 0:
             raise ValueError(f"--{key} must be >= 0")
+    for key in ("warmup_steps", "updates_per_batch", "prompts_per_step", "samples_per_prompt", "pass_k"):
+        if getattr(cfg, key) < 1:
+            raise ValueError(f"--{key} must be >= 1")
     if cfg.updates_per_batch > 1 and cfg.clip_eps == 0 and cfg.loss_type != "mirror":
         raise ValueError("--updates_per_batch > 1 re-uses samples from an older policy: set --clip_eps "
                          "or --loss_type=mirror")
@@ -191,34 +194,38 @@ def sampling_weights(success, floor=0.05):
     return (1 - success).clamp(min=floor)
 
 
-def decode(tokenizer, tokens):
-    return tokenizer.decode([t for t in tokens if t != tokenizer.eot_token])
-
 # -----------------------------------------------------------------------------
 # the RL update
 
 def policy_update(model, optimizer, idx, targets, mask, rewards, group_ids, cfg, ctx, ref_model=None):
     """One batch of completions -> cfg.updates_per_batch optimizer steps of the REINFORCE loss.
-    Returns (metrics, number of steps skipped because the loss or gradient was not finite)."""
+    idx, targets, mask (B, T) from pad_batch; rewards, group_ids (B,).
+    Returns (metrics, number of steps skipped because the gradient was not finite)."""
     raw = model.module if isinstance(model, DDP) else model
 
-    def completion_logprobs(net, **kw):
-        with ctx:
+    def completion_logprobs(net, head, **kw):
+        with ctx:  # under autocast the lm_head matmuls of token_logprobs run in bfloat16 too
             hidden = net(idx, return_hidden=True)  # (B, T, C): the (B, T, V) logits are never built
-        head = raw.lm_head.weight if net is model else net.lm_head.weight  # (V, C)
-        return token_logprobs(hidden, head, targets, **kw)
+            return token_logprobs(hidden, head.lm_head.weight, targets, **kw)  # (B, T)
 
-    with torch.no_grad():  # log pi_old: only needed when the policy moves between updates
-        old = completion_logprobs(raw) if cfg.updates_per_batch > 1 or cfg.loss_type == "mirror" else None
-        ref = completion_logprobs(ref_model) if ref_model is not None else None
+    with torch.no_grad():
+        # log pi_old (B, T): only needed when the policy moves between updates of one batch
+        old = completion_logprobs(raw, raw) if cfg.updates_per_batch > 1 or cfg.loss_type == "mirror" else None
+        ref = completion_logprobs(ref_model, ref_model) if ref_model is not None else None  # (B, T)
     skipped = 0
     for _ in range(cfg.updates_per_batch):
-        logprobs, entropy = completion_logprobs(model, return_entropy=True)  # (B, T) each
+        logprobs, entropy = completion_logprobs(model, raw, return_entropy=True)  # (B, T) each
         loss, metrics = reinforce_loss(
             logprobs, logprobs.detach() if old is None else old, rewards, group_ids, mask,
             baseline=cfg.baseline, std_normalize=cfg.std_normalize, aggregation=cfg.aggregation,
             max_len=cfg.max_new_tokens, loss_type=cfg.loss_type, tau=cfg.tau, clip_eps=cfg.clip_eps,
             kl_coef=cfg.kl_coef, ref_logprobs=ref, drop_zero_signal=cfg.drop_zero_signal)
+        if isinstance(model, DDP):
+            # each rank divided its sum by its own normaliser (tokens or sequences) and DDP averages
+            # the ranks' gradients; rescale so the result is the sum over all ranks / global normaliser
+            total = torch.tensor(metrics["normaliser"], device=loss.device)
+            dist.all_reduce(total)
+            loss = loss * (metrics["normaliser"] * dist.get_world_size() / total.item())
         skipped += optimizer_step(model, optimizer, loss, cfg)
     metrics["entropy"] = (entropy.sum() / mask.sum()).item()
     metrics["loss"] = loss.item()
@@ -226,16 +233,35 @@ def policy_update(model, optimizer, idx, targets, mask, rewards, group_ids, cfg,
 
 
 def optimizer_step(model, optimizer, loss, cfg):
-    """backward, clip, step. A non-finite loss or gradient norm skips the step (returns 1) and
-    leaves the weights untouched; under DDP the gradients are averaged first, so all ranks agree."""
+    """backward, clip, step. A non-finite gradient norm (a NaN or inf loss makes one) skips the
+    step (returns 1) and leaves the weights untouched. Under DDP the norm is of the averaged
+    gradients, the same on every rank, so all ranks skip together."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-    if not (torch.isfinite(norm) and torch.isfinite(loss.detach())):
+    if not torch.isfinite(norm):
         optimizer.zero_grad(set_to_none=True)
         return 1
     optimizer.step()
     return 0
+
+
+def set_lr(optimizer, lr):
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def rollout(model, task, tokenizer, problems, cfg, generator, ctx):
+    """Steps 1-3 of RL: each problem's prompt G times -> completions (KV-cached sampler) ->
+    exact rewards. Returns prompts and completions (token lists) and texts, correct (B,)."""
+    G = cfg.samples_per_prompt
+    prompts = [encode(tokenizer, p.prompt) for p in problems for _ in range(G)]
+    with ctx:
+        completions = generate(model, prompts, cfg.max_new_tokens, temperature=cfg.temperature,
+                               stop_tokens=(tokenizer.eot_token,), generator=generator)
+    texts = [decode(tokenizer, c) for c in completions]
+    correct = torch.tensor([task.reward(t, problems[i // G]) for i, t in enumerate(texts)])  # (B,) 1 or 0
+    return prompts, completions, texts, correct
 
 # -----------------------------------------------------------------------------
 # evaluation on the held-out split
@@ -277,15 +303,12 @@ def save_checkpoint(path, model, optimizer, cfg, step, extra):
     os.replace(path + ".tmp", path)
 
 
-def build_model(cfg, device):
-    """-> (model, tokenizer name, checkpoint or None)"""
-    ckpt = None
-    if cfg.init_from == "resume":
-        path = os.path.join(cfg.out_dir, "ckpt.pt")
-        ckpt = torch.load(path, map_location=device, weights_only=True)
+def build_model(cfg, device, ckpt=None):
+    """-> (model, tokenizer name): from a checkpoint (resume), from scratch, or from GPT-2 weights."""
+    if ckpt is not None:
         model = GPT(GPTConfig(**ckpt["model_config"]))
         model.load_state_dict(ckpt["model"])
-        return model.to(device), ckpt["tokenizer"], ckpt
+        return model.to(device), ckpt["tokenizer"]
     if cfg.init_from == "scratch":
         tokenizer_name = "char" if cfg.tokenizer == "auto" else cfg.tokenizer
         vocab_size = get_tokenizer(tokenizer_name).n_vocab
@@ -296,15 +319,16 @@ def build_model(cfg, device):
         model = GPT.from_pretrained(cfg.init_from, dropout=cfg.dropout)
         if get_tokenizer(tokenizer_name).n_vocab > model.config.vocab_size:
             raise ValueError(f"tokenizer {tokenizer_name!r} has more tokens than the model's vocab_size")
-    return model.to(device), tokenizer_name, ckpt
+    return model.to(device), tokenizer_name
 
 # -----------------------------------------------------------------------------
 
 def main(argv):
     cfg = parse_config(TrainConfig, argv)
+    ckpt = None
     if cfg.init_from == "resume":  # the saved config, updated by what this command line says
-        saved = torch.load(os.path.join(cfg.out_dir, "ckpt.pt"), map_location="cpu", weights_only=True)
-        cfg = parse_config(TrainConfig, argv, base={**saved["config"], "init_from": "resume"})
+        ckpt = torch.load(os.path.join(cfg.out_dir, "ckpt.pt"), map_location="cpu", weights_only=True)
+        cfg = parse_config(TrainConfig, argv, base={**ckpt["config"], "init_from": "resume"})
     check_config(cfg)
 
     # processes and devices: under torchrun every rank runs this same script
@@ -328,16 +352,17 @@ def main(argv):
 
     task_args = {"arithmetic": {"digits": cfg.digits}, "gsm8k": {"path": cfg.data_path}}.get(cfg.task, {})
     task = get_task(cfg.task, **task_args)
-    model, tokenizer_name, ckpt = build_model(cfg, device)
+    model, tokenizer_name = build_model(cfg, device, ckpt)
     tokenizer = get_tokenizer(tokenizer_name)
     optimizer = model.configure_optimizer(cfg.sft_lr, cfg.weight_decay, device_type=device_type)
     start, state = 0, {"before": None, "skipped": 0, "sft_time": 0.0, "rl_time": 0.0}
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
-        torch.set_rng_state(ckpt["torch_rng"].cpu())
+        torch.set_rng_state(ckpt["torch_rng"])
         start = ckpt["step"]
         state.update({k: ckpt[k] for k in state})
-    ref_model = None  # with kl_coef > 0: the frozen policy that RL starts from
+    if master:
+        print(f"{model.num_params() / 1e6:.2f}M parameters, tokenizer {tokenizer_name}, device {device}, {dtype}")
     train_model = torch.compile(model) if cfg.compile else model
     if ddp:
         train_model = DDP(train_model, device_ids=[device] if device_type == "cuda" else None)
@@ -345,10 +370,13 @@ def main(argv):
     os.makedirs(cfg.out_dir, exist_ok=True)
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
-    if master:  # a resumed run rewrites the log from its restart point
+    if master:  # a resumed run rewrites the log from its restart point (keeping the eval made there)
         lines = open(metrics_path).read().splitlines() if start and os.path.exists(metrics_path) else []
+        records = [json.loads(line) for line in lines]
         with open(metrics_path, "w") as f:
-            f.writelines(line + "\n" for line in lines if json.loads(line)["step"] < start)
+            f.writelines(json.dumps(r) + "\n" for r in records
+                         if r["step"] < start or (r["step"] == start and r["phase"] == "eval"))
+
     def log(record):
         if master:
             with open(metrics_path, "a") as f:
@@ -357,92 +385,94 @@ def main(argv):
     eval_problems = [task.sample("test", random.Random(f"{cfg.seed}/eval/{i}")) for i in range(cfg.eval_problems)]
     pool = [task.sample("train", random.Random(f"{cfg.seed}/pool/{i}"))  # prioritized sampling draws from it
             for i in range(cfg.problem_pool if cfg.prioritized else 0)]
-    success = torch.zeros(len(pool))  # the last success rate of each pool problem
+    success = torch.zeros(len(pool))  # (pool,) the last success rate of each pool problem
     if ckpt is not None and len(ckpt["success"]) == len(pool):  # (empty when the saved run did not prioritize)
         success = ckpt["success"]
+    ref_model = None  # with kl_coef > 0: the frozen policy that RL starts from
 
     def checkpoint(step):
-        if master:
-            ref = {"ref_model": ref_model.state_dict()} if ref_model is not None else {}
-            save_checkpoint(ckpt_path, model, optimizer, cfg, step,
-                            {**state, "tokenizer": tokenizer_name, "success": success, **ref})
-    def should_stop():
-        flag = torch.tensor(float(STOP["requested"]))
+        ref = {"ref_model": ref_model.state_dict()} if ref_model is not None else {}
+        save_checkpoint(ckpt_path, model, optimizer, cfg, step,
+                        {**state, "tokenizer": tokenizer_name, "success": success, **ref})
+
+    def end_of_step(step):
+        """Checkpoint when due or when Ctrl-C was pressed (on any rank); True means stop now."""
+        flag = torch.tensor(float(STOP["requested"]), device=device)
         if ddp:
             dist.all_reduce(flag)  # every rank stops at the same step
-        return flag.item() > 0
+        stop = flag.item() > 0
+        if master and (stop or (cfg.ckpt_every and step % cfg.ckpt_every == 0)):
+            checkpoint(step)
+            if stop:
+                print(f"interrupted: saved {ckpt_path} at step {step}")
+        return stop
 
-    total = cfg.sft_steps + cfg.rl_steps
-    eot = tokenizer.eot_token
-    # ---- phase 1: cold-start SFT ---------------------------------------------------------
-    bar = tqdm(range(start, cfg.sft_steps), desc="sft", disable=not master, initial=start, total=cfg.sft_steps)
-    t0 = time.time()
-    for step in bar:
-        # linear warm-up, then cosine decay to a tenth of the peak
-        decay = 0.5 * (1 + math.cos(math.pi * step / max(1, cfg.sft_steps)))
-        lr = cfg.sft_lr * min(1.0, (step + 1) / cfg.warmup_steps) * (0.1 + 0.9 * decay)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        idx, targets, _ = sft_batch(task, tokenizer, step_rng(cfg, step, rank, "sft"), cfg, model.config.block_size)
-        with ctx:
-            hidden = train_model(idx.to(device), return_hidden=True)  # (B, T, C)
-        loss = sft_loss(hidden, model.lm_head.weight, targets.to(device))
-        state["skipped"] += optimizer_step(train_model, optimizer, loss, cfg)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-        log({"step": step, "phase": "sft", "loss": loss.item(), "lr": lr})
-        if should_stop():
-            checkpoint(step + 1)
-            return print(f"interrupted: saved {ckpt_path} at step {step + 1}") if master else None
-        if cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0:
-            checkpoint(step + 1)
-    state["sft_time"] += time.time() - t0 if start < cfg.sft_steps else 0.0
-
-    # ---- phase 2: RL with exact rewards ----------------------------------------------------
-    if state["before"] is None:
+    def evaluate_before_rl():  # the "after SFT" column of the summary; saved with the checkpoints
         state["before"] = evaluate(model, task, tokenizer, eval_problems, cfg, ctx) if master else {}
         log({"step": cfg.sft_steps, "phase": "eval", **state["before"]})
         if master:
             print(f"after SFT: {fmt(state['before'])}")
+
+    total = cfg.sft_steps + cfg.rl_steps
+    # ---- phase 1: cold-start SFT ---------------------------------------------------------
+    bar = tqdm(range(start, cfg.sft_steps), desc="sft", disable=not master, initial=start, total=cfg.sft_steps)
+    for step in bar:
+        t0 = time.time()
+        # linear warm-up, then cosine decay to a tenth of the peak
+        decay = 0.5 * (1 + math.cos(math.pi * step / max(1, cfg.sft_steps)))
+        lr = cfg.sft_lr * min(1.0, (step + 1) / cfg.warmup_steps) * (0.1 + 0.9 * decay)
+        set_lr(optimizer, lr)
+        idx, targets, _ = sft_batch(task, tokenizer, step_rng(cfg, step, rank, "sft"), cfg, model.config.block_size)
+        with ctx:
+            hidden = train_model(idx.to(device), return_hidden=True)  # (B, T, C)
+            loss = sft_loss(hidden, model.lm_head.weight, targets.to(device))
+        state["skipped"] += optimizer_step(train_model, optimizer, loss, cfg)
+        state["sft_time"] += time.time() - t0
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        log({"step": step, "phase": "sft", "loss": loss.item(), "lr": lr})
+        if step + 1 == cfg.sft_steps:
+            evaluate_before_rl()
+        if end_of_step(step + 1):
+            return None
+
+    # ---- phase 2: RL with exact rewards ----------------------------------------------------
+    if state["before"] is None:  # no SFT steps at all (e.g. RL straight from GPT-2 weights)
+        evaluate_before_rl()
     if cfg.kl_coef > 0:  # KL is measured against the policy RL started from
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
         if ckpt is not None and "ref_model" in ckpt:
             ref_model.load_state_dict(ckpt["ref_model"])
     G, P = cfg.samples_per_prompt, cfg.prompts_per_step
+    group_ids = torch.arange(P).repeat_interleave(G)  # (B,) the samples of one problem share an id
     bar = tqdm(range(max(start, cfg.sft_steps), total), desc="rl", disable=not master,
-               initial=max(0, start - cfg.sft_steps), total=total - cfg.sft_steps)
-    t0 = time.time()
+               initial=max(0, start - cfg.sft_steps), total=cfg.rl_steps)
     for step in bar:
+        t0 = time.time()
         rl_step = step - cfg.sft_steps
         lr = cfg.rl_lr * min(1.0, (rl_step + 1) / cfg.warmup_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(optimizer, lr)
         # 1. problems: uniform, or in proportion to 1 - success rate (Kimi k1.5 prioritized sampling)
         rng = step_rng(cfg, step, rank, "rl")
-        if cfg.prioritized:
-            chosen = rng.choices(range(cfg.problem_pool), weights=sampling_weights(success).tolist(), k=P)
-        else:
-            chosen = [None] * P
-        problems = [pool[i] if i is not None else task.sample("train", rng) for i in chosen]
-        # 2. sample G completions per problem with the KV-cached sampler
-        prompts = [encode(tokenizer, p.prompt) for p in problems for _ in range(G)]
-        gen = torch.Generator(device=device).manual_seed(rng.getrandbits(62))
+        chosen = rng.choices(range(len(pool)), weights=sampling_weights(success).tolist(), k=P) if pool else []
+        problems = [pool[i] for i in chosen] if pool else [task.sample("train", rng) for _ in range(P)]
+        # 2-3. G completions per problem from the KV-cached sampler, each scored by the exact reward
+        generator = torch.Generator(device=device).manual_seed(rng.getrandbits(62))
         t_sample = time.time()
-        with ctx:
-            completions = generate(model, prompts, cfg.max_new_tokens, temperature=cfg.temperature,
-                                   stop_tokens=(eot,), generator=gen)
+        prompts, completions, texts, correct = rollout(model, task, tokenizer, problems, cfg, generator, ctx)
         t_sample = time.time() - t_sample
-        # 3. exact rewards: 1 if the final answer is right, else wrong_reward (+ optional length reward)
-        texts = [decode(tokenizer, c) for c in completions]
-        correct = torch.tensor([task.reward(t, problems[i // G]) for i, t in enumerate(texts)])  # (B,)
-        group_ids = torch.arange(P).repeat_interleave(G)  # (B,) samples of one problem share an id
-        lengths = torch.tensor([len(c) for c in completions], dtype=torch.float)
-        rewards = shape_rewards(correct, cfg.wrong_reward)
+        # rewards: 1 if right, else wrong_reward (0 or -1); + the optional Kimi k1.5 length reward
+        rewards = shape_rewards(correct, cfg.wrong_reward)  # (B,)
         len_reward = torch.zeros_like(rewards)
         if cfg.length_penalty > 0 and rl_step >= cfg.length_penalty_warmup:
+            lengths = torch.tensor([len(c) for c in completions], dtype=torch.float)  # (B,)
             len_reward = cfg.length_penalty * length_penalty(lengths, correct, group_ids)
-        if cfg.prioritized:
-            for j, i in enumerate(chosen):
-                success[i] = correct[j * G:(j + 1) * G].mean()
+        if pool:  # remember each problem's success rate (all ranks' problems, so ranks agree)
+            update = torch.zeros(len(pool)).index_put_((torch.tensor(chosen),), correct.view(P, G).mean(1))
+            seen = torch.zeros(len(pool)).index_put_((torch.tensor(chosen),), torch.ones(P))
+            if ddp:
+                dist.all_reduce(update)
+                dist.all_reduce(seen)
+            success = torch.where(seen > 0, update / seen.clamp(min=1), success)
         # 4. the REINFORCE update
         idx, targets, mask = pad_batch(prompts, completions)
         t_update = time.time()
@@ -450,24 +480,20 @@ def main(argv):
                                          mask.to(device), (rewards + len_reward).to(device),
                                          group_ids.to(device), cfg, ctx, ref_model)
         state["skipped"] += skipped
+        state["rl_time"] += time.time() - t0
         record = {"step": step, "phase": "rl", "lr": lr, "accuracy": correct.mean().item(),
                   "step_by_step": sum(map(task.is_step_by_step, texts)) / len(texts),
                   "length_reward": len_reward.mean().item(), "skipped": state["skipped"],
                   "sample_time": t_sample, "update_time": time.time() - t_update, **metrics}
-        if cfg.prioritized:
+        if pool:
             record["sampling_weight_min"] = sampling_weights(success).min().item()
         log(record)
         bar.set_postfix(acc=f"{record['accuracy']:.2f}", len=f"{metrics['len_mean']:.0f}",
                         think=f"{record['step_by_step']:.2f}")
         if master and cfg.eval_every and (rl_step + 1) % cfg.eval_every == 0 and step + 1 < total:
             log({"step": step + 1, "phase": "eval", **evaluate(model, task, tokenizer, eval_problems, cfg, ctx)})
-        if should_stop():
-            state["rl_time"] += time.time() - t0
-            checkpoint(step + 1)
-            return print(f"interrupted: saved {ckpt_path} at step {step + 1}") if master else None
-        if cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0:
-            checkpoint(step + 1)
-    state["rl_time"] += time.time() - t0
+        if end_of_step(step + 1):
+            return None
 
     # ---- the summary: before vs after RL ---------------------------------------------------
     summary = None
@@ -484,7 +510,6 @@ def main(argv):
     if ddp:
         dist.destroy_process_group()
     return summary
-
 
 def fmt(result):
     return ", ".join(f"{k} {v:.3f}" for k, v in result.items() if isinstance(v, float))

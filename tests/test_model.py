@@ -94,11 +94,14 @@ def test_greedy_continuations_match_huggingface_generate(hf_dir):
     from sample import generate
     hf = transformers.GPT2LMHeadModel.from_pretrained(hf_dir).eval()
     ours = GPT.from_pretrained(str(hf_dir))
-    prompts = [[5, 17, 3, 88], [42, 1, 9, 60]]
-    expected = hf.generate(torch.tensor(prompts), max_new_tokens=12, do_sample=False,
-                           attention_mask=torch.ones(2, 4, dtype=torch.long), pad_token_id=0)
+    prompts = [[5, 17, 3, 88], [42, 1, 9, 60, 7, 7], [13]]
+    longest = max(map(len, prompts))
+    padded = torch.tensor([[0] * (longest - len(p)) + p for p in prompts])  # HF: left padding + mask
+    attention_mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in prompts])
+    expected = hf.generate(padded, attention_mask=attention_mask, max_new_tokens=12, do_sample=False,
+                           pad_token_id=0)
     got = generate(ours, prompts, 12, temperature=0)
-    assert got == expected[:, 4:].tolist()
+    assert got == expected[:, longest:].tolist()
 
 
 def test_from_pretrained_names_the_missing_directory(tmp_path):

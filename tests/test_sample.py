@@ -50,10 +50,13 @@ def test_completions_end_at_the_first_stop_token():
 
 
 def test_returned_logprobs_equal_the_models_full_forward_logprobs():
-    model = tiny_model()
+    model = tiny_model(sharpen=3.0)
     prompts = [[3, 4, 5], [9], [1, 2, 3, 4, 5, 6]]
     g = torch.Generator().manual_seed(1)
-    completions, logprobs = generate(model, prompts, 10, generator=g, return_logprobs=True)
+    completions, logprobs = generate(model, prompts * 4, 10, stop_tokens=range(0, 50, 4), generator=g,
+                                     return_logprobs=True)  # rows stop at different steps: the batch shrinks
+    assert len({len(c) for c in completions}) > 2
+    prompts = prompts * 4
     for p, c, lp in zip(prompts, completions, logprobs):
         full = torch.log_softmax(model(torch.tensor([p + c]))[0], dim=-1)  # (T, V)
         expected = full[len(p) - 1:-1].gather(1, torch.tensor(c)[:, None]).squeeze(1)
@@ -134,3 +137,10 @@ def test_char_tokenizer_round_trips_text_and_has_end_of_text():
 def test_unknown_tokenizer_is_an_error():
     with pytest.raises(ValueError, match="unknown tokenizer 'bpe9'"):
         get_tokenizer("bpe9")
+
+
+def test_generate_runs_under_bfloat16_autocast_with_a_bfloat16_cache():
+    model = tiny_model()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = generate(model, [[1, 2, 3], [4]], 6, temperature=0)
+    assert [len(c) for c in out] == [6, 6] and all(0 <= t < 50 for c in out for t in c)
