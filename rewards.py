@@ -254,7 +254,7 @@ def _draw(split: str, rng: random.Random, make_problem) -> Problem:
     _check_split(split)
     for _ in range(100_000):
         problem = make_problem(rng)
-        if split_of(problem.prompt) == split:
+        if split_of(problem.info.get("split_key", problem.prompt)) == split:
             return problem
     raise RuntimeError(f"no {split} problem found in 100,000 draws: is the problem space tiny?")
 
@@ -275,7 +275,8 @@ class ArithmeticTask:
     def _make(self, rng: random.Random) -> Problem:
         lo, hi = 10 ** (self.digits - 1), 10 ** self.digits - 1  # first digit nonzero
         a, b = rng.randint(lo, hi), rng.randint(lo, hi)
-        return Problem(prompt=f"{a}+{b}=", answer=str(a + b), info={"a": a, "b": b})
+        # a+b and b+a are one problem: they go to the same split
+        return Problem(prompt=f"{a}+{b}=", answer=str(a + b), info={"a": a, "b": b, "split_key": f"{min(a, b)}+{max(a, b)}"})
 
     def sample(self, split: str, rng: random.Random) -> Problem:
         return _draw(split, rng, self._make)

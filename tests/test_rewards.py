@@ -372,3 +372,12 @@ def test_get_task_builds_each_task_and_refuses_unknown_names():
 def test_bad_task_arguments_raise_value_error(make):
     with pytest.raises(ValueError):
         make()
+
+
+def test_arithmetic_splits_keep_a_plus_b_and_b_plus_a_together():
+    task = ArithmeticTask(digits=2)
+    rng = random.Random(0)
+    test = {task.sample("test", rng).prompt for _ in range(300)}
+    train = {task.sample("train", rng).prompt for _ in range(3000)}
+    swapped = {"+".join(reversed(p[:-1].split("+"))) + "=" for p in test}
+    assert not swapped & train
