@@ -292,7 +292,9 @@ class ArithmeticTask:
                 s = carry + int(x) + int(y)
                 columns.append(f"{carry}+{x}+{y}={s:02d}")
                 carry = s // 10
-            return ",".join(columns) + f" #### {a + b}"
+            # the answer keeps the last carry as its first digit ("0579" for 579), so every answer digit
+            # sits at a fixed place in the trace (a lookup a tiny model learns); as a number it is equal
+            return ",".join(columns) + f" #### {a + b:0{self.digits + 1}d}"
         raise ValueError(f"unknown style {style!r}; styles are {self.styles}")
 
     def reward(self, completion: str, problem: Problem) -> float:

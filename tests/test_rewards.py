@@ -290,7 +290,7 @@ def test_arithmetic_problem_and_trace_formats():
     assert task.trace(problem, "direct") == "#### 1032"
     assert task.trace(problem, "scratch") == "0+7+5=12,1+4+8=13,1+3+6=10 #### 1032"
     problem.info.update(a=123, b=456)
-    assert task.trace(problem, "scratch") == "0+3+6=09,0+2+5=07,0+1+4=05 #### 579"
+    assert task.trace(problem, "scratch") == "0+3+6=09,0+2+5=07,0+1+4=05 #### 0579"  # the carry digit stays
 
 
 def test_scratch_traces_are_step_by_step_and_direct_ones_are_not():
