@@ -144,3 +144,13 @@ def test_generate_runs_under_bfloat16_autocast_with_a_bfloat16_cache():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = generate(model, [[1, 2, 3], [4]], 6, temperature=0)
     assert [len(c) for c in out] == [6, 6] and all(0 <= t < 50 for c in out for t in c)
+
+
+def test_gpt2_tokenizer_offline_is_a_clear_error(monkeypatch):
+    import tiktoken
+
+    def offline(name):
+        raise ConnectionError("no network")
+    monkeypatch.setattr(tiktoken, "get_encoding", offline)
+    with pytest.raises(RuntimeError, match="'gpt2' tokenizer needs its files"):
+        get_tokenizer("gpt2")

@@ -255,3 +255,10 @@ def test_sample_cli_completes_a_prompt_from_a_train_checkpoint(tmp_path, capsys)
     assert len(printed) == 2
     with pytest.raises(ValueError, match="exceeds the model's block_size=48"):
         sample.main([f"--ckpt={out}/ckpt.pt", "--prompt=" + "1" * 45, "--max_new_tokens=8"])
+
+
+def test_curves_are_drawn_when_matplotlib_is_installed(tmp_path):
+    pytest.importorskip("matplotlib")  # optional: requirements-dev.txt installs it, CI has it
+    out = run(tmp_path)
+    png = os.path.join(out, "curves.png")
+    assert os.path.getsize(png) > 1000 and open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
