@@ -134,7 +134,8 @@ def check_config(cfg):
     for key in ("sft_steps", "rl_steps", "eval_every", "ckpt_every"):
         if getattr(cfg, key) < 0:
             raise ValueError(f"--{key} must be >= 0")
-    for key in ("warmup_steps", "updates_per_batch", "prompts_per_step", "samples_per_prompt", "pass_k"):
+    for key in ("warmup_steps", "updates_per_batch", "prompts_per_step", "samples_per_prompt", "pass_k",
+                "max_new_tokens", "sft_batch_size"):
         if getattr(cfg, key) < 1:
             raise ValueError(f"--{key} must be >= 1")
     if cfg.updates_per_batch > 1 and cfg.clip_eps == 0 and cfg.loss_type != "mirror":
