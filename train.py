@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from model import GPT, GPTConfig
 from reinforce import (AGGREGATIONS, BASELINES, LOSS_TYPES, length_penalty, reinforce_loss, sft_loss,
-                       shape_rewards, token_logprobs)
+                       shape_rewards, token_logprobs, weighted_logprob_sum)
 from rewards import get_task
 from sample import decode, encode, generate, get_tokenizer
 
@@ -82,6 +82,7 @@ class TrainConfig:
     length_penalty: float = 0.0     # Kimi k1.5 length reward coefficient (0 = off)
     length_penalty_warmup: int = 0  # RL steps before the length reward switches on
     drop_zero_signal: bool = False  # leave groups with all-equal rewards out of the loss (DAPO)
+    fused_update: bool = False      # plain REINFORCE only: gradient made in the forward pass (no entropy logged)
     prioritized: bool = False       # sample training problems in proportion to 1 - success rate (Kimi k1.5)
     problem_pool: int = 2000        # prioritized: size of the fixed pool of training problems
     weight_decay: float = 0.0       # AdamW decay on the blocks' matrices
@@ -138,6 +139,9 @@ def check_config(cfg):
                 "max_new_tokens", "sft_batch_size"):
         if getattr(cfg, key) < 1:
             raise ValueError(f"--{key} must be >= 1")
+    if cfg.fused_update and (cfg.loss_type != "reinforce" or cfg.clip_eps or cfg.kl_coef or cfg.updates_per_batch > 1):
+        raise ValueError("--fused_update needs the plain on-policy loss: loss_type=reinforce, no clip_eps, "
+                         "no kl_coef, updates_per_batch=1")
     if cfg.updates_per_batch > 1 and cfg.clip_eps == 0 and cfg.loss_type != "mirror":
         raise ValueError("--updates_per_batch > 1 re-uses samples from an older policy: set --clip_eps "
                          "or --loss_type=mirror")
@@ -213,14 +217,26 @@ def policy_update(model, optimizer, idx, targets, mask, rewards, group_ids, cfg,
         # log pi_old (B, T): only needed when the policy moves between updates of one batch
         old = completion_logprobs(raw, raw) if cfg.updates_per_batch > 1 or cfg.loss_type == "mirror" else None
         ref = completion_logprobs(ref_model, ref_model) if ref_model is not None else None  # (B, T)
+    options = dict(baseline=cfg.baseline, std_normalize=cfg.std_normalize, aggregation=cfg.aggregation,
+                   max_len=cfg.max_new_tokens, loss_type=cfg.loss_type, tau=cfg.tau, clip_eps=cfg.clip_eps,
+                   kl_coef=cfg.kl_coef, ref_logprobs=ref, drop_zero_signal=cfg.drop_zero_signal)
     skipped = 0
     for _ in range(cfg.updates_per_batch):
-        logprobs, entropy = completion_logprobs(model, raw, return_entropy=True)  # (B, T) each
-        loss, metrics = reinforce_loss(
-            logprobs, logprobs.detach() if old is None else old, rewards, group_ids, mask,
-            baseline=cfg.baseline, std_normalize=cfg.std_normalize, aggregation=cfg.aggregation,
-            max_len=cfg.max_new_tokens, loss_type=cfg.loss_type, tau=cfg.tau, clip_eps=cfg.clip_eps,
-            kl_coef=cfg.kl_coef, ref_logprobs=ref, drop_zero_signal=cfg.drop_zero_signal)
+        if cfg.fused_update:
+            # Plain on-policy REINFORCE is linear in the log-probs: loss = sum_t w_t log pi(y_t). Its
+            # weights w = d loss / d log pi come from the loss itself at a probe, before any forward
+            # pass; weighted_logprob_sum then makes the gradient during the forward (3 head matmuls, not 4).
+            probe = torch.zeros(mask.shape, device=mask.device, requires_grad=True)  # (B, T)
+            loss, metrics = reinforce_loss(probe, probe.detach(), rewards, group_ids, mask, **options)
+            weights = torch.autograd.grad(loss, probe)[0]  # (B, T)
+            with ctx:
+                hidden = model(idx, return_hidden=True)  # (B, T, C)
+                loss = weighted_logprob_sum(hidden, raw.lm_head.weight, targets, weights)[0]
+        else:
+            logprobs, entropy = completion_logprobs(model, raw, return_entropy=True)  # (B, T) each
+            loss, metrics = reinforce_loss(logprobs, logprobs.detach() if old is None else old, rewards,
+                                           group_ids, mask, **options)
+            metrics["entropy"] = (entropy.sum() / mask.sum()).item()
         if isinstance(model, DDP):
             # each rank divided its sum by its own normaliser (tokens or sequences) and DDP averages
             # the ranks' gradients; rescale so the result is the sum over all ranks / global normaliser
@@ -228,7 +244,6 @@ def policy_update(model, optimizer, idx, targets, mask, rewards, group_ids, cfg,
             dist.all_reduce(total)
             loss = loss * (metrics["normaliser"] * dist.get_world_size() / total.item())
         skipped += optimizer_step(model, optimizer, loss, cfg)
-    metrics["entropy"] = (entropy.sum() / mask.sum()).item()
     metrics["loss"] = loss.item()
     return metrics, skipped
 

@@ -220,6 +220,7 @@ def test_prioritized_sampling_weights_are_one_minus_success_with_a_floor():
     (["--drop_zero_signal=true"], "n_seqs_trained"),
     (["--updates_per_batch=2", "--clip_eps=0.2"], "clip_frac"),
     (["--kl_coef=0.1"], "kl"),
+    (["--fused_update=true"], "loss"),
     (["--baseline=rloo", "--std_normalize=true", "--wrong_reward=-1", "--aggregation=const"], "adv_abs_mean"),
 ])
 def test_each_rl_option_runs_end_to_end_and_logs_its_metric(tmp_path, options, metric):
@@ -262,3 +263,26 @@ def test_curves_are_drawn_when_matplotlib_is_installed(tmp_path):
     out = run(tmp_path)
     png = os.path.join(out, "curves.png")
     assert os.path.getsize(png) > 1000 and open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("options", [[], ["--aggregation=token-mean", "--baseline=rloo", "--std_normalize=true"],
+                                     ["--aggregation=const", "--drop_zero_signal=true", "--wrong_reward=-1"]])
+def test_fused_update_takes_the_same_step_as_the_plain_one(options):
+    batch = _random_batch(3, 4)
+    results = []
+    for fused in ("false", "true"):
+        model, optimizer, cfg = _tiny_policy(options + [f"--fused_update={fused}"])
+        metrics, _ = train.policy_update(model, optimizer, *batch, cfg, train.nullcontext())
+        grads = {n: p.grad.clone() for n, p in model.named_parameters()}  # left by the step (clipped)
+        results.append((model.state_dict(), grads, metrics["loss"]))
+    (plain, plain_grads, plain_loss), (fused, fused_grads, fused_loss) = results
+    assert fused_loss == pytest.approx(plain_loss, rel=1e-5, abs=1e-7)
+    for k in plain_grads:
+        torch.testing.assert_close(fused_grads[k], plain_grads[k], rtol=1e-4, atol=1e-7)
+    for k in plain:
+        torch.testing.assert_close(fused[k], plain[k], rtol=1e-5, atol=1e-6)
+
+
+def test_fused_update_refuses_losses_that_are_not_linear_in_the_log_probs():
+    with pytest.raises(ValueError, match="fused_update"):
+        train.check_config(train.parse_config(train.TrainConfig, ["--fused_update=true", "--loss_type=mirror"]))
