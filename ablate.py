@@ -1,7 +1,7 @@
 """
 The ablation table: what each piece of the RL recipe does on the default task, in one command.
 
-    python ablate.py                          # 3 seeds x 8 variants, about 25 minutes on 2 CPU cores
+    python ablate.py                          # 3 seeds x 8 variants, about 13 minutes on 2 CPU cores
     python ablate.py --seeds=1 --rl_steps=10  # a quicker look
 
 For each seed, one cold-start SFT run (train.py with rl_steps=0) is shared by every variant: each

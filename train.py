@@ -136,9 +136,16 @@ def check_config(cfg):
         if getattr(cfg, key) < 0:
             raise ValueError(f"--{key} must be >= 0")
     for key in ("warmup_steps", "updates_per_batch", "prompts_per_step", "samples_per_prompt", "pass_k",
-                "max_new_tokens", "sft_batch_size"):
+                "max_new_tokens", "sft_batch_size", "eval_problems"):
         if getattr(cfg, key) < 1:
             raise ValueError(f"--{key} must be >= 1")
+    if cfg.task == "gsm8k" and not cfg.data_path:
+        raise ValueError("--task=gsm8k needs --data_path=a JSONL file with 'question' and 'answer' per line")
+    if cfg.device != "auto":
+        try:
+            torch.device(cfg.device)
+        except RuntimeError:
+            raise ValueError(f"--device={cfg.device} is not a device (auto, cpu, cuda, cuda:1, ...)") from None
     if cfg.fused_update and (cfg.loss_type != "reinforce" or cfg.clip_eps or cfg.kl_coef or cfg.updates_per_batch > 1):
         raise ValueError("--fused_update needs the plain on-policy loss: loss_type=reinforce, no clip_eps, "
                          "no kl_coef, updates_per_batch=1")

@@ -95,7 +95,10 @@ def test_unknown_config_key_is_refused_by_name():
 @pytest.mark.parametrize("arg, message", [("--rl_steps=many", "--rl_steps expects a int"),
                                           ("--compile=maybe", "--compile expects true or false"),
                                           ("--baseline=median", "--baseline=median is not one of"),
-                                          ("rl_steps=3", "look like --key=value")])
+                                          ("rl_steps=3", "look like --key=value"),
+                                          ("--task=gsm8k", "needs --data_path"),
+                                          ("--device=gpu0", "--device=gpu0 is not a device"),
+                                          ("--eval_problems=0", "--eval_problems must be >= 1")])
 def test_bad_values_name_the_key(arg, message):
     with pytest.raises(ValueError, match=message):
         train.check_config(train.parse_config(train.TrainConfig, [arg]))
