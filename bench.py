@@ -25,7 +25,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -35,7 +34,8 @@ import rewards
 from model import GPT
 from reinforce import shape_rewards, token_logprobs, weighted_logprob_sum
 from sample import decode, encode, generate, get_tokenizer, load_model
-from train import TrainConfig, build_model, check_config, pad_batch, parse_config, pick_device, policy_update
+from train import (TrainConfig, autocast_context, build_model, check_config, make_task, pad_batch, parse_config,
+                   pick_device, policy_update)
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 HAS_LINEAR_CROSS_ENTROPY = hasattr(F, "linear_cross_entropy")  # torch >= 2.13
@@ -366,10 +366,8 @@ def bench_rl(argv):
         model, tokenizer_name = build_model(cfg, device)
         tokenizer = get_tokenizer(tokenizer_name)
     device_type = device.split(":")[0]
-    dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device_type == "cuda" else "float32")
-    ctx = nullcontext() if dtype == "float32" else torch.autocast(device_type, dtype=torch.bfloat16)
-    task_args = {"arithmetic": {"digits": cfg.digits}, "gsm8k": {"path": cfg.data_path}}.get(cfg.task, {})
-    task = rewards.get_task(cfg.task, **task_args)
+    dtype, ctx = autocast_context(cfg.dtype, device_type)
+    task = make_task(cfg)
     optimizer = model.configure_optimizer(cfg.rl_lr, cfg.weight_decay, device_type=device_type)
     P, G, eot = cfg.prompts_per_step, cfg.samples_per_prompt, tokenizer.eot_token
     rng, gen = random.Random(cfg.seed), torch.Generator(device=device).manual_seed(cfg.seed)

@@ -181,10 +181,15 @@ def _groups(group_ids):
 def _group_sum(x, g, n):
     return x.new_zeros(n).index_add_(0, g, x)  # (n,) Σ of x over each group
 
-def _group_flat(x, g, n):
-    """(n,) bool: True where every x in the group is equal (zero variance, no learning signal)"""
+def _group_min_max(x, g, n):
+    """(n,), (n,): the smallest and largest x of each group"""
     lo = x.new_zeros(n).scatter_reduce_(0, g, x, "amin", include_self=False)
     hi = x.new_zeros(n).scatter_reduce_(0, g, x, "amax", include_self=False)
+    return lo, hi
+
+def _group_flat(x, g, n):
+    """(n,) bool: True where every x in the group is equal (zero variance, no learning signal)"""
+    lo, hi = _group_min_max(x, g, n)
     return lo == hi
 
 def shape_rewards(correct, wrong_reward=0.0):
@@ -199,8 +204,7 @@ def length_penalty(lengths, correct, group_ids):
     penalised); a group whose lengths are all equal gets 0. Returns (B,) float; the trainer scales it."""
     L = lengths.float() if not lengths.is_floating_point() else lengths  # (B,)
     g, n = _groups(group_ids)
-    lo = L.new_zeros(n).scatter_reduce_(0, g, L, "amin", include_self=False)[g]  # (B,)
-    hi = L.new_zeros(n).scatter_reduce_(0, g, L, "amax", include_self=False)[g]  # (B,)
+    lo, hi = (t[g] for t in _group_min_max(L, g, n))  # (B,) each
     lam = 0.5 - (L - lo) / (hi - lo).clamp(min=1e-9)
     lam = torch.where(hi > lo, lam, 0.0)
     return torch.where(correct > 0.5, lam, lam.clamp(max=0.0))

@@ -148,12 +148,17 @@ class SampleConfig:
     device: str = "auto"       # auto = cuda if available, else cpu
 
 
+def model_from_checkpoint(ckpt, device):
+    """The GPT saved in a train.py checkpoint dict."""
+    model = GPT(GPTConfig(**ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    return model.to(device)
+
+
 def load_model(path, device):
     """Rebuild the model and tokenizer from a train.py checkpoint (tensors only: weights_only)."""
     ckpt = torch.load(path, map_location=device, weights_only=True)
-    model = GPT(GPTConfig(**ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"])
-    return model.to(device), get_tokenizer(ckpt["tokenizer"])
+    return model_from_checkpoint(ckpt, device), get_tokenizer(ckpt["tokenizer"])
 
 
 def main(argv):

@@ -33,7 +33,7 @@ from model import GPT, GPTConfig
 from reinforce import (AGGREGATIONS, BASELINES, LOSS_TYPES, length_penalty, reinforce_loss, sft_loss,
                        shape_rewards, token_logprobs, weighted_logprob_sum)
 from rewards import get_task
-from sample import decode, encode, generate, get_tokenizer
+from sample import decode, encode, generate, get_tokenizer, model_from_checkpoint
 
 
 @dataclass
@@ -159,6 +159,17 @@ STOP = {"requested": False}  # set by Ctrl-C (see the end of the file): finish t
 
 def pick_device(name):
     return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+
+
+def autocast_context(dtype, device_type):
+    """-> (dtype name, context): bfloat16 autocast on CUDA by default, a no-op in float32."""
+    dtype = dtype if dtype != "auto" else ("bfloat16" if device_type == "cuda" else "float32")
+    return dtype, nullcontext() if dtype == "float32" else torch.autocast(device_type, dtype=torch.bfloat16)
+
+
+def make_task(cfg):
+    task_args = {"arithmetic": {"digits": cfg.digits}, "gsm8k": {"path": cfg.data_path}}.get(cfg.task, {})
+    return get_task(cfg.task, **task_args)
 
 # -----------------------------------------------------------------------------
 # batches
@@ -329,9 +340,7 @@ def save_checkpoint(path, model, optimizer, cfg, step, extra):
 def build_model(cfg, device, ckpt=None):
     """-> (model, tokenizer name): from a checkpoint (resume), from scratch, or from GPT-2 weights."""
     if ckpt is not None:
-        model = GPT(GPTConfig(**ckpt["model_config"]))
-        model.load_state_dict(ckpt["model"])
-        return model.to(device), ckpt["tokenizer"]
+        return model_from_checkpoint(ckpt, device), ckpt["tokenizer"]
     if cfg.init_from == "scratch":
         tokenizer_name = "char" if cfg.tokenizer == "auto" else cfg.tokenizer
         vocab_size = get_tokenizer(tokenizer_name).n_vocab
@@ -359,22 +368,20 @@ def main(argv):
     if ddp:
         use_cuda = torch.cuda.is_available() and cfg.device != "cpu"
         dist.init_process_group("nccl" if use_cuda else "gloo")
-        rank, world = dist.get_rank(), dist.get_world_size()
+        rank = dist.get_rank()
         device = f"cuda:{int(os.environ['LOCAL_RANK'])}" if use_cuda else "cpu"
         if use_cuda:
             torch.cuda.set_device(device)
     else:
-        rank, world, device = 0, 1, pick_device(cfg.device)
+        rank, device = 0, pick_device(cfg.device)
     master = rank == 0
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device_type = "cuda" if "cuda" in device else "cpu"
-    dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device_type == "cuda" else "float32")
-    ctx = nullcontext() if dtype == "float32" else torch.autocast(device_type, dtype=torch.bfloat16)
+    dtype, ctx = autocast_context(cfg.dtype, device_type)
     torch.manual_seed(cfg.seed)
 
-    task_args = {"arithmetic": {"digits": cfg.digits}, "gsm8k": {"path": cfg.data_path}}.get(cfg.task, {})
-    task = get_task(cfg.task, **task_args)
+    task = make_task(cfg)
     model, tokenizer_name = build_model(cfg, device, ckpt)
     tokenizer = get_tokenizer(tokenizer_name)
     optimizer = model.configure_optimizer(cfg.sft_lr, cfg.weight_decay, device_type=device_type)
