@@ -1,15 +1,16 @@
 """
-The ablation table: what each piece of the RL recipe does on the default task, in one command.
+The ablation tables: what each piece of the method does, in one command, 3 seeds each.
 
-    python ablate.py                          # 3 seeds x 8 variants, about 13 minutes on 2 CPU cores
+    python ablate.py                          # the default task: cold start with vs without self-checks,
+                                              # vs no search at all; 0 vs -1 for wrong; length penalty
+    python ablate.py --table=recipe --train_args="--task=arithmetic"   # REINFORCE variants (baselines, Kimi, DAPO)
     python ablate.py --seeds=1 --rl_steps=10  # a quicker look
 
-For each seed, one cold-start SFT run (train.py with rl_steps=0) is shared by every variant: each
-variant copies that checkpoint and continues it with `train.py --init_from=resume` and its own
-options, for the same fixed budget of RL steps. The budget is deliberately short: on this task
-every variant ends near 100% given enough steps, so what differs is how fast it gets there.
-Each variant changes ONE thing from plain REINFORCE. Prints a markdown table; every number comes
-from the runs' own out_dir/summary.json.
+For each seed and cold-start style, one SFT run (train.py with rl_steps=0) is shared by every
+variant that starts from it: each copies that checkpoint and continues it with `train.py
+--init_from=resume` and its own options, for the same fixed budget of RL steps. Each variant
+changes ONE thing from the default. Prints a markdown table; every number comes from the runs'
+own out_dir/summary.json.
 """
 import json
 import os
@@ -20,25 +21,34 @@ from dataclasses import dataclass
 
 import train
 
-# name -> train.py options on top of the default config (plain REINFORCE: group-mean baseline, 0 for wrong)
-VARIANTS = {
-    "plain REINFORCE (group mean baseline, 0 for wrong)": [],
-    "-1 for wrong (penalise errors)": ["--wrong_reward=-1"],
-    "group std normalisation (GRPO)": ["--std_normalize=true"],
-    "leave-one-out baseline (RLOO)": ["--baseline=rloo"],
-    "mirror-descent loss (Kimi k1.5, tau=0.1)": ["--loss_type=mirror"],
-    "+ length penalty (Kimi k1.5, warm-up 5)": ["--length_penalty=1.0", "--length_penalty_warmup=5"],
-    "+ prioritized sampling (Kimi k1.5)": ["--prioritized=true"],
-    "+ drop zero-signal groups (DAPO)": ["--drop_zero_signal=true"],
+# name -> (cold-start trace style, train.py RL options on top of the default config)
+COLD_START = {
+    "search with self-checks (default)": ("search", []),
+    "search, checks removed (same attempts)": ("unchecked", []),
+    "no search: answer only": ("direct", []),
+    "-1 for wrong answers": ("search", ["--wrong_reward=-1"]),
+    "+ length penalty (Kimi k1.5, warm-up 5)": ("search", ["--length_penalty=1.0", "--length_penalty_warmup=5"]),
 }
+RECIPE = {
+    "plain REINFORCE (group mean baseline, 0 for wrong)": ("", []),
+    "-1 for wrong (penalise errors)": ("", ["--wrong_reward=-1"]),
+    "group std normalisation (GRPO)": ("", ["--std_normalize=true"]),
+    "leave-one-out baseline (RLOO)": ("", ["--baseline=rloo"]),
+    "mirror-descent loss (Kimi k1.5, tau=0.1)": ("", ["--loss_type=mirror"]),
+    "+ length penalty (Kimi k1.5, warm-up 5)": ("", ["--length_penalty=1.0", "--length_penalty_warmup=5"]),
+    "+ prioritized sampling (Kimi k1.5)": ("", ["--prioritized=true"]),
+    "+ drop zero-signal groups (DAPO)": ("", ["--drop_zero_signal=true"]),
+}
+TABLES = {"cold_start": COLD_START, "recipe": RECIPE}
 
 
 @dataclass
 class AblationConfig:
-    out_dir: str = "out/ablate"  # one folder per SFT seed and per (variant, seed)
+    table: str = "cold_start"    # cold_start | recipe
+    out_dir: str = "out/ablate"  # one folder per (cold start, seed) and per (variant, seed)
     seeds: int = 3               # seeds 1..seeds
-    rl_steps: int = 15           # RL budget of every variant
-    sft_steps: int = 900         # cold start (shared by all variants of a seed)
+    rl_steps: int = 0            # RL budget of every variant (0 = train.py's default rl_steps)
+    sft_steps: int = 0           # cold start, shared by the variants of a seed (0 = train.py's default)
     train_args: str = ""         # more train.py options for every run, space-separated (e.g. a smaller model)
 
 
@@ -48,20 +58,20 @@ def cell(values, digits=3):
     return f"{mean:.{digits}f} ± {(max(values) - min(values)) / 2:.{digits}f}"
 
 
-def main(argv):
-    cfg = train.parse_config(AblationConfig, argv)
-    common = cfg.train_args.split()
-    results = {name: [] for name in VARIANTS}
-    before = []
-    t_start = time.time()
+def run_variants(cfg, variants, common):
+    """-> {cold-start style: [summary of its SFT run per seed]}, {variant: [summary per seed]}"""
+    sft, results = {}, {name: [] for name in variants}
     for seed in range(1, cfg.seeds + 1):
-        sft_dir = os.path.join(cfg.out_dir, f"sft-seed{seed}")
-        if not os.path.exists(os.path.join(sft_dir, "summary.json")):
-            train.main([f"--out_dir={sft_dir}", f"--seed={seed}", f"--sft_steps={cfg.sft_steps}",
-                        "--rl_steps=0", "--eval_every=0", *common])
-        before.append(json.load(open(os.path.join(sft_dir, "summary.json")))["before"])
-        for name, options in VARIANTS.items():
-            run_dir = os.path.join(cfg.out_dir, f"variant{list(VARIANTS).index(name)}-seed{seed}")
+        for name, (style, options) in variants.items():
+            sft_dir = os.path.join(cfg.out_dir, f"sft-{style or 'default'}-seed{seed}")
+            if len(sft.setdefault(style, [])) < seed:  # the first variant of this seed with this cold start
+                if not os.path.exists(os.path.join(sft_dir, "summary.json")):  # (kept from an earlier call)
+                    shutil.rmtree(sft_dir, ignore_errors=True)
+                    train.main([f"--out_dir={sft_dir}", f"--seed={seed}", f"--sft_steps={cfg.sft_steps}",
+                                "--rl_steps=0", "--eval_every=0", *([f"--cold_start={style}"] if style else []),
+                                *common])
+                sft[style].append(json.load(open(os.path.join(sft_dir, "summary.json"))))
+            run_dir = os.path.join(cfg.out_dir, f"{cfg.table}{list(variants).index(name)}-seed{seed}")
             shutil.rmtree(run_dir, ignore_errors=True)
             os.makedirs(run_dir)
             for f in ("ckpt.pt", "metrics.jsonl"):
@@ -69,19 +79,54 @@ def main(argv):
             train.main([f"--out_dir={run_dir}", "--init_from=resume", f"--rl_steps={cfg.rl_steps}",
                         "--eval_every=0", *common, *options])
             results[name].append(json.load(open(os.path.join(run_dir, "summary.json"))))
+    return sft, results
 
-    n_eval = next(iter(results.values()))[0]["config"]["eval_problems"]
-    print(f"\nheld-out {n_eval} problems, {cfg.rl_steps} RL steps after "
-          f"{cfg.sft_steps} SFT steps, seeds 1..{cfg.seeds} (mean ± half-range); "
-          f"total {time.time() - t_start:.0f} s\n")
-    pass_k = next(k for k in before[0] if k.startswith("pass@"))
-    keys = ("accuracy", "sample_accuracy", pass_k, "length", "sample_step_by_step")
-    print(f"| variant | greedy accuracy | sampled accuracy | {pass_k} | mean length | step-by-step (sampled) | RL wall time (s) |")
-    print("|---|---|---|---|---|---|---|")
-    print("| after SFT, before RL | " + " | ".join(cell([b[k] for b in before]) for k in keys) + " | - |")
+
+def main(argv):
+    cfg = train.parse_config(AblationConfig, argv)
+    if cfg.table not in TABLES:
+        raise ValueError(f"--table={cfg.table} is not one of {', '.join(TABLES)}")
+    defaults = train.TrainConfig()
+    cfg.rl_steps, cfg.sft_steps = cfg.rl_steps or defaults.rl_steps, cfg.sft_steps or defaults.sft_steps
+    variants = TABLES[cfg.table]
+    t_start = time.time()
+    sft, results = run_variants(cfg, variants, cfg.train_args.split())
+
+    first = next(iter(results.values()))[0]
+    pass_k = next(k for k in first["after"] if k.startswith("pass@"))
+    print(f"\nheld-out {first['config']['eval_problems']} problems, {cfg.rl_steps} RL steps after "
+          f"{cfg.sft_steps} SFT steps, seeds 1..{cfg.seeds} (mean ± half-range); total {time.time() - t_start:.0f} s\n")
+    keys = ["accuracy", "sample_accuracy", pass_k, "sample_length"]
+    names = ["greedy accuracy", "sampled accuracy", pass_k, "sampled length"]
+    if "attempts" in first["after"]:
+        keys += ["sample_attempts", "after_fail_share", "honest_check_share"]
+        names += ["attempts (sampled)", "answers after own ✗ (greedy)", "honest checks (greedy)"]
+        names.append("accuracy at the default's sampled tokens")
+    print("| variant | " + " | ".join(names) + " | RL wall time (s) |")
+    print("|---" * (len(names) + 2) + "|")
+    for style, runs in sft.items():
+        row = [cell([r["before"][k] for r in runs]) for k in keys]
+        print(f"| after SFT only ({style or 'default'} cold start) | " + " | ".join(row) + " |" + " - |" * (len(names) - len(keys) + 1))
+    default_tokens = [r["after"]["sample_length"] for r in next(iter(results.values()))]
     for name, runs in results.items():
-        cells = [cell([r["after"][k] for r in runs]) for k in keys] + [cell([r["rl_time"] for r in runs], 0)]
+        cells = [cell([r["after"][k] for r in runs]) for k in keys]
+        if "attempts" in first["after"]:
+            cells.append(equal_token_accuracy(runs, default_tokens))
+        cells.append(cell([r["rl_time"] for r in runs], 0))
         print(f"| {name} | " + " | ".join(cells) + " |")
+
+
+def equal_token_accuracy(runs, default_tokens):
+    """Accuracy when a variant may sample as many tokens per problem as the default policy does:
+    best-of-n with the exact reward as the judge (pass@n), n = the default's sampled length over this
+    variant's, rounded down, at least 1 and at most k. A policy as long as the default gets n = 1."""
+    values, ns = [], []
+    for run, tokens in zip(runs, default_tokens):
+        n = max(1, min(len(run["after"]["pass_at"]), int(tokens // max(1.0, run["after"]["sample_length"]))))
+        values.append(run["after"]["pass_at"][n - 1])
+        ns.append(n)
+    return cell(values) + f" (n={min(ns)}..{max(ns)})" if max(ns) > 1 else cell(values)
+
 
 if __name__ == "__main__":
     try:

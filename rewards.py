@@ -17,6 +17,7 @@ Look:      python rewards.py
 """
 
 import hashlib
+import itertools
 import json
 import random
 import re
@@ -281,7 +282,7 @@ class ArithmeticTask:
     def sample(self, split: str, rng: random.Random) -> Problem:
         return _draw(split, rng, self._make)
 
-    def trace(self, problem: Problem, style: str) -> str:
+    def trace(self, problem: Problem, style: str, rng: random.Random | None = None) -> str:
         a, b = problem.info["a"], problem.info["b"]
         if style == "direct":
             return f"#### {a + b}"
@@ -347,7 +348,7 @@ class CountdownTask:
     def sample(self, split: str, rng: random.Random) -> Problem:
         return _draw(split, rng, self._make)
 
-    def trace(self, problem: Problem, style: str) -> str:
+    def trace(self, problem: Problem, style: str, rng: random.Random | None = None) -> str:
         if style != "direct":
             raise ValueError(f"unknown style {style!r}; styles are {self.styles}")
         return f"<answer>{problem.info['solution']}</answer>"
@@ -358,6 +359,116 @@ class CountdownTask:
     def is_step_by_step(self, completion: str) -> bool:
         head, tag, _ = completion.rpartition("<answer>")
         return bool(tag) and bool(head.strip())
+
+
+CHECK_RIGHT, CHECK_WRONG = "✓", "✗"  # the model's own verdict on an attempt (one token each)
+_PAIR = re.compile(r"([0-9]{1,3})\+([0-9]{1,3})")  # "8+6"
+_CHECKED = re.compile(r"([0-9]{1,3}\+[0-9]{1,3})=([0-9]{1,4})([✓✗])")  # "8+6=14✓"
+
+
+def pair_sum(expression: str) -> tuple[int, int] | None:
+    """(a, b) of "a+b" (two short non-negative integers), None for anything else. No eval."""
+    m = _PAIR.fullmatch(expression)
+    return None if m is None else (int(m[1]), int(m[2]))
+
+
+class PairsTask:
+    """Countdown-lite, the default task: which two of the given numbers add up to the target?
+
+        prompt       "3 8 1 6 9->14:"
+        completion   "3+8=11✗,3+1=4✗,3+6=9✗,3+9=12✗,8+1=9✗,8+6=14✓ #### 8+6"
+
+    Each attempt is a pair, checked by the model itself: its sum (one small addition, as easy as a
+    scratchpad step), then the verdict, ✓ if the sum is the target and ✗ if not. After a ✗ it may
+    try again (after a comma) or give up; the final answer comes after "####". The reward reads
+    only that final answer (two of the given numbers whose sum is the target?): the checks are
+    the model's own business, never scored. The arithmetic is easy; what there is to learn is the
+    search, and RL can lengthen it.
+
+    Cold-start traces ("search") come from a weak searcher: it tries the pairs in the order given
+    (systematic, so a tiny model learns to write the next attempt instead of repeating one), with
+    truthful checks, but gives up after its k-th wrong attempt with probability min(quit_max,
+    quit_step * k), and then answers that wrong attempt anyway. It is sometimes right and often
+    quits too soon: what RL has to fix. Ablation styles: "unchecked" (the same attempts without
+    their sums and verdicts) and "direct" (the right answer alone, no search)."""
+    name = "pairs"
+    styles = ("search", "unchecked", "direct")
+
+    def __init__(self, n_numbers: int = 5, max_number: int = 9, quit_step: float = 0.15, quit_max: float = 0.6):
+        if not 3 <= n_numbers <= 12:
+            raise ValueError(f"n_numbers must be in 3..12, got {n_numbers}")
+        if not 2 <= max_number <= 999:
+            raise ValueError(f"max_number must be in 2..999, got {max_number}")
+        if not (0 <= quit_step <= 1 and 0 <= quit_max <= 1):
+            raise ValueError("quit_step and quit_max are probabilities in [0, 1]")
+        self.n_numbers, self.max_number, self.quit_step, self.quit_max = n_numbers, max_number, quit_step, quit_max
+
+    def _make(self, rng: random.Random) -> Problem:
+        while True:  # one solution exactly, so that finding it takes a search
+            numbers = [rng.randint(1, self.max_number) for _ in range(self.n_numbers)]
+            i, j = rng.sample(range(self.n_numbers), 2)
+            target = numbers[i] + numbers[j]
+            if sum(a + b == target for a, b in itertools.combinations(numbers, 2)) == 1:
+                break
+        prompt = " ".join(map(str, numbers)) + f"->{target}:"
+        return Problem(prompt=prompt, answer=str(target), info={"numbers": numbers, "target": target})
+
+    def sample(self, split: str, rng: random.Random) -> Problem:
+        return _draw(split, rng, self._make)
+
+    def trace(self, problem: Problem, style: str, rng: random.Random | None = None) -> str:
+        if style not in self.styles:
+            raise ValueError(f"unknown style {style!r}; styles are {self.styles}")
+        rng = rng or random.Random(problem.prompt)
+        numbers, target = problem.info["numbers"], problem.info["target"]
+        # every pair once, in the order given (1st+2nd, 1st+3rd, ..., 2nd+3rd, ...): a systematic
+        # search, so the next attempt is easy to write and the only question is when to stop
+        pairs = [f"{a}+{b}" for a, b in itertools.combinations(numbers, 2)]
+        if style == "direct":  # no search: the right answer alone
+            return "#### " + next(p for p in pairs if sum(pair_sum(p)) == target)
+        attempts = []
+        for pair in pairs:
+            total = sum(pair_sum(pair))
+            verdict = CHECK_RIGHT if total == target else CHECK_WRONG
+            attempts.append(pair if style == "unchecked" else f"{pair}={total}{verdict}")
+            if total == target:
+                break
+            if rng.random() < min(self.quit_max, self.quit_step * len(attempts)):
+                break  # gives up, and answers an attempt it knows is wrong
+        return ",".join(attempts) + f" #### {pair}"
+
+    def _solves(self, expression: str, problem: Problem) -> bool:
+        """Is "a+b" two of the given numbers (at different places) whose sum is the target?"""
+        pair = pair_sum(expression)
+        return (pair is not None and sum(pair) == problem.info["target"]
+                and not Counter(pair) - Counter(problem.info["numbers"]))
+
+    def reward(self, completion: str, problem: Problem) -> float:
+        pred = extract_answer(completion)
+        return 1.0 if pred is not None and self._solves(pred, problem) else 0.0
+
+    def is_step_by_step(self, completion: str) -> bool:
+        return bool(completion.rpartition("####")[0].strip())
+
+    def self_check_stats(self, completion: str, problem: Problem) -> dict:
+        """What a completion did before its answer: attempts (comma-separated, checked or bare),
+        checks (an attempt with its sum and a verdict), honest checks (the sum is true and so is
+        the verdict: ✓ exactly when the attempt is a legal solution), and whether the answer came
+        right after the model's own ✗."""
+        head, marker, _ = completion.rpartition("####")
+        parts = [p.strip() for p in (head if marker else completion).split(",")]
+        attempts = checks = honest = 0
+        for part in parts:
+            checked = _CHECKED.fullmatch(part)
+            if checked is None:
+                attempts += pair_sum(part) is not None
+                continue
+            attempts, checks = attempts + 1, checks + 1
+            sum_true = int(checked[2]) == sum(pair_sum(checked[1]))
+            honest += sum_true and (checked[3] == CHECK_RIGHT) == self._solves(checked[1], problem)
+        after_fail = bool(marker) and parts[-1].endswith(CHECK_WRONG)
+        return {"attempts": attempts, "checks": checks, "honest": honest, "answered": bool(marker),
+                "after_fail": after_fail}
 
 
 def load_gsm8k(path) -> list[dict]:
@@ -409,7 +520,7 @@ class GSM8KTask:
             raise ValueError(f"the {split} split is empty")
         return rng.choice(self.splits[split])
 
-    def trace(self, problem: Problem, style: str) -> str:
+    def trace(self, problem: Problem, style: str, rng: random.Random | None = None) -> str:
         if style != "cot":
             raise ValueError(f"unknown style {style!r}; styles are {self.styles}")
         return " " + problem.info["solution"]
@@ -423,13 +534,15 @@ class GSM8KTask:
 
 
 def get_task(name: str, **kwargs):
-    if name == "arithmetic":
+    if name == "pairs":
+        return PairsTask(**kwargs)
+    elif name == "arithmetic":
         return ArithmeticTask(**kwargs)
     elif name == "countdown":
         return CountdownTask(**kwargs)
     elif name == "gsm8k":
         return GSM8KTask(**kwargs)
-    raise ValueError(f"unknown task {name!r}; valid names are: arithmetic, countdown, gsm8k")
+    raise ValueError(f"unknown task {name!r}; valid names are: pairs, arithmetic, countdown, gsm8k")
 
 
 if __name__ == "__main__":

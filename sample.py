@@ -22,14 +22,17 @@ from model import GPT, GPTConfig, KVCache
 # Tokenizers (both are tiktoken encodings)
 
 def get_tokenizer(name):
-    """"char": one token per byte plus <|endoftext|>, built in code (works offline; the built-in
-    tasks are short strings of digits and symbols). "gpt2": GPT-2's BPE (tiktoken fetches its
-    files once, so it needs network or a filled TIKTOKEN_CACHE_DIR)."""
+    """"char": one token per byte, plus one each for the verdicts ✓ and ✗ and <|endoftext|>, built
+    in code (works offline; the built-in tasks are short strings of digits and symbols). "gpt2":
+    GPT-2's BPE (tiktoken fetches its files once, so it needs network or a filled TIKTOKEN_CACHE_DIR)."""
     if name == "char":
+        ranks = {bytes([i]): i for i in range(256)}
+        # ✓ and ✗ are 3 UTF-8 bytes, E2 9C 93 / E2 9C 97: two merges make each one token
+        ranks.update({b"\xe2\x9c": 257, "✓".encode(): 258, "✗".encode(): 259})
         return tiktoken.Encoding(
             name="char",
-            pat_str=r"[\s\S]",  # every character is its own piece, so there is nothing to merge
-            mergeable_ranks={bytes([i]): i for i in range(256)},
+            pat_str=r"[\s\S]",  # every character is its own piece: only ✓ and ✗ have merges
+            mergeable_ranks=ranks,
             special_tokens={"<|endoftext|>": 256},
         )
     if name == "gpt2":

@@ -46,17 +46,20 @@ class TrainConfig:
     compile: bool = False           # torch.compile the training forward pass
     threads: int = 0                # CPU threads for torch (0 = torch's default)
     # task (rewards.py)
-    task: str = "arithmetic"        # arithmetic | countdown | gsm8k
+    task: str = "pairs"             # pairs | arithmetic | countdown | gsm8k
+    numbers: int = 5                # pairs: how many numbers to search for the two that sum to the target
+    max_number: int = 9             # pairs: the numbers are drawn from 1..max_number
     digits: int = 4                 # arithmetic: digits of each operand (difficulty)
     data_path: str = ""             # gsm8k: a JSONL file with "question" and "answer" per line
-    scratch_frac: float = 0.3       # share of cold-start traces that think step by step (the rest answer directly)
+    cold_start: str = ""            # style of the SFT traces (pairs: search | unchecked | direct); "" = the task's default
+    scratch_frac: float = 0.3       # arithmetic: share of cold-start traces that think step by step (the rest answer directly)
     # model
     init_from: str = "scratch"      # scratch | resume | gpt2 (or gpt2-medium, ...) | a local Hugging Face directory
     tokenizer: str = "auto"         # char | gpt2; auto = char from scratch, gpt2 for pretrained weights
     n_layer: int = 4                # model shape when training from scratch (~0.8M parameters)
     n_head: int = 4
     n_embd: int = 128
-    block_size: int = 96            # longest prompt + completion
+    block_size: int = 128           # longest prompt + completion
     dropout: float = 0.0
     # cold start: supervised fine-tuning on the task's traces
     sft_steps: int = 900            # optimizer steps of the cold start (0 = straight to RL)
@@ -67,7 +70,7 @@ class TrainConfig:
     rl_steps: int = 100             # RL steps after the cold start
     prompts_per_step: int = 16      # P problems per step
     samples_per_prompt: int = 8     # G completions per problem (a "group")
-    max_new_tokens: int = 64        # longest completion (it ends earlier at end-of-text)
+    max_new_tokens: int = 112       # longest completion (it ends earlier at end-of-text)
     temperature: float = 1.0        # sampling temperature during RL
     rl_lr: float = 3e-4             # constant after warm-up, so a resumed run may extend rl_steps
     updates_per_batch: int = 1      # >1: several optimizer steps on one batch (needs clip_eps or loss_type=mirror)
@@ -168,7 +171,8 @@ def autocast_context(dtype, device_type):
 
 
 def make_task(cfg):
-    task_args = {"arithmetic": {"digits": cfg.digits}, "gsm8k": {"path": cfg.data_path}}.get(cfg.task, {})
+    task_args = {"pairs": {"n_numbers": cfg.numbers, "max_number": cfg.max_number}, "arithmetic": {"digits": cfg.digits},
+                 "gsm8k": {"path": cfg.data_path}}.get(cfg.task, {})
     return get_task(cfg.task, **task_args)
 
 # -----------------------------------------------------------------------------
@@ -195,15 +199,17 @@ def pad_batch(prompts, completions, pad_id=0):
 
 
 def sft_batch(task, tokenizer, rng, cfg, block_size):
-    """Cold-start batch: worked traces in the task's styles; styles[0] (the direct answer where
-    there is one) with probability 1 - scratch_frac, a step-by-step style otherwise."""
+    """Cold-start batch: worked traces of the task. With cold_start set, all in that style; else
+    pairs writes searches, and arithmetic answers directly with probability 1 - scratch_frac and
+    in a scratchpad otherwise."""
     prompts, completions = [], []
     for _ in range(cfg.sft_batch_size):
         problem = task.sample("train", rng)
-        thinks = len(task.styles) > 1 and rng.random() < cfg.scratch_frac
-        style = rng.choice(task.styles[1:]) if thinks else task.styles[0]
+        style = cfg.cold_start or task.styles[0]
+        if not cfg.cold_start and task.name == "arithmetic" and rng.random() < cfg.scratch_frac:
+            style = rng.choice(task.styles[1:])  # a step-by-step style
         prompts.append(encode(tokenizer, problem.prompt))
-        completions.append(encode(tokenizer, task.trace(problem, style)) + [tokenizer.eot_token])
+        completions.append(encode(tokenizer, task.trace(problem, style, rng)) + [tokenizer.eot_token])
     longest = max(len(p) + len(c) for p, c in zip(prompts, completions))
     if longest > block_size:
         raise ValueError(f"a training trace of {longest} tokens exceeds the model's block_size={block_size}")
@@ -300,10 +306,23 @@ def rollout(model, task, tokenizer, problems, cfg, generator, ctx):
 # -----------------------------------------------------------------------------
 # evaluation on the held-out split
 
+def search_stats(task, texts, problems):
+    """How the completions searched (tasks with self-checks only, else {}): mean attempts per
+    completion, the share of answers given right after the model's own ✗ ("ignores its own
+    critique"), and the share of its checks that are true ("honest self-check"; nan if none)."""
+    if not hasattr(task, "self_check_stats"):
+        return {}
+    stats = [task.self_check_stats(t, p) for t, p in zip(texts, problems)]
+    total = {k: sum(s[k] for s in stats) for k in stats[0]}
+    return {"attempts": total["attempts"] / len(stats),
+            "after_fail_share": total["after_fail"] / max(1, total["answered"]),
+            "honest_check_share": total["honest"] / total["checks"] if total["checks"] else float("nan")}
+
+
 @torch.no_grad()
 def evaluate(model, task, tokenizer, problems, cfg, ctx):
-    """Greedy accuracy, pass@k (k samples at the RL temperature), response length and the share
-    of step-by-step answers, on held-out test problems."""
+    """On held-out test problems: greedy accuracy, pass@k (k samples at the RL temperature), the
+    sampled accuracy, length and search statistics of greedy and of sampled completions."""
     eot = tokenizer.eot_token
     prompts = [encode(tokenizer, p.prompt) for p in problems]
     with ctx:
@@ -314,13 +333,21 @@ def evaluate(model, task, tokenizer, problems, cfg, ctx):
     greedy_text = [decode(tokenizer, c) for c in greedy]
     correct = [task.reward(t, p) for t, p in zip(greedy_text, problems)]
     sampled_text = [decode(tokenizer, c) for c in sampled]
-    sampled_correct = [task.reward(t, problems[i // cfg.pass_k]) for i, t in enumerate(sampled_text)]
+    sampled_problems = [p for p in problems for _ in range(cfg.pass_k)]
+    sampled_correct = [task.reward(t, p) for t, p in zip(sampled_text, sampled_problems)]
     k = cfg.pass_k
+    right_of_k = [int(sum(sampled_correct[i:i + k])) for i in range(0, len(sampled_correct), k)]  # c of k per problem
     return {
         "accuracy": sum(correct) / len(problems),
-        f"pass@{k}": sum(max(sampled_correct[i:i + k]) for i in range(0, len(sampled_correct), k)) / len(problems),
+        f"pass@{k}": sum(c > 0 for c in right_of_k) / len(problems),
+        # pass@n for n = 1..k from the same k samples, unbiased: 1 - C(k - c, n) / C(k, n) (Chen et al. 2021)
+        "pass_at": [sum(1 - math.comb(k - c, n) / math.comb(k, n) for c in right_of_k) / len(problems)
+                    for n in range(1, k + 1)],
         "sample_accuracy": sum(sampled_correct) / len(sampled_correct),
         "length": sum(len(c) for c in greedy) / len(greedy),
+        "sample_length": sum(len(c) for c in sampled) / len(sampled),
+        **search_stats(task, greedy_text, problems),
+        **{f"sample_{key}": v for key, v in search_stats(task, sampled_text, sampled_problems).items()},
         "step_by_step": sum(map(task.is_step_by_step, greedy_text)) / len(problems),
         "sample_step_by_step": sum(map(task.is_step_by_step, sampled_text)) / len(sampled_text),
         "example": problems[0].prompt + greedy_text[0],
@@ -513,6 +540,7 @@ def main(argv):
         state["rl_time"] += time.time() - t0
         record = {"step": step, "phase": "rl", "lr": lr, "accuracy": correct.mean().item(),
                   "step_by_step": sum(map(task.is_step_by_step, texts)) / len(texts),
+                  **search_stats(task, texts, [p for p in problems for _ in range(G)]),
                   "length_reward": len_reward.mean().item(), "skipped": state["skipped"],
                   "sample_time": t_sample, "update_time": time.time() - t_update, **metrics}
         if pool:
@@ -545,27 +573,55 @@ def fmt(result):
     return ", ".join(f"{k} {v:.3f}" for k, v in result.items() if isinstance(v, float))
 
 
+SUMMARY_ROWS = [  # (label, key in an eval record); rows whose key a task does not report are left out
+    ("greedy accuracy", "accuracy"), ("pass@k", "pass@k"), ("sampled accuracy", "sample_accuracy"),
+    ("length (tokens), greedy", "length"), ("length (tokens), sampled", "sample_length"),
+    ("attempts, greedy", "attempts"), ("attempts, sampled", "sample_attempts"),
+    ("answers after own ✗, greedy", "after_fail_share"), ("answers after own ✗, sampled", "sample_after_fail_share"),
+    ("honest checks, greedy", "honest_check_share"), ("honest checks, sampled", "sample_honest_check_share"),
+    ("step-by-step share, greedy", "step_by_step"), ("step-by-step share, sampled", "sample_step_by_step"),
+]
+
+
 def print_summary(summary, cfg, metrics_path):
-    """The before/after table, then the held-out curve: how accuracy, length and the way of
-    thinking moved together during RL (one column per evaluation)."""
+    """The before/after table, then the held-out curve: how accuracy, length and the search moved
+    together during RL (one column per evaluation)."""
     before, after = summary["before"], summary["after"]
-    rows = [("greedy accuracy", "accuracy"), (f"pass@{cfg.pass_k}", f"pass@{cfg.pass_k}"),
-            ("sampled accuracy", "sample_accuracy"), ("mean length (tokens)", "length"),
-            ("step-by-step share", "step_by_step"), ("step-by-step share, sampled", "sample_step_by_step")]
-    print(f"\n{'held-out (' + str(cfg.eval_problems) + ' problems)':<30}{'after SFT':>12}{'after RL':>12}")
+    rows = [(name.replace("pass@k", f"pass@{cfg.pass_k}"), key.replace("pass@k", f"pass@{cfg.pass_k}"))
+            for name, key in SUMMARY_ROWS if key.replace("pass@k", f"pass@{cfg.pass_k}") in after]
+    print(f"\n{'held-out (' + str(cfg.eval_problems) + ' problems)':<32}{'after SFT':>12}{'after RL':>12}")
     for name, key in rows:
-        print(f"{name:<30}{before[key]:>12.3f}{after[key]:>12.3f}")
-    print(f"{'wall time (s)':<30}{summary['sft_time']:>12.0f}{summary['rl_time']:>12.0f}")
-    print(f"example after RL: {after['example']!r}")
+        print(f"{name:<32}{before[key]:>12.3f}{after[key]:>12.3f}")
+    print(f"{'wall time (s)':<32}{summary['sft_time']:>12.0f}{summary['rl_time']:>12.0f}")
+    print(f"example after SFT: {before['example']!r}")
+    print(f"example after RL:  {after['example']!r}")
     evals = [json.loads(line) for line in open(metrics_path) if '"eval"' in line]
-    print(f"\n{'RL step':<30}" + "".join(f"{r['step'] - cfg.sft_steps:>6}" for r in evals))
-    for name, key in rows[:1] + rows[2:4] + rows[5:]:
-        digits = 1 if key == "length" else 2
-        print(f"{name:<30}" + "".join(f"{r[key]:>6.{digits}f}" for r in evals))
+    print(f"\n{'RL step':<32}" + "".join(f"{r['step'] - cfg.sft_steps:>6}" for r in evals))
+    for name, key in rows:
+        if key.startswith("pass@"):
+            continue
+        digits = 1 if "length" in key or "attempts" in key else 2
+        print(f"{name:<32}" + "".join(f"{r[key]:>6.{digits}f}" for r in evals))
+    for key in ("attempts", "sample_attempts", "length", "sample_length"):
+        if key in after and len(evals) > 2:
+            print(f"{key}: {rise_profile([r[key] for r in evals])}")
+
+
+def rise_profile(values):
+    """Was the rise gradual? The total change from first to last value, the largest share of it that
+    one interval between two evals carries, and how many distinct values lie in between."""
+    rise = values[-1] - values[0]
+    if rise <= 0:
+        return f"no rise ({values[0]:.2f} -> {values[-1]:.2f})"
+    largest = max(b - a for a, b in zip(values, values[1:]))
+    distinct = len({round(v, 2) for v in values[1:-1]} - {round(values[0], 2), round(values[-1], 2)})
+    return (f"{values[0]:.2f} -> {values[-1]:.2f}, the largest single interval carries {largest / rise:.0%} "
+            f"of the rise, {distinct} distinct values in between")
 
 
 def plot_curves(metrics_path, png_path):
-    """Accuracy, reward and response length vs step, if matplotlib is installed (optional)."""
+    """If matplotlib is installed (optional): held-out accuracy, length and attempts on one figure
+    (do they rise together?), and the training reward and length on a second panel."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -575,16 +631,31 @@ def plot_curves(metrics_path, png_path):
     records = [json.loads(line) for line in open(metrics_path)]
     rl = [r for r in records if r["phase"] == "rl"]
     ev = [r for r in records if r["phase"] == "eval"]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
-    axes[0].plot([r["step"] for r in rl], [r["accuracy"] for r in rl], label="train (sampled)")
-    axes[0].plot([r["step"] for r in ev], [r["accuracy"] for r in ev], "o-", label="held-out (greedy)")
-    axes[1].plot([r["step"] for r in rl], [r["reward_mean"] for r in rl])
-    axes[2].plot([r["step"] for r in rl], [r["len_mean"] for r in rl], label="length (tokens)")
-    axes[2].twinx().plot([r["step"] for r in rl], [r["step_by_step"] for r in rl], "g", alpha=0.5)
-    for ax, title in zip(axes, ("accuracy", "mean reward", "response length (green: step-by-step share)")):
-        ax.set_title(title)
-        ax.set_xlabel("step")
-    axes[0].legend()
+    step0 = ev[0]["step"] if ev else 0
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4))
+    x = [r["step"] - step0 for r in ev]
+    left.plot(x, [r["accuracy"] for r in ev], "o-", color="C0", label="accuracy, greedy")
+    left.plot(x, [r["sample_accuracy"] for r in ev], "o--", color="C0", alpha=0.6, label="accuracy, sampled")
+    if "after_fail_share" in ev[0]:
+        left.plot(x, [r["after_fail_share"] for r in ev], "s-", color="C3", label="answers after own ✗, greedy")
+    left.set_ylim(0, 1)
+    left.set_xlabel("RL step")
+    left.set_title("held-out: accuracy vs thinking")
+    twin = left.twinx()
+    key = "attempts" if "attempts" in ev[0] else "length"
+    twin.plot(x, [r[key] for r in ev], "^-", color="C2", label=f"{key}, greedy")
+    twin.plot(x, [r[f"sample_{key}"] for r in ev], "^--", color="C2", alpha=0.6, label=f"{key}, sampled")
+    twin.set_ylabel(key)
+    lines = left.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+    left.legend(lines, [h.get_label() for h in lines], loc="center right", fontsize=8)
+    xr = [r["step"] - step0 for r in rl]
+    right.plot(xr, [r["reward_mean"] for r in rl], color="C0", label="mean reward")
+    right.set_xlabel("RL step")
+    right.set_title("training batches: reward and length (tokens)")
+    twin = right.twinx()
+    twin.plot(xr, [r["len_mean"] for r in rl], color="C2", label="length")
+    right.legend(loc="upper left")
+    twin.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
     plt.close(fig)

@@ -66,7 +66,7 @@ def test_rewards_command_prints_one_markdown_table():
 
 
 def test_rl_command_times_the_three_phases_of_a_step():
-    tiny = ["--steps=1", "--n_layer=1", "--n_embd=16", "--n_head=2", "--digits=2", "--block_size=40",
+    tiny = ["--steps=1", "--task=arithmetic", "--n_layer=1", "--n_embd=16", "--n_head=2", "--digits=2", "--block_size=40",
             "--prompts_per_step=2", "--samples_per_prompt=2", "--max_new_tokens=8"]
     done = subprocess.run([sys.executable, "bench.py", "rl", *tiny], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)

@@ -131,7 +131,15 @@ def test_char_tokenizer_round_trips_text_and_has_end_of_text():
     text = "347+685=0+7+5=12 #### 1032\n"
     assert tok.decode(tok.encode(text)) == text
     assert len(tok.encode(text)) == len(text)
-    assert tok.eot_token == 256 and tok.n_vocab == 257
+    assert tok.eot_token == 256 and tok.n_vocab == 260  # 256 bytes, end-of-text, a merge, ✓, ✗
+
+
+def test_char_tokenizer_writes_each_verdict_as_one_token():
+    tok = get_tokenizer("char")
+    text = "7+3+5+2=17✗,7+3+5-2=13✓ #### 7+3+5-2"
+    tokens = tok.encode(text)
+    assert len(tokens) == len(text) and tok.decode(tokens) == text  # one token per character
+    assert tok.encode("✓") != tok.encode("✗") and len(tok.encode("✗✓")) == 2
 
 
 def test_unknown_tokenizer_is_an_error():

@@ -14,7 +14,7 @@ import train
 from model import GPT, GPTConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--n_layer=1", "--n_head=2", "--n_embd=16", "--block_size=48", "--digits=2", "--sft_steps=4",
+TINY = ["--task=arithmetic", "--n_layer=1", "--n_head=2", "--n_embd=16", "--block_size=48", "--digits=2", "--sft_steps=4",
         "--sft_batch_size=8", "--rl_steps=3", "--prompts_per_step=2", "--samples_per_prompt=4",
         "--max_new_tokens=24", "--eval_problems=4", "--pass_k=2", "--eval_every=0", "--ckpt_every=0",
         "--warmup_steps=2"]
@@ -199,7 +199,7 @@ def test_torchrun_with_two_cpu_processes_trains_and_checkpoints(tmp_path):
 
 def test_gsm8k_file_with_a_local_hugging_face_gpt2_runs_end_to_end(tmp_path):
     transformers = pytest.importorskip("transformers")
-    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=257, n_positions=512, n_embd=32,
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=260, n_positions=512, n_embd=32,
                                                               n_layer=2, n_head=2))
     hf.save_pretrained(tmp_path / "hf")
     out = str(tmp_path / "gsm8k")
@@ -289,3 +289,55 @@ def test_fused_update_takes_the_same_step_as_the_plain_one(options):
 def test_fused_update_refuses_losses_that_are_not_linear_in_the_log_probs():
     with pytest.raises(ValueError, match="fused_update"):
         train.check_config(train.parse_config(train.TrainConfig, ["--fused_update=true", "--loss_type=mirror"]))
+
+
+# -----------------------------------------------------------------------------
+# the default task: search with self-checks
+
+SIGNS_TINY = ["--task=signs", "--n_layer=1", "--n_head=2", "--n_embd=16", "--block_size=160", "--sft_steps=4",
+              "--sft_batch_size=8", "--rl_steps=2", "--prompts_per_step=2", "--samples_per_prompt=4",
+              "--max_new_tokens=150", "--eval_problems=4", "--pass_k=2", "--eval_every=1", "--ckpt_every=0",
+              "--warmup_steps=2"]
+SEARCH_METRICS = ("accuracy", "length", "attempts", "after_fail_share", "honest_check_share")
+
+
+def test_signs_run_reports_the_search_metrics_before_and_after_rl_and_at_every_eval(tmp_path):
+    out = str(tmp_path / "out")
+    train.main(SIGNS_TINY + [f"--out_dir={out}"])
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    for when in ("before", "after"):
+        assert all(key in summary[when] and f"sample_{key}" in summary[when] for key in SEARCH_METRICS[1:])
+        assert 0 <= summary[when]["accuracy"] <= 1 and len(summary[when]["pass_at"]) == 2
+    records = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    evals = [r for r in records if r["phase"] == "eval"]
+    assert len(evals) == 3 and all(key in r for r in evals for key in SEARCH_METRICS)
+    assert all("attempts" in r and "after_fail_share" in r for r in records if r["phase"] == "rl")
+
+
+def test_search_stats_average_attempts_and_count_only_answers_and_checks():
+    from rewards import Problem, SignsTask
+    task = SignsTask()
+    problem = Problem(prompt="7352->13:", answer="13", info={"digits": [7, 3, 5, 2], "target": 13})
+    texts = ["7+3=10+5=15+2=17✗,7+3=10+5=15-2=13✓ #### 7+3+5-2",  # 2 attempts, 2 true checks, answer after ✓
+             "7+3=10+5=15+2=16✗ #### 7+3+5+2",                    # 1 attempt, a wrong sum, answer after ✗
+             "7+3=10+5=15+2=17✗,7-"]                              # no answer: counts for attempts, not answers
+    stats = train.search_stats(task, texts, [problem] * 3)
+    assert stats["attempts"] == pytest.approx(4 / 3)
+    assert stats["after_fail_share"] == pytest.approx(1 / 2)  # 1 of the 2 answers
+    assert stats["honest_check_share"] == pytest.approx(3 / 4)  # 16 is not 7+3+5+2
+    assert train.search_stats(train.make_task(train.parse_config(train.TrainConfig, ["--task=arithmetic"])),
+                              ["#### 5"], [None]) == {}
+
+
+def test_cold_start_style_is_chosen_by_config():
+    cfg = train.parse_config(train.TrainConfig, ["--cold_start=direct", "--sft_batch_size=16"])
+    task, tokenizer = train.make_task(cfg), train.get_tokenizer("char")
+    idx, targets, _ = train.sft_batch(task, tokenizer, train.step_rng(cfg, 0, 0, "sft"), cfg, 128)
+    texts = [tokenizer.decode([t for t in row.tolist() if t >= 0 and t != tokenizer.eot_token]) for row in targets]
+    assert all(text.startswith("#### ") and "✗" not in text for text in texts)
+
+
+def test_rise_profile_tells_a_step_from_a_gradual_rise():
+    assert "carries 100% of the rise, 0 distinct" in train.rise_profile([2.0, 2.0, 4.0, 4.0])
+    assert "carries 25% of the rise, 3 distinct" in train.rise_profile([1.0, 1.5, 2.0, 2.5, 3.0])
+    assert train.rise_profile([3.0, 2.0]).startswith("no rise")
