@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 
 import train
+from sample import parse_config
 
 # name -> train.py options on top of the default config (plain REINFORCE: group-mean baseline, 0 for wrong)
 VARIANTS = {
@@ -49,7 +50,7 @@ def cell(values, digits=3):
 
 
 def main(argv):
-    cfg = train.parse_config(AblationConfig, argv)
+    cfg = parse_config(AblationConfig, argv)
     common = cfg.train_args.split()
     results = {name: [] for name in VARIANTS}
     before = []

@@ -33,9 +33,8 @@ import torch.nn.functional as F
 import rewards
 from model import GPT
 from reinforce import shape_rewards, token_logprobs, weighted_logprob_sum
-from sample import decode, encode, generate, get_tokenizer, load_model
-from train import (TrainConfig, autocast_context, build_model, check_config, make_task, pad_batch, parse_config,
-                   pick_device, policy_update)
+from sample import decode, encode, generate, get_tokenizer, load_model, parse_config, pick_device
+from train import TrainConfig, autocast_context, build_model, check_config, make_task, pad_batch, policy_update
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 HAS_LINEAR_CROSS_ENTROPY = hasattr(F, "linear_cross_entropy")  # torch >= 2.13

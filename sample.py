@@ -10,7 +10,7 @@ newest token of every unfinished row. Rows that hit a stop token are dropped fro
 from the cache) once they are a quarter of it, so finished rows soon cost nothing more.
 """
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import tiktoken
 import torch
@@ -133,6 +133,43 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=
     return completions
 
 # -----------------------------------------------------------------------------
+# Command lines: the one --key=value parser and the device, shared by train.py, bench.py and ablate.py
+# (here, the lowest file with a command line, so that nothing imports the trainer to parse flags)
+
+def _parse_value(text, typ, key):
+    if typ is bool:
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"--{key} expects true or false, got {text!r}")
+    try:
+        return typ(text)
+    except ValueError:
+        raise ValueError(f"--{key} expects a {typ.__name__}, got {text!r}") from None
+
+
+def parse_config(cls, argv, base=None):
+    """`--key=value` arguments -> a `cls` dataclass; each value is parsed with the type of the
+    field's default, unknown keys are refused by name. base: field values to start from (the
+    saved config when resuming)."""
+    types = {f.name: type(f.default) for f in fields(cls)}
+    values = {k: v for k, v in (base or {}).items() if k in types}
+    for arg in argv:
+        if not arg.startswith("--") or "=" not in arg:
+            raise ValueError(f"arguments look like --key=value, got {arg!r}")
+        key, text = arg[2:].split("=", 1)
+        if key not in types:
+            raise ValueError(f"unknown config key {key!r}; known keys: {', '.join(types)}")
+        values[key] = _parse_value(text, types[key], key)
+    return cls(**values)
+
+
+def pick_device(name):
+    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+
+
+# -----------------------------------------------------------------------------
 # Command line: sample from a checkpoint written by train.py
 
 @dataclass
@@ -162,7 +199,6 @@ def load_model(path, device):
 
 
 def main(argv):
-    from train import parse_config, pick_device  # the one --key=value parser, shared with train.py
     cfg = parse_config(SampleConfig, argv)
     device = pick_device(cfg.device)
     model, tokenizer = load_model(cfg.ckpt, device)

@@ -33,7 +33,7 @@ from model import GPT, GPTConfig
 from reinforce import (AGGREGATIONS, BASELINES, LOSS_TYPES, length_penalty, reinforce_loss, sft_loss,
                        shape_rewards, token_logprobs, weighted_logprob_sum)
 from rewards import get_task
-from sample import decode, encode, generate, get_tokenizer, model_from_checkpoint
+from sample import decode, encode, generate, get_tokenizer, model_from_checkpoint, parse_config, pick_device
 
 
 @dataclass
@@ -95,36 +95,7 @@ class TrainConfig:
 
 
 # -----------------------------------------------------------------------------
-# config from the command line
-
-def _parse_value(text, typ, key):
-    if typ is bool:
-        if text.lower() in ("1", "true", "yes", "on"):
-            return True
-        if text.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"--{key} expects true or false, got {text!r}")
-    try:
-        return typ(text)
-    except ValueError:
-        raise ValueError(f"--{key} expects a {typ.__name__}, got {text!r}") from None
-
-
-def parse_config(cls, argv, base=None):
-    """`--key=value` arguments -> a `cls` dataclass; each value is parsed with the type of the
-    field's default, unknown keys are refused by name. base: field values to start from (the
-    saved config when resuming)."""
-    types = {f.name: type(f.default) for f in fields(cls)}
-    values = {k: v for k, v in (base or {}).items() if k in types}
-    for arg in argv:
-        if not arg.startswith("--") or "=" not in arg:
-            raise ValueError(f"arguments look like --key=value, got {arg!r}")
-        key, text = arg[2:].split("=", 1)
-        if key not in types:
-            raise ValueError(f"unknown config key {key!r}; known keys: {', '.join(types)}")
-        values[key] = _parse_value(text, types[key], key)
-    return cls(**values)
-
+# config checks (the --key=value parser is sample.parse_config)
 
 def check_config(cfg):
     choices = {"dtype": ("auto", "float32", "bfloat16"), "baseline": BASELINES, "aggregation": AGGREGATIONS,
@@ -155,10 +126,6 @@ def check_config(cfg):
 
 
 STOP = {"requested": False}  # set by Ctrl-C (see the end of the file): finish the step, save, exit
-
-
-def pick_device(name):
-    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
 
 
 def autocast_context(dtype, device_type):
