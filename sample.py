@@ -9,6 +9,7 @@ batched forward pass ("prefill") fills a preallocated KV cache; then each step f
 newest token of every unfinished row. Rows that hit a stop token are dropped from the batch (and
 from the cache) once they are a quarter of it, so finished rows soon cost nothing more.
 """
+import os
 import sys
 from dataclasses import dataclass, fields
 
@@ -192,9 +193,24 @@ def model_from_checkpoint(ckpt, device):
     return model.to(device)
 
 
+def load_checkpoint(path, map_location="cpu"):
+    """A train.py checkpoint dict, or one ValueError naming the file. weights_only: loading never
+    runs code from the file, so a corrupt or hostile file can only fail, never act."""
+    if not os.path.isfile(path):
+        raise ValueError(f"checkpoint {path} not found (train.py writes <out_dir>/ckpt.pt)")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # cut short, empty or random bytes: zip, pickle and EOF errors. torch's own
+        # message can advise weights_only=False, which would run the file's code: never pass it on
+        raise ValueError(f"{path} is not a train.py checkpoint, or is corrupt ({type(e).__name__})") from None
+    if not (isinstance(ckpt, dict) and {"model", "model_config", "config", "step", "tokenizer"} <= ckpt.keys()):
+        raise ValueError(f"{path} is not a train.py checkpoint, or is corrupt (keys missing)")
+    return ckpt
+
+
 def load_model(path, device):
-    """Rebuild the model and tokenizer from a train.py checkpoint (tensors only: weights_only)."""
-    ckpt = torch.load(path, map_location=device, weights_only=True)
+    """Rebuild the model and tokenizer from a train.py checkpoint."""
+    ckpt = load_checkpoint(path, map_location=device)
     return model_from_checkpoint(ckpt, device), get_tokenizer(ckpt["tokenizer"])
 
 

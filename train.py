@@ -33,7 +33,8 @@ from model import GPT, GPTConfig
 from reinforce import (AGGREGATIONS, BASELINES, LOSS_TYPES, length_penalty, reinforce_loss, sft_loss,
                        shape_rewards, token_logprobs, weighted_logprob_sum)
 from rewards import get_task
-from sample import decode, encode, generate, get_tokenizer, model_from_checkpoint, parse_config, pick_device
+from sample import (decode, encode, generate, get_tokenizer, load_checkpoint, model_from_checkpoint, parse_config,
+                    pick_device)
 
 
 @dataclass
@@ -326,7 +327,7 @@ def main(argv):
     cfg = parse_config(TrainConfig, argv)
     ckpt = None
     if cfg.init_from == "resume":  # the saved config, updated by what this command line says
-        ckpt = torch.load(os.path.join(cfg.out_dir, "ckpt.pt"), map_location="cpu", weights_only=True)
+        ckpt = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))
         cfg = parse_config(TrainConfig, argv, base={**ckpt["config"], "init_from": "resume"})
     check_config(cfg)
 

@@ -2,6 +2,7 @@
 config errors, DDP, and the GSM8K + Hugging Face GPT-2 path."""
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import time
 import pytest
 import torch
 
+import sample
 import train
 from model import GPT, GPTConfig
 
@@ -85,6 +87,30 @@ def test_non_finite_loss_skips_the_update_and_keeps_the_weights(tmp_path, monkey
     assert_same_weights(weights(sft_only), ckpt["model"])
     last = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl")) if '"rl"' in line][-1]
     assert last["skipped"] == 2
+
+
+@pytest.mark.parametrize("damage", ["cut in half", "random bytes", "empty", "missing", "a bare state_dict"])
+def test_a_damaged_or_missing_checkpoint_is_one_clear_error_naming_the_file(tmp_path, damage):
+    out = tmp_path / "out"
+    out.mkdir()
+    path = str(out / "ckpt.pt")
+    model, optimizer, cfg = _tiny_policy([])
+    train.save_checkpoint(path, model, optimizer, cfg, 7, {"tokenizer": "char"})
+    data = open(path, "rb").read()
+    if damage == "missing":
+        os.remove(path)
+    elif damage == "a bare state_dict":
+        torch.save(model.state_dict(), path)
+    else:
+        damaged = {"cut in half": data[:len(data) // 2], "random bytes": random.Random(0).randbytes(len(data)),
+                   "empty": b""}[damage]
+        open(path, "wb").write(damaged)
+    expected = "not found" if damage == "missing" else "is not a train.py checkpoint, or is corrupt"
+    resume = [f"--out_dir={out}", "--init_from=resume"]
+    for load, arg in ((train.main, resume), (sample.main, [f"--ckpt={path}"])):  # one loader for every reader
+        with pytest.raises(ValueError, match=expected) as err:
+            load(arg)
+        assert path in str(err.value) and "weights_only" not in str(err.value)  # never advise unsafe loading
 
 
 def test_unknown_config_key_is_refused_by_name():
