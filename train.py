@@ -301,8 +301,18 @@ def save_checkpoint(path, model, optimizer, cfg, step, extra):
     """Atomic: write a temp file, then rename over the old one (a crash leaves one or the other)."""
     ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "config": asdict(cfg),
             "model_config": asdict(model.config), "step": step, "torch_rng": torch.get_rng_state(), **extra}
-    torch.save(ckpt, path + ".tmp")
-    os.replace(path + ".tmp", path)
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename, or a power cut could leave an empty ckpt.pt
+    except (OSError, RuntimeError) as e:  # a full disk surfaces as either (torch's zip writer: "unexpected pos")
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise OSError(f"could not save the checkpoint {path} ({e}): is the disk full? "
+                      f"the previous checkpoint, if any, is intact") from e
+    os.replace(tmp, path)
 
 
 def build_model(cfg, device, ckpt=None):
@@ -562,5 +572,5 @@ if __name__ == "__main__":
     signal.signal(signal.SIGINT, lambda *_: STOP.update(requested=True))
     try:
         main(sys.argv[1:])
-    except ValueError as e:
+    except (ValueError, OSError) as e:  # bad input, a missing file, a full disk: one line, no traceback
         sys.exit(f"train.py: error: {e}")

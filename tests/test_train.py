@@ -113,6 +113,26 @@ def test_a_damaged_or_missing_checkpoint_is_one_clear_error_naming_the_file(tmp_
         assert path in str(err.value) and "weights_only" not in str(err.value)  # never advise unsafe loading
 
 
+@pytest.mark.parametrize("error", [OSError(28, "No space left on device"),
+                                   RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos")])
+def test_a_full_disk_while_saving_names_the_path_removes_the_tmp_and_keeps_the_old_checkpoint(
+        tmp_path, monkeypatch, error):
+    path = str(tmp_path / "ckpt.pt")
+    model, optimizer, cfg = _tiny_policy([])
+    train.save_checkpoint(path, model, optimizer, cfg, 7, {"tokenizer": "char"})
+    old = open(path, "rb").read()
+
+    def save_half_then_fail(obj, f):
+        f.write(old[:len(old) // 2])  # what a full disk leaves: a partial file
+        raise error
+    monkeypatch.setattr(torch, "save", save_half_then_fail)
+    with pytest.raises(OSError, match="is the disk full") as err:
+        train.save_checkpoint(path, model, optimizer, cfg, 8, {"tokenizer": "char"})
+    assert path in str(err.value)
+    assert not os.path.exists(path + ".tmp")
+    assert open(path, "rb").read() == old and sample.load_checkpoint(path)["step"] == 7
+
+
 def test_unknown_config_key_is_refused_by_name():
     with pytest.raises(ValueError, match="unknown config key 'lr'"):
         train.parse_config(train.TrainConfig, ["--lr=3"])
