@@ -57,9 +57,9 @@ def main(argv):
     t_start = time.time()
     for seed in range(1, cfg.seeds + 1):
         sft_dir = os.path.join(cfg.out_dir, f"sft-seed{seed}")
-        if not os.path.exists(os.path.join(sft_dir, "summary.json")):
+        if not os.path.exists(os.path.join(sft_dir, "summary.json")):  # (re)do it; an unfinished one is replaced
             train.main([f"--out_dir={sft_dir}", f"--seed={seed}", f"--sft_steps={cfg.sft_steps}",
-                        "--rl_steps=0", "--eval_every=0", *common])
+                        "--rl_steps=0", "--eval_every=0", "--overwrite=true", *common])
         before.append(json.load(open(os.path.join(sft_dir, "summary.json")))["before"])
         for name, options in VARIANTS.items():
             run_dir = os.path.join(cfg.out_dir, f"variant{list(VARIANTS).index(name)}-seed{seed}")

@@ -41,6 +41,7 @@ from sample import (decode, encode, generate, get_tokenizer, load_checkpoint, mo
 class TrainConfig:
     # run
     out_dir: str = "out"            # checkpoint, metrics.jsonl, summary.json, curves.png
+    overwrite: bool = False         # a fresh run may replace the run already in out_dir (else it refuses: nothing lost)
     seed: int = 1337
     device: str = "auto"            # auto = cuda if available, else cpu
     dtype: str = "auto"             # float32 | bfloat16; auto = bfloat16 on CUDA, float32 on CPU
@@ -124,6 +125,22 @@ def check_config(cfg):
     if cfg.updates_per_batch > 1 and cfg.clip_eps == 0 and cfg.loss_type != "mirror":
         raise ValueError("--updates_per_batch > 1 re-uses samples from an older policy: set --clip_eps "
                          "or --loss_type=mirror")
+
+
+def check_out_dir(cfg, ckpt):
+    """Never lose a run by accident: a fresh run refuses an out_dir that holds one (its log would be
+    emptied and a Ctrl-C would replace its checkpoint), and a resumed run may not end before the
+    step its checkpoint has reached (it would save the finished model under a smaller step)."""
+    if ckpt is not None:
+        total = cfg.sft_steps + cfg.rl_steps
+        if total < ckpt["step"]:
+            raise ValueError(f"--init_from=resume: the checkpoint in {cfg.out_dir} has done {ckpt['step']} steps, "
+                             f"more than sft_steps + rl_steps = {total}; ask for at least {ckpt['step']}")
+    elif not cfg.overwrite:
+        found = [f for f in ("ckpt.pt", "metrics.jsonl") if os.path.exists(os.path.join(cfg.out_dir, f))]
+        if found:
+            raise ValueError(f"{cfg.out_dir} already holds a run ({', '.join(found)}): continue it with "
+                             "--init_from=resume, replace it with --overwrite=true, or choose another --out_dir")
 
 
 STOP = {"requested": False}  # set by Ctrl-C (see the end of the file): finish the step, save, exit
@@ -340,6 +357,7 @@ def main(argv):
         ckpt = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))
         cfg = parse_config(TrainConfig, argv, base={**ckpt["config"], "init_from": "resume"})
     check_config(cfg)
+    check_out_dir(cfg, ckpt)  # before any rank writes there
 
     # processes and devices: under torchrun every rank runs this same script
     ddp = "RANK" in os.environ

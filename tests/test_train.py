@@ -76,6 +76,27 @@ def test_resume_across_the_sft_to_rl_boundary_is_exact(tmp_path):
     assert training[0] == training[1] and len(training[0]) == 4 + 3
 
 
+def test_a_fresh_run_refuses_an_out_dir_that_holds_a_run_unless_told_to_overwrite(tmp_path):
+    out = run(tmp_path)
+    files = {f: open(os.path.join(out, f), "rb").read() for f in ("ckpt.pt", "metrics.jsonl")}
+    with pytest.raises(ValueError, match=f"{out} already holds a run .ckpt.pt, metrics.jsonl.*--overwrite=true"):
+        run(tmp_path, "--seed=2")
+    assert all(open(os.path.join(out, f), "rb").read() == data for f, data in files.items())  # nothing lost
+    os.remove(os.path.join(out, "ckpt.pt"))  # a log alone is a run too (e.g. interrupted before its first save)
+    with pytest.raises(ValueError, match="already holds a run .metrics.jsonl."):
+        run(tmp_path, "--seed=2")
+    run(tmp_path, "--seed=2", "--overwrite=true")
+    assert torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)["config"]["seed"] == 2
+
+
+def test_resume_with_fewer_total_steps_than_done_is_refused_naming_both(tmp_path):
+    out = run(tmp_path)  # 4 SFT + 3 RL steps
+    ckpt = open(os.path.join(out, "ckpt.pt"), "rb").read()
+    with pytest.raises(ValueError, match="has done 7 steps, more than sft_steps \\+ rl_steps = 5"):
+        train.main([f"--out_dir={out}", "--init_from=resume", "--rl_steps=1"])
+    assert open(os.path.join(out, "ckpt.pt"), "rb").read() == ckpt
+
+
 def test_non_finite_loss_skips_the_update_and_keeps_the_weights(tmp_path, monkeypatch):
     sft_only = run(tmp_path, "--rl_steps=0", name="sft_only")
     real_loss = train.reinforce_loss
