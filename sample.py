@@ -167,7 +167,19 @@ def parse_config(cls, argv, base=None):
 
 
 def pick_device(name):
-    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+    """"auto" -> cuda if available, else cpu. Any other name is checked here, before any work, so
+    that a typo or a GPU this machine does not have is one clear error."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device={name} is not a device (auto, cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device={name}, but torch {torch.__version__} sees no CUDA GPU here: use --device=cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device={name}, but there are {torch.cuda.device_count()} CUDA GPUs (cuda:0, ...)")
+    return name
 
 
 # -----------------------------------------------------------------------------

@@ -105,20 +105,27 @@ def check_config(cfg):
     for key, allowed in choices.items():
         if getattr(cfg, key) not in allowed:
             raise ValueError(f"--{key}={getattr(cfg, key)} is not one of {', '.join(allowed)}")
-    for key in ("sft_steps", "rl_steps", "eval_every", "ckpt_every"):
+    for f in fields(cfg):  # inf and nan parse as floats, and would only show up as NaN weights later
+        if isinstance(getattr(cfg, f.name), float) and not math.isfinite(getattr(cfg, f.name)):
+            raise ValueError(f"--{f.name} must be a finite number, got {getattr(cfg, f.name)}")
+    for key in ("sft_steps", "rl_steps", "eval_every", "ckpt_every", "threads", "sft_lr", "rl_lr", "weight_decay",
+                "grad_clip", "dropout", "kl_coef", "clip_eps", "length_penalty"):
         if getattr(cfg, key) < 0:
             raise ValueError(f"--{key} must be >= 0")
+    if cfg.dropout >= 1:
+        raise ValueError("--dropout must be < 1 (it is the share of activations zeroed)")
+    if cfg.temperature <= 0:  # at 0 the G samples of a problem are identical: equal rewards, zero advantages
+        raise ValueError(f"--temperature={cfg.temperature}: RL needs a temperature > 0 (at 0 the "
+                         f"{cfg.samples_per_prompt} samples of a problem are all the same, so nothing is learnt)")
     for key in ("warmup_steps", "updates_per_batch", "prompts_per_step", "samples_per_prompt", "pass_k",
                 "max_new_tokens", "sft_batch_size", "eval_problems"):
         if getattr(cfg, key) < 1:
             raise ValueError(f"--{key} must be >= 1")
     if cfg.task == "gsm8k" and not cfg.data_path:
         raise ValueError("--task=gsm8k needs --data_path=a JSONL file with 'question' and 'answer' per line")
-    if cfg.device != "auto":
-        try:
-            torch.device(cfg.device)
-        except RuntimeError:
-            raise ValueError(f"--device={cfg.device} is not a device (auto, cpu, cuda, cuda:1, ...)") from None
+    if cfg.task == "gsm8k" and not os.path.isfile(cfg.data_path):
+        raise ValueError(f"--data_path={cfg.data_path} is not a file (missing, or a directory)")
+    pick_device(cfg.device)  # a typo or a missing GPU fails here, before any work
     if cfg.fused_update and (cfg.loss_type != "reinforce" or cfg.clip_eps or cfg.kl_coef or cfg.updates_per_batch > 1):
         raise ValueError("--fused_update needs the plain on-policy loss: loss_type=reinforce, no clip_eps, "
                          "no kl_coef, updates_per_batch=1")

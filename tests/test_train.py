@@ -171,6 +171,28 @@ def test_bad_values_name_the_key(arg, message):
         train.check_config(train.parse_config(train.TrainConfig, [arg]))
 
 
+@pytest.mark.parametrize("arg", ["--temperature=-1", "--temperature=0"])
+def test_rl_needs_a_positive_temperature(tmp_path, arg):
+    # -1 would sample from the inverted distribution; at 0 all G samples of a problem are equal
+    with pytest.raises(ValueError, match=f"{arg}(.0)?: RL needs a temperature > 0"):
+        run(tmp_path, arg)
+
+
+@pytest.mark.parametrize("arg, message", [("--device=cuda", "--device=cuda, but torch .* sees no CUDA GPU"),
+                                          ("--device=cuda:1", "--device=cuda:1, but torch .* sees no CUDA GPU"),
+                                          ("--threads=-1", "--threads must be >= 0"),
+                                          ("--sft_lr=inf", "--sft_lr must be a finite number"),
+                                          ("--sft_lr=nan", "--sft_lr must be a finite number"),
+                                          ("--rl_lr=-0.001", "--rl_lr must be >= 0"),
+                                          ("--sft_lr=-1", "--sft_lr must be >= 0")])
+def test_a_missing_gpu_bad_threads_or_a_bad_learning_rate_is_refused_before_any_work(tmp_path, monkeypatch,
+                                                                                    arg, message):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU-only build, also on a GPU machine
+    with pytest.raises(ValueError, match=message):
+        run(tmp_path, arg)
+    assert not os.path.exists(tmp_path / "out")  # nothing was written
+
+
 def test_command_line_error_exits_non_zero_with_the_message():
     result = subprocess.run([sys.executable, "train.py", "--learning_rate=1"], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
