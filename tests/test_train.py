@@ -193,6 +193,19 @@ def test_a_missing_gpu_bad_threads_or_a_bad_learning_rate_is_refused_before_any_
     assert not os.path.exists(tmp_path / "out")  # nothing was written
 
 
+@pytest.mark.parametrize("kind, message", [("missing", "is not a file"), ("a directory", "is not a file"),
+                                           ("empty", "no problems in the file")])
+def test_a_gsm8k_path_that_is_missing_a_directory_or_empty_is_an_error_naming_the_file(tmp_path, kind, message):
+    path = tmp_path / "gsm8k.jsonl"
+    if kind == "a directory":
+        path.mkdir()
+    elif kind == "empty":
+        path.write_text("")
+    with pytest.raises(ValueError, match=message) as err:
+        run(tmp_path, "--task=gsm8k", f"--data_path={path}")
+    assert str(path) in str(err.value)
+
+
 def test_command_line_error_exits_non_zero_with_the_message():
     result = subprocess.run([sys.executable, "train.py", "--learning_rate=1"], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
