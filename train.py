@@ -339,6 +339,18 @@ def save_checkpoint(path, model, optimizer, cfg, step, extra):
     os.replace(tmp, path)
 
 
+def check_completion_room(task, tokenizer, problems, cfg, block_size):
+    """Refuse a max_new_tokens that the longest prompt leaves no room for now, not after SFT has
+    run: over the given problems and the training ones (all of them where the task keeps them in
+    a list, as GSM8K does; else a sample of 256, and generate's own check stays the backstop)."""
+    train = getattr(task, "splits", {}).get("train") or [
+        task.sample("train", random.Random(f"{cfg.seed}/lengths/{i}")) for i in range(256)]
+    longest = max(len(encode(tokenizer, p.prompt)) for p in problems + train)
+    if longest + cfg.max_new_tokens > block_size:
+        raise ValueError(f"--max_new_tokens={cfg.max_new_tokens} does not fit: the longest prompt has {longest} "
+                         f"tokens and the model's block_size is {block_size}, so at most {block_size - longest}")
+
+
 def build_model(cfg, device, ckpt=None):
     """-> (model, tokenizer name): from a checkpoint (resume), from scratch, or from GPT-2 weights."""
     if ckpt is not None:
@@ -387,6 +399,10 @@ def main(argv):
     task = make_task(cfg)
     model, tokenizer_name = build_model(cfg, device, ckpt)
     tokenizer = get_tokenizer(tokenizer_name)
+    eval_problems = [task.sample("test", random.Random(f"{cfg.seed}/eval/{i}")) for i in range(cfg.eval_problems)]
+    pool = [task.sample("train", random.Random(f"{cfg.seed}/pool/{i}"))  # prioritized sampling draws from it
+            for i in range(cfg.problem_pool if cfg.prioritized else 0)]
+    check_completion_room(task, tokenizer, eval_problems + pool, cfg, model.config.block_size)
     optimizer = model.configure_optimizer(cfg.sft_lr, cfg.weight_decay, device_type=device_type)
     start, state = 0, {"before": None, "skipped": 0, "sft_time": 0.0, "rl_time": 0.0}
     if ckpt is not None:
@@ -415,9 +431,6 @@ def main(argv):
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
 
-    eval_problems = [task.sample("test", random.Random(f"{cfg.seed}/eval/{i}")) for i in range(cfg.eval_problems)]
-    pool = [task.sample("train", random.Random(f"{cfg.seed}/pool/{i}"))  # prioritized sampling draws from it
-            for i in range(cfg.problem_pool if cfg.prioritized else 0)]
     success = torch.zeros(len(pool))  # (pool,) the last success rate of each pool problem
     if ckpt is not None and len(ckpt["success"]) == len(pool):  # (empty when the saved run did not prioritize)
         success = ckpt["success"]

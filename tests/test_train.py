@@ -206,6 +206,14 @@ def test_a_gsm8k_path_that_is_missing_a_directory_or_empty_is_an_error_naming_th
     assert str(path) in str(err.value)
 
 
+def test_max_new_tokens_beyond_the_block_is_refused_before_sft(tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "sft_batch", lambda *a: pytest.fail("SFT ran before the check"))
+    # TINY: block_size=48 and prompts like "12+34=" of 6 tokens leave room for 42 new tokens
+    with pytest.raises(ValueError, match="--max_new_tokens=43 does not fit: the longest prompt has 6 tokens "
+                                         "and the model's block_size is 48, so at most 42"):
+        run(tmp_path, "--max_new_tokens=43")
+
+
 def test_command_line_error_exits_non_zero_with_the_message():
     result = subprocess.run([sys.executable, "train.py", "--learning_rate=1"], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
