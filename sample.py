@@ -64,7 +64,9 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
         sorted_logits, order = torch.sort(logits, descending=True)
         probs = sorted_logits.softmax(dim=-1)
         mass_before = probs.cumsum(dim=-1) - probs  # probability of the better tokens
-        sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))  # the best always stays
+        outside = mass_before >= top_p  # (B, V)
+        outside[:, 0] = False  # the best token always stays, so top_p=0 is greedy
+        sorted_logits = sorted_logits.masked_fill(outside, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)
     probs = logits.softmax(dim=-1)  # (B, V)
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
@@ -193,7 +195,7 @@ class SampleConfig:
     max_new_tokens: int = 64
     temperature: float = 1.0   # 0 = greedy
     top_k: int = 0             # 0 = off
-    top_p: float = 1.0         # 1 = off
+    top_p: float = 1.0         # 1 = off, 0 = only the best token
     seed: int = 1337
     device: str = "auto"       # auto = cuda if available, else cpu
 
@@ -228,6 +230,15 @@ def load_model(path, device):
 
 def main(argv):
     cfg = parse_config(SampleConfig, argv)
+    for key in ("num_samples", "max_new_tokens"):
+        if getattr(cfg, key) < 1:
+            raise ValueError(f"--{key} must be >= 1")
+    if not 0 <= cfg.temperature < float("inf"):  # (also refuses nan)
+        raise ValueError(f"--temperature must be a finite number >= 0 (0 = greedy), got {cfg.temperature}")
+    if cfg.top_k < 0:
+        raise ValueError(f"--top_k must be >= 0 (0 = off), got {cfg.top_k}")
+    if not 0 <= cfg.top_p <= 1:
+        raise ValueError(f"--top_p must be in [0, 1] (1 = off, 0 = only the best token), got {cfg.top_p}")
     device = pick_device(cfg.device)
     model, tokenizer = load_model(cfg.ckpt, device)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
