@@ -1,6 +1,7 @@
 """
 The rollout engine: turn a model and a batch of prompts into completions, fast. RL spends most
-of its time here. Also the tokenizers (text <-> token ids), since this is where text meets tokens.
+of its time here. Also the tokenizers (text <-> token ids), since this is where text meets tokens,
+and the --key=value parser that every command line of the repository shares.
 
     python sample.py --ckpt=out/ckpt.pt --prompt="347+685=" --num_samples=4
 

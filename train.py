@@ -115,8 +115,9 @@ def check_config(cfg):
     if cfg.dropout >= 1:
         raise ValueError("--dropout must be < 1 (it is the share of activations zeroed)")
     if cfg.temperature <= 0:  # at 0 the G samples of a problem are identical: equal rewards, zero advantages
-        raise ValueError(f"--temperature={cfg.temperature}: RL needs a temperature > 0 (at 0 the "
-                         f"{cfg.samples_per_prompt} samples of a problem are all the same, so nothing is learnt)")
+        raise ValueError(f"--temperature={cfg.temperature}: RL needs a temperature > 0 (below 0 it samples from "
+                         f"the inverted distribution; at 0 the {cfg.samples_per_prompt} samples of a problem are "
+                         "all the same, so their advantages are 0 and nothing is learnt)")
     for key in ("warmup_steps", "updates_per_batch", "prompts_per_step", "samples_per_prompt", "pass_k",
                 "max_new_tokens", "sft_batch_size", "eval_problems"):
         if getattr(cfg, key) < 1:
@@ -334,8 +335,8 @@ def save_checkpoint(path, model, optimizer, cfg, step, extra):
     except (OSError, RuntimeError) as e:  # a full disk surfaces as either (torch's zip writer: "unexpected pos")
         if os.path.exists(tmp):
             os.remove(tmp)
-        raise OSError(f"could not save the checkpoint {path} ({e}): is the disk full? "
-                      f"the previous checkpoint, if any, is intact") from e
+        raise OSError(f"could not save the checkpoint {path} ({e}); is the disk full? "
+                      "The previous checkpoint, if any, is intact") from e
     os.replace(tmp, path)
 
 
