@@ -233,7 +233,9 @@ def test_command_line_error_exits_non_zero_with_the_message():
 
 def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes_exactly(tmp_path):
     out = str(tmp_path / "interrupted")
-    args = TINY + ["--sft_steps=400", "--rl_steps=2"]
+    # the same thread count in the subprocess as here: float sums depend on it, and an OMP_NUM_THREADS
+    # in the environment would otherwise give the two processes different numbers
+    args = TINY + ["--sft_steps=400", "--rl_steps=2", f"--threads={torch.get_num_threads()}"]
     proc = subprocess.Popen([sys.executable, "train.py", f"--out_dir={out}", *args], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     metrics = os.path.join(out, "metrics.jsonl")
