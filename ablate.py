@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 
 import train
+from sample import parse_config
 
 # name -> (cold-start trace style, train.py RL options on top of the default config)
 COLD_START = {
@@ -68,7 +69,8 @@ def run_variants(cfg, variants, common):
                 if not os.path.exists(os.path.join(sft_dir, "summary.json")):  # (kept from an earlier call)
                     shutil.rmtree(sft_dir, ignore_errors=True)
                     train.main([f"--out_dir={sft_dir}", f"--seed={seed}", f"--sft_steps={cfg.sft_steps}",
-                                "--rl_steps=0", "--eval_every=0", *([f"--cold_start={style}"] if style else []),
+                                "--rl_steps=0", "--eval_every=0", "--overwrite=true",
+                                *([f"--cold_start={style}"] if style else []),
                                 *common])
                 sft[style].append(json.load(open(os.path.join(sft_dir, "summary.json"))))
             run_dir = os.path.join(cfg.out_dir, f"{cfg.table}{list(variants).index(name)}-seed{seed}")
@@ -83,7 +85,7 @@ def run_variants(cfg, variants, common):
 
 
 def main(argv):
-    cfg = train.parse_config(AblationConfig, argv)
+    cfg = parse_config(AblationConfig, argv)
     if cfg.table not in TABLES:
         raise ValueError(f"--table={cfg.table} is not one of {', '.join(TABLES)}")
     defaults = train.TrainConfig()

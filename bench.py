@@ -33,9 +33,8 @@ import torch.nn.functional as F
 import rewards
 from model import GPT
 from reinforce import shape_rewards, token_logprobs, weighted_logprob_sum
-from sample import decode, encode, generate, get_tokenizer, load_model
-from train import (TrainConfig, autocast_context, build_model, check_config, make_task, pad_batch, parse_config,
-                   pick_device, policy_update)
+from sample import decode, encode, generate, get_tokenizer, load_checkpoint, load_model, parse_config, pick_device
+from train import TrainConfig, autocast_context, build_model, check_config, make_task, pad_batch, policy_update
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 HAS_LINEAR_CROSS_ENTROPY = hasattr(F, "linear_cross_entropy")  # torch >= 2.13
@@ -352,7 +351,7 @@ class RLBench:
 def bench_rl(argv):
     own = [arg for arg in argv if arg[2:].split("=", 1)[0] in {f.name for f in fields(RLBench)}]
     bench = parse_config(RLBench, own)
-    saved = torch.load(bench.ckpt, map_location="cpu", weights_only=True)["config"] if bench.ckpt else None
+    saved = load_checkpoint(bench.ckpt)["config"] if bench.ckpt else None
     try:  # the other flags are train.py's, on top of the checkpoint's config if there is one
         cfg = parse_config(TrainConfig, [arg for arg in argv if arg not in own], base=saved)
     except ValueError as e:

@@ -490,6 +490,8 @@ def load_gsm8k(path) -> list[dict]:
             if "####" not in row["answer"] or not row["answer"].rpartition("####")[2].strip():
                 raise ValueError(f"{where}: answer does not end in '#### <final answer>'")
             rows.append({"question": row["question"], "answer": row["answer"]})
+    if not rows:
+        raise ValueError(f"{path}: no problems in the file (it is empty, or only blank lines)")
     return rows
 
 
@@ -513,6 +515,8 @@ class GSM8KTask:
             self.splits["test"].append(self.splits["train"].pop())
         elif len(rows) >= 2 and not self.splits["train"]:
             self.splits["train"].append(self.splits["test"].pop())
+        if len(rows) < 2:
+            raise ValueError(f"{path}: one problem is too few (a train and a test split need at least two)")
 
     def sample(self, split: str, rng: random.Random) -> Problem:
         _check_split(split)

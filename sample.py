@@ -1,6 +1,7 @@
 """
 The rollout engine: turn a model and a batch of prompts into completions, fast. RL spends most
-of its time here. Also the tokenizers (text <-> token ids), since this is where text meets tokens.
+of its time here. Also the tokenizers (text <-> token ids), since this is where text meets tokens,
+and the --key=value parser that every command line of the repository shares.
 
     python sample.py --ckpt=out/ckpt.pt --prompt="347+685=" --num_samples=4
 
@@ -9,8 +10,9 @@ batched forward pass ("prefill") fills a preallocated KV cache; then each step f
 newest token of every unfinished row. Rows that hit a stop token are dropped from the batch (and
 from the cache) once they are a quarter of it, so finished rows soon cost nothing more.
 """
+import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import tiktoken
 import torch
@@ -66,7 +68,9 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
         sorted_logits, order = torch.sort(logits, descending=True)
         probs = sorted_logits.softmax(dim=-1)
         mass_before = probs.cumsum(dim=-1) - probs  # probability of the better tokens
-        sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))  # the best always stays
+        outside = mass_before >= top_p  # (B, V)
+        outside[:, 0] = False  # the best token always stays, so top_p=0 is greedy
+        sorted_logits = sorted_logits.masked_fill(outside, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)
     probs = logits.softmax(dim=-1)  # (B, V)
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
@@ -136,6 +140,55 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=
     return completions
 
 # -----------------------------------------------------------------------------
+# Command lines: the one --key=value parser and the device, shared by train.py, bench.py and ablate.py
+# (here, the lowest file with a command line, so that nothing imports the trainer to parse flags)
+
+def _parse_value(text, typ, key):
+    if typ is bool:
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"--{key} expects true or false, got {text!r}")
+    try:
+        return typ(text)
+    except ValueError:
+        raise ValueError(f"--{key} expects a {typ.__name__}, got {text!r}") from None
+
+
+def parse_config(cls, argv, base=None):
+    """`--key=value` arguments -> a `cls` dataclass; each value is parsed with the type of the
+    field's default, unknown keys are refused by name. base: field values to start from (the
+    saved config when resuming)."""
+    types = {f.name: type(f.default) for f in fields(cls)}
+    values = {k: v for k, v in (base or {}).items() if k in types}
+    for arg in argv:
+        if not arg.startswith("--") or "=" not in arg:
+            raise ValueError(f"arguments look like --key=value, got {arg!r}")
+        key, text = arg[2:].split("=", 1)
+        if key not in types:
+            raise ValueError(f"unknown config key {key!r}; known keys: {', '.join(types)}")
+        values[key] = _parse_value(text, types[key], key)
+    return cls(**values)
+
+
+def pick_device(name):
+    """"auto" -> cuda if available, else cpu. Any other name is checked here, before any work, so
+    that a typo or a GPU this machine does not have is one clear error."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device={name} is not a device (auto, cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device={name}, but torch {torch.__version__} sees no CUDA GPU here: use --device=cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device={name}, but there are {torch.cuda.device_count()} CUDA GPUs (cuda:0, ...)")
+    return name
+
+
+# -----------------------------------------------------------------------------
 # Command line: sample from a checkpoint written by train.py
 
 @dataclass
@@ -146,7 +199,7 @@ class SampleConfig:
     max_new_tokens: int = 64
     temperature: float = 1.0   # 0 = greedy
     top_k: int = 0             # 0 = off
-    top_p: float = 1.0         # 1 = off
+    top_p: float = 1.0         # 1 = off, 0 = only the best token
     seed: int = 1337
     device: str = "auto"       # auto = cuda if available, else cpu
 
@@ -158,15 +211,38 @@ def model_from_checkpoint(ckpt, device):
     return model.to(device)
 
 
+def load_checkpoint(path, map_location="cpu"):
+    """A train.py checkpoint dict, or one ValueError naming the file. weights_only: loading never
+    runs code from the file, so a corrupt or hostile file can only fail, never act."""
+    if not os.path.isfile(path):
+        raise ValueError(f"checkpoint {path} not found (train.py writes <out_dir>/ckpt.pt)")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # cut short, empty or random bytes: zip, pickle and EOF errors. torch's own
+        # message can advise weights_only=False, which would run the file's code: never pass it on
+        raise ValueError(f"{path} is not a train.py checkpoint, or is corrupt ({type(e).__name__})") from None
+    if not (isinstance(ckpt, dict) and {"model", "model_config", "config", "step", "tokenizer"} <= ckpt.keys()):
+        raise ValueError(f"{path} is not a train.py checkpoint, or is corrupt (keys missing)")
+    return ckpt
+
+
 def load_model(path, device):
-    """Rebuild the model and tokenizer from a train.py checkpoint (tensors only: weights_only)."""
-    ckpt = torch.load(path, map_location=device, weights_only=True)
+    """Rebuild the model and tokenizer from a train.py checkpoint."""
+    ckpt = load_checkpoint(path, map_location=device)
     return model_from_checkpoint(ckpt, device), get_tokenizer(ckpt["tokenizer"])
 
 
 def main(argv):
-    from train import parse_config, pick_device  # the one --key=value parser, shared with train.py
     cfg = parse_config(SampleConfig, argv)
+    for key in ("num_samples", "max_new_tokens"):
+        if getattr(cfg, key) < 1:
+            raise ValueError(f"--{key} must be >= 1")
+    if not 0 <= cfg.temperature < float("inf"):  # (also refuses nan)
+        raise ValueError(f"--temperature must be a finite number >= 0 (0 = greedy), got {cfg.temperature}")
+    if cfg.top_k < 0:
+        raise ValueError(f"--top_k must be >= 0 (0 = off), got {cfg.top_k}")
+    if not 0 <= cfg.top_p <= 1:
+        raise ValueError(f"--top_p must be in [0, 1] (1 = off, 0 = only the best token), got {cfg.top_p}")
     device = pick_device(cfg.device)
     model, tokenizer = load_model(cfg.ckpt, device)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)

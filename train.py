@@ -33,13 +33,15 @@ from model import GPT, GPTConfig
 from reinforce import (AGGREGATIONS, BASELINES, LOSS_TYPES, length_penalty, reinforce_loss, sft_loss,
                        shape_rewards, token_logprobs, weighted_logprob_sum)
 from rewards import get_task
-from sample import decode, encode, generate, get_tokenizer, model_from_checkpoint
+from sample import (decode, encode, generate, get_tokenizer, load_checkpoint, model_from_checkpoint, parse_config,
+                    pick_device)
 
 
 @dataclass
 class TrainConfig:
     # run
     out_dir: str = "out"            # checkpoint, metrics.jsonl, summary.json, curves.png
+    overwrite: bool = False         # a fresh run may replace the run already in out_dir (else it refuses: nothing lost)
     seed: int = 1337
     device: str = "auto"            # auto = cuda if available, else cpu
     dtype: str = "auto"             # float32 | bfloat16; auto = bfloat16 on CUDA, float32 on CPU
@@ -98,36 +100,7 @@ class TrainConfig:
 
 
 # -----------------------------------------------------------------------------
-# config from the command line
-
-def _parse_value(text, typ, key):
-    if typ is bool:
-        if text.lower() in ("1", "true", "yes", "on"):
-            return True
-        if text.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"--{key} expects true or false, got {text!r}")
-    try:
-        return typ(text)
-    except ValueError:
-        raise ValueError(f"--{key} expects a {typ.__name__}, got {text!r}") from None
-
-
-def parse_config(cls, argv, base=None):
-    """`--key=value` arguments -> a `cls` dataclass; each value is parsed with the type of the
-    field's default, unknown keys are refused by name. base: field values to start from (the
-    saved config when resuming)."""
-    types = {f.name: type(f.default) for f in fields(cls)}
-    values = {k: v for k, v in (base or {}).items() if k in types}
-    for arg in argv:
-        if not arg.startswith("--") or "=" not in arg:
-            raise ValueError(f"arguments look like --key=value, got {arg!r}")
-        key, text = arg[2:].split("=", 1)
-        if key not in types:
-            raise ValueError(f"unknown config key {key!r}; known keys: {', '.join(types)}")
-        values[key] = _parse_value(text, types[key], key)
-    return cls(**values)
-
+# config checks (the --key=value parser is sample.parse_config)
 
 def check_config(cfg):
     choices = {"dtype": ("auto", "float32", "bfloat16"), "baseline": BASELINES, "aggregation": AGGREGATIONS,
@@ -135,20 +108,28 @@ def check_config(cfg):
     for key, allowed in choices.items():
         if getattr(cfg, key) not in allowed:
             raise ValueError(f"--{key}={getattr(cfg, key)} is not one of {', '.join(allowed)}")
-    for key in ("sft_steps", "rl_steps", "eval_every", "ckpt_every"):
+    for f in fields(cfg):  # inf and nan parse as floats, and would only show up as NaN weights later
+        if isinstance(getattr(cfg, f.name), float) and not math.isfinite(getattr(cfg, f.name)):
+            raise ValueError(f"--{f.name} must be a finite number, got {getattr(cfg, f.name)}")
+    for key in ("sft_steps", "rl_steps", "eval_every", "ckpt_every", "threads", "sft_lr", "rl_lr", "weight_decay",
+                "grad_clip", "dropout", "kl_coef", "clip_eps", "length_penalty"):
         if getattr(cfg, key) < 0:
             raise ValueError(f"--{key} must be >= 0")
+    if cfg.dropout >= 1:
+        raise ValueError("--dropout must be < 1 (it is the share of activations zeroed)")
+    if cfg.temperature <= 0:  # at 0 the G samples of a problem are identical: equal rewards, zero advantages
+        raise ValueError(f"--temperature={cfg.temperature}: RL needs a temperature > 0 (below 0 it samples from "
+                         f"the inverted distribution; at 0 the {cfg.samples_per_prompt} samples of a problem are "
+                         "all the same, so their advantages are 0 and nothing is learnt)")
     for key in ("warmup_steps", "updates_per_batch", "prompts_per_step", "samples_per_prompt", "pass_k",
                 "max_new_tokens", "sft_batch_size", "eval_problems"):
         if getattr(cfg, key) < 1:
             raise ValueError(f"--{key} must be >= 1")
     if cfg.task == "gsm8k" and not cfg.data_path:
         raise ValueError("--task=gsm8k needs --data_path=a JSONL file with 'question' and 'answer' per line")
-    if cfg.device != "auto":
-        try:
-            torch.device(cfg.device)
-        except RuntimeError:
-            raise ValueError(f"--device={cfg.device} is not a device (auto, cpu, cuda, cuda:1, ...)") from None
+    if cfg.task == "gsm8k" and not os.path.isfile(cfg.data_path):
+        raise ValueError(f"--data_path={cfg.data_path} is not a file (missing, or a directory)")
+    pick_device(cfg.device)  # a typo or a missing GPU fails here, before any work
     if cfg.fused_update and (cfg.loss_type != "reinforce" or cfg.clip_eps or cfg.kl_coef or cfg.updates_per_batch > 1):
         raise ValueError("--fused_update needs the plain on-policy loss: loss_type=reinforce, no clip_eps, "
                          "no kl_coef, updates_per_batch=1")
@@ -157,11 +138,23 @@ def check_config(cfg):
                          "or --loss_type=mirror")
 
 
+def check_out_dir(cfg, ckpt):
+    """Never lose a run by accident: a fresh run refuses an out_dir that holds one (its log would be
+    emptied and a Ctrl-C would replace its checkpoint), and a resumed run may not end before the
+    step its checkpoint has reached (it would save the finished model under a smaller step)."""
+    if ckpt is not None:
+        total = cfg.sft_steps + cfg.rl_steps
+        if total < ckpt["step"]:
+            raise ValueError(f"--init_from=resume: the checkpoint in {cfg.out_dir} has done {ckpt['step']} steps, "
+                             f"more than sft_steps + rl_steps = {total}; ask for at least {ckpt['step']}")
+    elif not cfg.overwrite:
+        found = [f for f in ("ckpt.pt", "metrics.jsonl") if os.path.exists(os.path.join(cfg.out_dir, f))]
+        if found:
+            raise ValueError(f"{cfg.out_dir} already holds a run ({', '.join(found)}): continue it with "
+                             "--init_from=resume, replace it with --overwrite=true, or choose another --out_dir")
+
+
 STOP = {"requested": False}  # set by Ctrl-C (see the end of the file): finish the step, save, exit
-
-
-def pick_device(name):
-    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
 
 
 def autocast_context(dtype, device_type):
@@ -360,8 +353,30 @@ def save_checkpoint(path, model, optimizer, cfg, step, extra):
     """Atomic: write a temp file, then rename over the old one (a crash leaves one or the other)."""
     ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "config": asdict(cfg),
             "model_config": asdict(model.config), "step": step, "torch_rng": torch.get_rng_state(), **extra}
-    torch.save(ckpt, path + ".tmp")
-    os.replace(path + ".tmp", path)
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename, or a power cut could leave an empty ckpt.pt
+    except (OSError, RuntimeError) as e:  # a full disk surfaces as either (torch's zip writer: "unexpected pos")
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise OSError(f"could not save the checkpoint {path} ({e}); is the disk full? "
+                      "The previous checkpoint, if any, is intact") from e
+    os.replace(tmp, path)
+
+
+def check_completion_room(task, tokenizer, problems, cfg, block_size):
+    """Refuse a max_new_tokens that the longest prompt leaves no room for now, not after SFT has
+    run: over the given problems and the training ones (all of them where the task keeps them in
+    a list, as GSM8K does; else a sample of 256, and generate's own check stays the backstop)."""
+    train = getattr(task, "splits", {}).get("train") or [
+        task.sample("train", random.Random(f"{cfg.seed}/lengths/{i}")) for i in range(256)]
+    longest = max(len(encode(tokenizer, p.prompt)) for p in problems + train)
+    if longest + cfg.max_new_tokens > block_size:
+        raise ValueError(f"--max_new_tokens={cfg.max_new_tokens} does not fit: the longest prompt has {longest} "
+                         f"tokens and the model's block_size is {block_size}, so at most {block_size - longest}")
 
 
 def build_model(cfg, device, ckpt=None):
@@ -386,9 +401,10 @@ def main(argv):
     cfg = parse_config(TrainConfig, argv)
     ckpt = None
     if cfg.init_from == "resume":  # the saved config, updated by what this command line says
-        ckpt = torch.load(os.path.join(cfg.out_dir, "ckpt.pt"), map_location="cpu", weights_only=True)
+        ckpt = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))
         cfg = parse_config(TrainConfig, argv, base={**ckpt["config"], "init_from": "resume"})
     check_config(cfg)
+    check_out_dir(cfg, ckpt)  # before any rank writes there
 
     # processes and devices: under torchrun every rank runs this same script
     ddp = "RANK" in os.environ
@@ -411,6 +427,10 @@ def main(argv):
     task = make_task(cfg)
     model, tokenizer_name = build_model(cfg, device, ckpt)
     tokenizer = get_tokenizer(tokenizer_name)
+    eval_problems = [task.sample("test", random.Random(f"{cfg.seed}/eval/{i}")) for i in range(cfg.eval_problems)]
+    pool = [task.sample("train", random.Random(f"{cfg.seed}/pool/{i}"))  # prioritized sampling draws from it
+            for i in range(cfg.problem_pool if cfg.prioritized else 0)]
+    check_completion_room(task, tokenizer, eval_problems + pool, cfg, model.config.block_size)
     optimizer = model.configure_optimizer(cfg.sft_lr, cfg.weight_decay, device_type=device_type)
     start, state = 0, {"before": None, "skipped": 0, "sft_time": 0.0, "rl_time": 0.0}
     if ckpt is not None:
@@ -439,9 +459,6 @@ def main(argv):
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
 
-    eval_problems = [task.sample("test", random.Random(f"{cfg.seed}/eval/{i}")) for i in range(cfg.eval_problems)]
-    pool = [task.sample("train", random.Random(f"{cfg.seed}/pool/{i}"))  # prioritized sampling draws from it
-            for i in range(cfg.problem_pool if cfg.prioritized else 0)]
     success = torch.zeros(len(pool))  # (pool,) the last success rate of each pool problem
     if ckpt is not None and len(ckpt["success"]) == len(pool):  # (empty when the saved run did not prioritize)
         success = ckpt["success"]
@@ -665,5 +682,5 @@ if __name__ == "__main__":
     signal.signal(signal.SIGINT, lambda *_: STOP.update(requested=True))
     try:
         main(sys.argv[1:])
-    except ValueError as e:
+    except (ValueError, OSError) as e:  # bad input, a missing file, a full disk: one line, no traceback
         sys.exit(f"train.py: error: {e}")

@@ -357,6 +357,22 @@ def test_gsm8k_missing_file_names_the_path(tmp_path):
         GSM8KTask(path)
 
 
+@pytest.mark.parametrize("lines, message", [([], "no problems in the file"),
+                                            (["", "  "], "no problems in the file"),
+                                            (['{"question": "q", "answer": "a #### 1"}'], "one problem is too few")])
+def test_gsm8k_file_with_too_few_problems_names_the_file(tmp_path, lines, message):
+    path = tmp_path / "few.jsonl"
+    path.write_text("".join(line + "\n" for line in lines))
+    with pytest.raises(ValueError, match=message) as err:
+        GSM8KTask(path)
+    assert str(err.value).startswith(f"{path}: ")
+
+
+def test_gsm8k_directory_names_the_path(tmp_path):
+    with pytest.raises(IsADirectoryError, match=str(tmp_path)):
+        GSM8KTask(tmp_path)
+
+
 def test_get_task_builds_each_task_and_refuses_unknown_names():
     assert get_task("arithmetic", digits=2).name == "arithmetic"
     assert get_task("countdown").name == "countdown"

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from model import GPT, GPTConfig
+import sample
 from sample import generate, get_tokenizer, sample_next
 
 
@@ -107,6 +108,24 @@ def test_top_p_never_emits_a_token_outside_the_nucleus():
         tokens = sample_next(logits, top_p=0.6, generator=g)
         rank = (order == tokens[:, None]).float().argmax(1)
         assert in_nucleus.gather(1, rank[:, None]).all()
+
+
+def test_top_p_zero_keeps_only_the_best_token():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, 100, generator=g)
+    for _ in range(5):
+        assert torch.equal(sample_next(logits, top_p=0.0, generator=g), logits.argmax(-1))
+
+
+@pytest.mark.parametrize("arg, message", [("--top_p=-0.1", "--top_p must be in"), ("--top_p=1.5", "--top_p must be in"),
+                                          ("--top_k=-1", "--top_k must be >= 0"),
+                                          ("--max_new_tokens=-1", "--max_new_tokens must be >= 1"),
+                                          ("--num_samples=0", "--num_samples must be >= 1"),
+                                          ("--temperature=-1", "--temperature must be"),
+                                          ("--temperature=nan", "--temperature must be")])
+def test_sample_cli_refuses_bad_sampling_options_by_name_before_loading(tmp_path, arg, message):
+    with pytest.raises(ValueError, match=message):
+        sample.main([f"--ckpt={tmp_path / 'none.pt'}", arg])  # refused before the checkpoint is read
 
 
 def test_temperature_zero_is_argmax():

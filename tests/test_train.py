@@ -2,6 +2,7 @@
 config errors, DDP, and the GSM8K + Hugging Face GPT-2 path."""
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import time
 import pytest
 import torch
 
+import sample
 import train
 from model import GPT, GPTConfig
 
@@ -62,6 +64,17 @@ def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(tmp_path
     assert_same_weights(weights(full), weights(part))
 
 
+def test_resume_restores_the_torch_rng_so_dropout_draws_the_same_masks(tmp_path):
+    # dropout is the one consumer of torch's global RNG in training: with dropout=0 a resume that
+    # forgot the RNG state would still look exact. baseline none and -1 for wrong: the tiny model is
+    # always wrong, and with a group baseline its advantages (so the masks' effect) would all be 0
+    options = ["--dropout=0.1", "--baseline=none", "--wrong_reward=-1"]
+    full = run(tmp_path, "--rl_steps=4", *options, name="full")
+    part = run(tmp_path, "--rl_steps=2", *options, name="part")
+    train.main([f"--out_dir={part}", "--init_from=resume", "--rl_steps=4"])
+    assert_same_weights(weights(full), weights(part))
+
+
 def test_resume_across_the_sft_to_rl_boundary_is_exact(tmp_path):
     full = run(tmp_path, name="full")
     part = run(tmp_path, "--rl_steps=0", name="part")
@@ -72,6 +85,27 @@ def test_resume_across_the_sft_to_rl_boundary_is_exact(tmp_path):
     training = [[{k: v for k, v in json.loads(line).items() if not k.endswith("_time")}
                  for line in open(os.path.join(out, "metrics.jsonl")) if '"eval"' not in line] for out in (full, part)]
     assert training[0] == training[1] and len(training[0]) == 4 + 3
+
+
+def test_a_fresh_run_refuses_an_out_dir_that_holds_a_run_unless_told_to_overwrite(tmp_path):
+    out = run(tmp_path)
+    files = {f: open(os.path.join(out, f), "rb").read() for f in ("ckpt.pt", "metrics.jsonl")}
+    with pytest.raises(ValueError, match=f"{out} already holds a run .ckpt.pt, metrics.jsonl.*--overwrite=true"):
+        run(tmp_path, "--seed=2")
+    assert all(open(os.path.join(out, f), "rb").read() == data for f, data in files.items())  # nothing lost
+    os.remove(os.path.join(out, "ckpt.pt"))  # a log alone is a run too (e.g. interrupted before its first save)
+    with pytest.raises(ValueError, match="already holds a run .metrics.jsonl."):
+        run(tmp_path, "--seed=2")
+    run(tmp_path, "--seed=2", "--overwrite=true")
+    assert torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)["config"]["seed"] == 2
+
+
+def test_resume_with_fewer_total_steps_than_done_is_refused_naming_both(tmp_path):
+    out = run(tmp_path)  # 4 SFT + 3 RL steps
+    ckpt = open(os.path.join(out, "ckpt.pt"), "rb").read()
+    with pytest.raises(ValueError, match="has done 7 steps, more than sft_steps \\+ rl_steps = 5"):
+        train.main([f"--out_dir={out}", "--init_from=resume", "--rl_steps=1"])
+    assert open(os.path.join(out, "ckpt.pt"), "rb").read() == ckpt
 
 
 def test_non_finite_loss_skips_the_update_and_keeps_the_weights(tmp_path, monkeypatch):
@@ -85,6 +119,50 @@ def test_non_finite_loss_skips_the_update_and_keeps_the_weights(tmp_path, monkey
     assert_same_weights(weights(sft_only), ckpt["model"])
     last = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl")) if '"rl"' in line][-1]
     assert last["skipped"] == 2
+
+
+@pytest.mark.parametrize("damage", ["cut in half", "random bytes", "empty", "missing", "a bare state_dict"])
+def test_a_damaged_or_missing_checkpoint_is_one_clear_error_naming_the_file(tmp_path, damage):
+    out = tmp_path / "out"
+    out.mkdir()
+    path = str(out / "ckpt.pt")
+    model, optimizer, cfg = _tiny_policy([])
+    train.save_checkpoint(path, model, optimizer, cfg, 7, {"tokenizer": "char"})
+    data = open(path, "rb").read()
+    if damage == "missing":
+        os.remove(path)
+    elif damage == "a bare state_dict":
+        torch.save(model.state_dict(), path)
+    else:
+        damaged = {"cut in half": data[:len(data) // 2], "random bytes": random.Random(0).randbytes(len(data)),
+                   "empty": b""}[damage]
+        open(path, "wb").write(damaged)
+    expected = "not found" if damage == "missing" else "is not a train.py checkpoint, or is corrupt"
+    resume = [f"--out_dir={out}", "--init_from=resume"]
+    for load, arg in ((train.main, resume), (sample.main, [f"--ckpt={path}"])):  # one loader for every reader
+        with pytest.raises(ValueError, match=expected) as err:
+            load(arg)
+        assert path in str(err.value) and "weights_only" not in str(err.value)  # never advise unsafe loading
+
+
+@pytest.mark.parametrize("error", [OSError(28, "No space left on device"),
+                                   RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos")])
+def test_a_full_disk_while_saving_names_the_path_removes_the_tmp_and_keeps_the_old_checkpoint(
+        tmp_path, monkeypatch, error):
+    path = str(tmp_path / "ckpt.pt")
+    model, optimizer, cfg = _tiny_policy([])
+    train.save_checkpoint(path, model, optimizer, cfg, 7, {"tokenizer": "char"})
+    old = open(path, "rb").read()
+
+    def save_half_then_fail(obj, f):
+        f.write(old[:len(old) // 2])  # what a full disk leaves: a partial file
+        raise error
+    monkeypatch.setattr(torch, "save", save_half_then_fail)
+    with pytest.raises(OSError, match="is the disk full") as err:
+        train.save_checkpoint(path, model, optimizer, cfg, 8, {"tokenizer": "char"})
+    assert path in str(err.value)
+    assert not os.path.exists(path + ".tmp")
+    assert open(path, "rb").read() == old and sample.load_checkpoint(path)["step"] == 7
 
 
 def test_unknown_config_key_is_refused_by_name():
@@ -104,6 +182,49 @@ def test_bad_values_name_the_key(arg, message):
         train.check_config(train.parse_config(train.TrainConfig, [arg]))
 
 
+@pytest.mark.parametrize("arg", ["--temperature=-1", "--temperature=0"])
+def test_rl_needs_a_positive_temperature(tmp_path, arg):
+    # -1 would sample from the inverted distribution; at 0 all G samples of a problem are equal
+    with pytest.raises(ValueError, match=f"{arg}(.0)?: RL needs a temperature > 0"):
+        run(tmp_path, arg)
+
+
+@pytest.mark.parametrize("arg, message", [("--device=cuda", "--device=cuda, but torch .* sees no CUDA GPU"),
+                                          ("--device=cuda:1", "--device=cuda:1, but torch .* sees no CUDA GPU"),
+                                          ("--threads=-1", "--threads must be >= 0"),
+                                          ("--sft_lr=inf", "--sft_lr must be a finite number"),
+                                          ("--sft_lr=nan", "--sft_lr must be a finite number"),
+                                          ("--rl_lr=-0.001", "--rl_lr must be >= 0"),
+                                          ("--sft_lr=-1", "--sft_lr must be >= 0")])
+def test_a_missing_gpu_bad_threads_or_a_bad_learning_rate_is_refused_before_any_work(tmp_path, monkeypatch,
+                                                                                    arg, message):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU-only build, also on a GPU machine
+    with pytest.raises(ValueError, match=message):
+        run(tmp_path, arg)
+    assert not os.path.exists(tmp_path / "out")  # nothing was written
+
+
+@pytest.mark.parametrize("kind, message", [("missing", "is not a file"), ("a directory", "is not a file"),
+                                           ("empty", "no problems in the file")])
+def test_a_gsm8k_path_that_is_missing_a_directory_or_empty_is_an_error_naming_the_file(tmp_path, kind, message):
+    path = tmp_path / "gsm8k.jsonl"
+    if kind == "a directory":
+        path.mkdir()
+    elif kind == "empty":
+        path.write_text("")
+    with pytest.raises(ValueError, match=message) as err:
+        run(tmp_path, "--task=gsm8k", f"--data_path={path}")
+    assert str(path) in str(err.value)
+
+
+def test_max_new_tokens_beyond_the_block_is_refused_before_sft(tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "sft_batch", lambda *a: pytest.fail("SFT ran before the check"))
+    # TINY: block_size=48 and prompts like "12+34=" of 6 tokens leave room for 42 new tokens
+    with pytest.raises(ValueError, match="--max_new_tokens=43 does not fit: the longest prompt has 6 tokens "
+                                         "and the model's block_size is 48, so at most 42"):
+        run(tmp_path, "--max_new_tokens=43")
+
+
 def test_command_line_error_exits_non_zero_with_the_message():
     result = subprocess.run([sys.executable, "train.py", "--learning_rate=1"], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
@@ -112,7 +233,9 @@ def test_command_line_error_exits_non_zero_with_the_message():
 
 def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes_exactly(tmp_path):
     out = str(tmp_path / "interrupted")
-    args = TINY + ["--sft_steps=400", "--rl_steps=2"]
+    # the same thread count in the subprocess as here: float sums depend on it, and an OMP_NUM_THREADS
+    # in the environment would otherwise give the two processes different numbers
+    args = TINY + ["--sft_steps=400", "--rl_steps=2", f"--threads={torch.get_num_threads()}"]
     proc = subprocess.Popen([sys.executable, "train.py", f"--out_dir={out}", *args], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     metrics = os.path.join(out, "metrics.jsonl")
