@@ -1,14 +1,16 @@
 """
 Measurements against peers, each printed as one markdown table to paste into the README.
 
-    python bench.py sample     # KV-cached sampler vs a no-cache nanoGPT loop vs Hugging Face generate
+    python bench.py sample     # KV-cached sampler (plain loop, CUDA-graph fast path) vs no-cache loop vs Hugging Face
     python bench.py logprobs   # fused token log-probs vs naive vs PyTorch's linear_cross_entropy
     python bench.py rewards    # calls/s and the slowest call of each reward over a fuzz corpus
     python bench.py rl         # one RL step split into sampling, scoring and the update
-    python bench.py all        # all four at their default sizes
+    python bench.py sft        # SFT steps/s of train.py's cold start, eager vs torch.compile
+    python bench.py all        # all five at their default sizes
 
 Sizes are --key=value flags, the fields of each command's dataclass below, e.g.
     python bench.py sample --vocab_size=50257 --new_tokens=32 --repeats=1
+    python bench.py sample --gpt2_small=true --batch_size=1   # GPT-2 small in bfloat16, vs the memory roofline
     python bench.py logprobs --N=1024 --chunks=1024
     python bench.py rl --ckpt=out/ckpt.pt --steps=5   # rl also takes any field of train.TrainConfig
 
@@ -25,16 +27,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
 
 import rewards
 from model import GPT
-from reinforce import shape_rewards, token_logprobs, weighted_logprob_sum
+from reinforce import default_chunk_size, sft_loss, shape_rewards, token_logprobs, weighted_logprob_sum
 from sample import decode, encode, generate, get_tokenizer, load_checkpoint, load_model, parse_config, pick_device
-from train import TrainConfig, autocast_context, build_model, check_config, make_task, pad_batch, policy_update
+from train import (TrainConfig, autocast_context, build_model, check_config, make_task, optimizer_step, pad_batch,
+                   policy_update, set_lr, sft_batch, step_rng, to_device)
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 HAS_LINEAR_CROSS_ENTROPY = hasattr(F, "linear_cross_entropy")  # torch >= 2.13
@@ -93,10 +96,23 @@ class SampleBench:
     batch_size: int = 32    # B prompts decoded together
     prompt_len: int = 16    # tokens in each (random) prompt
     new_tokens: int = 128   # tokens generated per prompt; no stop token, so every row makes them all
+    dtype: str = "float32"  # float32 | bfloat16: the weights (and so the KV cache) of every sampler
+    gpt2_small: bool = False  # GPT-2 small: n_layer=12 n_head=12 n_embd=768 vocab_size=50257 bfloat16 (overrides those)
+    bandwidth: float = 3.0e12  # bytes/s assumed for the memory roofline (about what an H100 measures)
     repeats: int = 3
     threads: int = 0        # torch CPU threads (0 = torch's default)
     device: str = "auto"
     seed: int = 1337
+
+
+def sample_sizes(argv):
+    """The SampleBench of a command line, with --gpt2_small's sizes applied."""
+    cfg = parse_config(SampleBench, argv)
+    if cfg.gpt2_small:
+        cfg = replace(cfg, n_layer=12, n_head=12, n_embd=768, vocab_size=50257, dtype="bfloat16")
+    if cfg.dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"--dtype={cfg.dtype} is not one of float32, bfloat16")
+    return cfg
 
 
 @torch.no_grad()
@@ -119,8 +135,9 @@ def hf_generate(hf, idx, max_new_tokens):
 
 
 def bench_sample(argv):
-    cfg = parse_config(SampleBench, argv)
+    cfg = sample_sizes(argv)
     device = setup(cfg.threads, cfg.device)
+    dtype = getattr(torch, cfg.dtype)
     from transformers import GPT2Config, GPT2LMHeadModel
     from transformers.utils import logging
     logging.disable_progress_bar()  # keep the output a clean table
@@ -131,27 +148,39 @@ def bench_sample(argv):
                                     embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None, eos_token_id=None))
     with tempfile.TemporaryDirectory() as tmp:
         hf.save_pretrained(tmp)
-        ours = GPT.from_pretrained(tmp).to(device).eval()
-    hf = hf.to(device).eval()  # eval: no dropout
+        ours = GPT.from_pretrained(tmp).to(device, dtype).eval()
+    hf = hf.to(device, dtype).eval()  # eval: no dropout
     B, n = cfg.batch_size, cfg.new_tokens
     idx = torch.randint(0, cfg.vocab_size, (B, cfg.prompt_len), device=device)  # (B, T)
-    runs = [("ours", "ours: `sample.generate` (preallocated KV cache)",
-             lambda k: generate(ours, idx.tolist(), k, temperature=0)),
+    graph = "replayed as a CUDA graph" if device.startswith("cuda") else "run eagerly (no CUDA graph on cpu)"
+    runs = [("fast", f"ours: `sample.generate(fast=True)`, static-shape step {graph}",
+             lambda k: generate(ours, idx.tolist(), k, temperature=0, fast=True)),
+            ("eager", "ours: `sample.generate(fast=False)`, the plain KV-cache loop",
+             lambda k: generate(ours, idx.tolist(), k, temperature=0, fast=False)),
             ("nanoGPT", "nanoGPT-style loop, no cache", lambda k: naive_generate(ours, idx, k).tolist()),
             ("Hugging Face", "Hugging Face `GPT2LMHeadModel.generate` (DynamicCache)",
              lambda k: hf_generate(hf, idx, k).tolist())]
+    default = "fast" if device.startswith("cuda") else "eager"  # what generate does with fast=None
     seconds, outputs = {}, {}
     for name, _, run in runs:
-        run(min(8, n))  # warm-up
+        run(min(8, n))  # warm-up (each call of the fast path captures its own graph: that is timed too)
         seconds[name], outputs[name] = median_time(lambda: run(n), cfg.repeats, device)
-    rows = [[label, f"{B * n / seconds[name]:,.0f}", f"{seconds[name]:.2f}",
-             f"{seconds[name] / seconds['ours']:.2f}x"] for name, label, _ in runs]
+    # the memory roofline: every weight is read once per step, at best at the assumed bandwidth
+    weight_bytes = sum(p.numel() * p.element_size() for p in ours.parameters())
+    floor = weight_bytes / cfg.bandwidth  # seconds per step
+    rows = [[label, f"{B * n / seconds[name]:,.0f}", f"{seconds[name]:.2f}", f"{1000 * seconds[name] / n:.3f}",
+             f"{100 * floor / (seconds[name] / n):.1f}%", f"{seconds[name] / seconds[default]:.2f}x"]
+            for name, label, _ in runs]
     print_table(f"**sample**: {machine(device)}. Greedy, B={B}, prompt {cfg.prompt_len} tokens, {n} new "
                 f"tokens; random GPT-2-shaped model n_layer={cfg.n_layer} n_head={cfg.n_head} "
-                f"n_embd={cfg.n_embd} vocab_size={cfg.vocab_size}; median of {cfg.repeats}.",
-                ["sampler", "tokens/s", "seconds", "ours is faster by"], rows)
-    agree = [f"{name}: {'yes' if outputs[name][:4] == outputs['ours'][:4] else 'no'}" for name, _, _ in runs[1:]]
-    print("\noutputs agree with ours (first 4 rows): " + ", ".join(agree))
+                f"n_embd={cfg.n_embd} vocab_size={cfg.vocab_size}, {cfg.dtype}; median of {cfg.repeats}.",
+                ["sampler", "tokens/s", "seconds", "ms/step", "of memory roofline",
+                 f"ours ({default}) is faster by"], rows)
+    print(f"\nmemory roofline: {weight_bytes / 1e6:,.1f} MB of weights read once per step at an assumed "
+          f"{cfg.bandwidth:.2g} B/s (--bandwidth) = {1e6 * floor:,.1f} µs per step at best (KV cache reads left out)")
+    agree = [f"{name}: {'yes' if outputs[name][:4] == outputs[default][:4] else 'no'}"
+             for name, _, _ in runs if name != default]
+    print(f"outputs agree with ours ({default}; first 4 rows): " + ", ".join(agree))
 
 # -----------------------------------------------------------------------------
 # logprobs: time and peak memory of log π(target), forward + backward, one process per row
@@ -161,13 +190,13 @@ class LogprobsBench:
     N: int = 4096                  # tokens (rows of hidden states)
     C: int = 768                   # channels: GPT-2 small's n_embd
     V: int = 50257                 # GPT-2's vocabulary
-    chunks: str = "256,1024,4096"  # chunk sizes (rows) for ours and for PyTorch's chunked path
+    chunks: str = "0,256,1024,4096"  # chunk sizes (rows) for ours and PyTorch's (0 = each one's default)
     repeats: int = 3
     threads: int = 0
     device: str = "auto"
     seed: int = 1337
     impl: str = ""                 # set by the parent for each worker: naive | ours | fused | torch
-    chunk: int = 0                 # set by the parent for each worker (torch: 0 = its own "auto" choice)
+    chunk: int = 0                 # set by the parent for each worker (0 = the implementation's default)
 
 
 def naive_logprobs(h, W, t):
@@ -242,13 +271,14 @@ def bench_logprobs(argv):
     device = setup(cfg.threads, cfg.device)
     chunks = [int(c) for c in cfg.chunks.split(",")]
     variants = [("naive", 0)] + [("ours", c) for c in chunks] + [("fused", c) for c in chunks]
-    variants += [("torch", c) for c in [0] + chunks] if HAS_LINEAR_CROSS_ENTROPY else []
+    variants += [("torch", c) for c in dict.fromkeys([0] + chunks)] if HAS_LINEAR_CROSS_ENTROPY else []
     rows, naive = [], None
     for impl, chunk in variants:
         args = [f"--{k}={v}" for k, v in {**asdict(cfg), "impl": impl, "chunk": chunk}.items()]
         done = subprocess.run([sys.executable, os.path.join(ROOT, "bench.py"), "_logprobs_worker", *args],
                               capture_output=True, text=True)
-        row = [LOGPROB_IMPLS[impl], "—" if impl == "naive" else chunk or "auto"]
+        auto = "auto" if impl == "torch" else f"default ({default_chunk_size(cfg.V)})"  # ours: from the budget
+        row = [LOGPROB_IMPLS[impl], "—" if impl == "naive" else chunk or auto]
         if done.returncode != 0:  # e.g. out of memory: say so in the table and go on
             rows.append(row + ["failed: " + "".join(done.stderr.strip().splitlines()[-1:]), "", "", ""])
             continue
@@ -348,15 +378,23 @@ class RLBench:
     ckpt: str = ""  # a train.py checkpoint, for realistic lengths ("" = random weights, which babble)
 
 
-def bench_rl(argv):
-    own = [arg for arg in argv if arg[2:].split("=", 1)[0] in {f.name for f in fields(RLBench)}]
-    bench = parse_config(RLBench, own)
-    saved = load_checkpoint(bench.ckpt)["config"] if bench.ckpt else None
-    try:  # the other flags are train.py's, on top of the checkpoint's config if there is one
+def bench_and_train_configs(cls, argv):
+    """-> (the bench's own cls config, train.TrainConfig from the other flags; with a --ckpt, on top
+    of the checkpoint's saved config)."""
+    own = [arg for arg in argv if arg[2:].split("=", 1)[0] in {f.name for f in fields(cls)}]
+    bench = parse_config(cls, own)
+    ckpt = getattr(bench, "ckpt", "")
+    saved = load_checkpoint(ckpt)["config"] if ckpt else None
+    try:
         cfg = parse_config(TrainConfig, [arg for arg in argv if arg not in own], base=saved)
     except ValueError as e:
-        raise ValueError(f"{e}; and the bench's own: {', '.join(f.name for f in fields(RLBench))}") from None
+        raise ValueError(f"{e}; and the bench's own: {', '.join(f.name for f in fields(cls))}") from None
     check_config(cfg)
+    return bench, cfg
+
+
+def bench_rl(argv):
+    bench, cfg = bench_and_train_configs(RLBench, argv)
     device = setup(cfg.threads, cfg.device)
     torch.manual_seed(cfg.seed)
     if bench.ckpt:
@@ -385,11 +423,12 @@ def bench_rl(argv):
         t2 = time.perf_counter()
         idx, targets, mask = pad_batch(prompts, completions)
         group_ids = torch.arange(P).repeat_interleave(G)  # (B,)
-        policy_update(model, optimizer, idx.to(device), targets.to(device), mask.to(device),
+        policy_update(train_model, optimizer, idx.to(device), targets.to(device), mask.to(device),
                       shape_rewards(correct, cfg.wrong_reward).to(device), group_ids.to(device), cfg, ctx)
         t3 = time.perf_counter()  # policy_update reads the loss with .item(): the device is done
         return [t1 - t0, t2 - t1, t3 - t2], sum(len(comp) for comp in completions)
 
+    train_model = torch.compile(model) if cfg.compile else model  # as train.py: the update's forward only
     rl_step()  # warm-up
     results = [rl_step() for _ in range(bench.steps)]
     results = [(times + [sum(times)], n) for times, n in results]  # the whole step as a 4th phase
@@ -404,13 +443,66 @@ def bench_rl(argv):
     print_table(f"**rl**: {machine(device)}. Task {cfg.task}, {weights} "
                 f"(n_layer={c.n_layer} n_head={c.n_head} n_embd={c.n_embd} vocab_size={c.vocab_size}), "
                 f"B={P}x{G}={P * G} completions of {length:.1f} tokens on average (max_new_tokens="
-                f"{cfg.max_new_tokens}), {dtype}; median of {bench.steps} steps after a warm-up.",
+                f"{cfg.max_new_tokens}), {dtype}{', compiled update' if cfg.compile else ''}; "
+                f"median of {bench.steps} steps after a warm-up.",
                 ["phase", "ms/step", "share", "completion tokens/s"], rows)
     print(f"\ndominant: {phases[seconds.index(max(seconds[:3]))].split(' (')[0]}")
 
 # -----------------------------------------------------------------------------
+# sft: steps/s of the cold start, eager and compiled
 
-COMMANDS = {"sample": bench_sample, "logprobs": bench_logprobs, "rewards": bench_rewards, "rl": bench_rl}
+@dataclass
+class SFTBench:
+    steps: int = 50                   # timed SFT steps, after the warm-up
+    warmup: int = 5                   # untimed steps first (torch.compile compiles in these, twice: see below)
+    variants: str = "eager,compiled"  # eager: train.py's default; compiled: its --compile=true
+
+
+def bench_sft(argv):
+    """train.py's SFT step (batch, forward, fused log-prob loss, backward, clip, AdamW) on the train.py
+    flags given (default: the default run's sizes), from a fresh model per variant."""
+    bench, cfg = bench_and_train_configs(SFTBench, argv)
+    device = setup(cfg.threads, cfg.device)
+    device_type = device.split(":")[0]
+    dtype, ctx = autocast_context(cfg.dtype, device_type)
+    task = make_task(cfg)
+    rows = []
+    for variant in bench.variants.split(","):
+        if variant not in ("eager", "compiled"):
+            raise ValueError(f"--variants: {variant!r} is not eager or compiled")
+        torch.manual_seed(cfg.seed)
+        model, tokenizer_name = build_model(cfg, device)
+        tokenizer = get_tokenizer(tokenizer_name)
+        optimizer = model.configure_optimizer(cfg.sft_lr, cfg.weight_decay, device_type=device_type)
+        net = torch.compile(model) if variant == "compiled" else model
+
+        def sft_step(step):  # the body of train.py's SFT loop, without its logging
+            set_lr(optimizer, cfg.sft_lr)
+            idx, targets, _ = sft_batch(task, tokenizer, step_rng(cfg, step, 0, "sft"), cfg, model.config.block_size)
+            with ctx:
+                hidden = net(to_device(idx, device), return_hidden=True)  # (B, T, C)
+                loss = sft_loss(hidden, model.lm_head.weight, to_device(targets, device))
+            return optimizer_step(net, optimizer, loss, cfg)
+
+        # batches differ in length: a compiled model compiles for the first length, then once more
+        # for lengths in general (dynamic shapes), so the warm-up needs at least two lengths
+        t0 = time.perf_counter()
+        for step in range(bench.warmup):
+            sft_step(step)
+        sync(device)
+        warmup = time.perf_counter() - t0
+        seconds, _ = median_time(lambda: [sft_step(bench.warmup + i) for i in range(bench.steps)], 1, device)
+        rows.append([variant, f"{warmup:.1f}", f"{bench.steps / seconds:,.1f}", f"{1000 * seconds / bench.steps:.2f}"])
+    c = model.config
+    print_table(f"**sft**: {machine(device)}. Task {cfg.task}, n_layer={c.n_layer} n_head={c.n_head} "
+                f"n_embd={c.n_embd} vocab_size={c.vocab_size}, {cfg.sft_batch_size} traces per step, {dtype}; "
+                f"{bench.steps} timed steps after {bench.warmup} warm-up steps.",
+                ["train step", "warm-up (s)", "steps/s", "ms/step"], rows)
+
+# -----------------------------------------------------------------------------
+
+COMMANDS = {"sample": bench_sample, "logprobs": bench_logprobs, "rewards": bench_rewards, "rl": bench_rl,
+            "sft": bench_sft}
 
 
 def main(argv):

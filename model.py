@@ -39,7 +39,11 @@ class KVCache:
     """Preallocated keys and values of every layer, written at explicit positions.
 
     `valid` marks the slots that hold real tokens: prompts of different lengths are left-padded
-    and the padding slots are never attended to."""
+    and the padding slots are never attended to.
+
+    Static mode (`slot` set to a (1,) tensor, see sample.decode_step): one token per step is written
+    at that tensor position and attention runs over all max_len slots under `valid`, so no shape
+    ever changes and the step can be captured as a CUDA graph. `length` then stays where it was."""
 
     def __init__(self, config, batch_size, max_len, device, dtype):
         hs = config.n_embd // config.n_head
@@ -48,9 +52,14 @@ class KVCache:
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.valid = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)  # (B, S_max)
         self.length = 0  # slots [0, length) are filled
+        self.slot = None  # static mode: (1,) long tensor, the slot the next token is written to
 
     def write(self, layer, k, v):
         """Store this step's (B, nh, T, hs) keys/values; return all keys/values so far."""
+        if self.slot is not None:  # static: (B, nh, 1, hs) at a tensor position; return every slot
+            self.k[layer].index_copy_(2, self.slot, k.to(self.k.dtype))
+            self.v[layer].index_copy_(2, self.slot, v.to(self.v.dtype))
+            return self.k[layer], self.v[layer]  # (B, nh, S_max, hs)
         T = k.size(2)
         self.k[layer, :, :, self.length:self.length + T] = k
         self.v[layer, :, :, self.length:self.length + T] = v
@@ -59,6 +68,8 @@ class KVCache:
     def attn_mask(self, T):
         """(B, 1, T, S) bool: query t may see key s if s is a real token at or before t.
         A query always sees itself, so a padding query never has an empty row (NaN softmax)."""
+        if self.slot is not None:  # static, T = 1: the written slots so far, this step's included
+            return self.valid[:, None, None, :]  # (B, 1, 1, S_max)
         S = self.length + T
         q_pos = torch.arange(self.length, S, device=self.valid.device)[:, None]  # (T, 1)
         k_pos = torch.arange(S, device=self.valid.device)[None, :]               # (1, S)
@@ -170,7 +181,7 @@ class GPT(nn.Module):
         mask = cache.attn_mask(T) if cache is not None else None  # built once, shared by all layers
         for block in self.transformer.h:
             x = block(x, cache, mask)
-        if cache is not None:
+        if cache is not None and cache.slot is None:
             cache.length += T
         h = self.transformer.ln_f(x)  # (B, T, C)
         if return_hidden:

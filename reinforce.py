@@ -22,6 +22,17 @@ LOSS_TYPES = ("reinforce", "mirror")
 # -----------------------------------------------------------------------------
 # token log-probs without materialising the (N, V) logits
 
+LOGPROB_MEMORY = 200 * 2**20  # bytes: the budget of one chunk's (rows, V) float32 temporaries
+
+
+def default_chunk_size(vocab_size, budget=None):
+    """Rows per chunk so that a chunk's temporaries fit in `budget` bytes (None: LOGPROB_MEMORY):
+    about two (rows, V) float32 matrices live at once (the logits and one temporary; measured with
+    bench.py logprobs). At most 1024 rows: a small vocabulary gains nothing from bigger chunks (and the results of the
+    default run stay those of the old fixed 1024). GPT-2's V=50257 gives 521 rows."""
+    return max(1, min(1024, (budget or LOGPROB_MEMORY) // (2 * 4 * vocab_size)))
+
+
 def _compute_dtype(hidden, weight):
     # under autocast the head matmul runs in the autocast dtype (bf16); otherwise in the inputs' dtype
     device_type = hidden.device.type
@@ -144,27 +155,30 @@ class WeightedLogprobSum(torch.autograd.Function):
                 None, None, None)
 
 
-def weighted_logprob_sum(hidden, weight, targets, coef, chunk_size=1024):
+def weighted_logprob_sum(hidden, weight, targets, coef, chunk_size=None):
     """hidden (N, C), weight (V, C), targets (N,), coef (N,) no grad -> (Σ_n coef_n · log p(targets_n),
     logprobs (N,) detached). The gradient is computed in the forward pass (see WeightedLogprobSum):
-    use it where the coefficients are known up front, as in on-policy REINFORCE."""
+    use it where the coefficients are known up front, as in on-policy REINFORCE.
+    chunk_size: rows per chunk (None: from the memory budget, default_chunk_size)."""
     return WeightedLogprobSum.apply(hidden.reshape(-1, hidden.shape[-1]), weight, targets.reshape(-1),
-                                    coef.reshape(-1).detach(), chunk_size)
+                                    coef.reshape(-1).detach(), chunk_size or default_chunk_size(weight.shape[0]))
 
 
-def token_logprobs(hidden, weight, targets, chunk_size=1024, return_entropy=False):
+def token_logprobs(hidden, weight, targets, chunk_size=None, return_entropy=False):
     """hidden (N, C), weight (V, C), targets (N,) int64 -> logprobs (N,) float32 (float64 for
     float64 inputs); targets == -1 are ignored (logprob 0, no gradient). Leading dims of hidden
     and targets may be anything (e.g. (B, T, C) and (B, T)); the output takes targets' shape.
-    With return_entropy also the (detached) entropy of each row's distribution, 0 where ignored."""
+    With return_entropy also the (detached) entropy of each row's distribution, 0 where ignored.
+    chunk_size: rows per chunk (None: from the memory budget, default_chunk_size)."""
     shape = targets.shape
     hidden, targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
+    chunk_size = chunk_size or default_chunk_size(weight.shape[0])
     logprobs, entropy = TokenLogprobs.apply(hidden, weight, targets, chunk_size, return_entropy)
     if return_entropy:
         return logprobs.view(shape), entropy.view(shape)
     return logprobs.view(shape)
 
-def sft_loss(hidden, weight, targets, chunk_size=1024):
+def sft_loss(hidden, weight, targets, chunk_size=None):
     """Cold-start supervised loss: mean of −log π(target) over targets != -1 (cross-entropy)."""
     logprobs = token_logprobs(hidden, weight, targets, chunk_size)
     n = (targets >= 0).sum().clamp(min=1)  # no valid target -> loss 0, not NaN

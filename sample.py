@@ -9,6 +9,13 @@ How `generate` works: prompts of different lengths are left-padded into one (B, 
 batched forward pass ("prefill") fills a preallocated KV cache; then each step feeds only the
 newest token of every unfinished row. Rows that hit a stop token are dropped from the batch (and
 from the cache) once they are a quarter of it, so finished rows soon cost nothing more.
+
+On CUDA a step of a small model is a few hundred tiny kernel launches, and launching them takes
+longer than running them. So there (fast=None means "on when CUDA") each step is instead one replay
+of a CUDA graph of `decode_step`, a step with static shapes: the batch never shrinks (finished rows
+decode on and are not read), the cache is written at a slot held in a tensor, attention covers the
+whole preallocated cache under its `valid` mask. Sampling stays outside the graph, on exactly the
+rows the plain loop would sample, so both paths draw the same tokens from the same generator.
 """
 import os
 import sys
@@ -76,13 +83,45 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
+def decode_step(model, cache, token, pos):
+    """One new token for each of the B rows, with static shapes: token (B, 1) and pos (B, 1) are
+    the inputs, cache.slot (1,) the slot they go to; all three are advanced in place, so calling
+    it again (or replaying a CUDA graph of it) makes the next step. -> logits (B, V)."""
+    cache.valid.index_fill_(1, cache.slot, True)  # the new token's own slot becomes visible
+    logits = model(token, cache=cache, positions=pos)[:, -1]  # (B, V)
+    pos.add_(1)
+    cache.slot.add_(1)
+    return logits
+
+
+def cuda_graph(fn, state):
+    """Capture fn() (which reads and writes only tensors that stay alive) as a CUDA graph; return a
+    function that replays it and returns fn's output tensor, overwritten by the next replay.
+    `state`: the tensors fn advances in place, put back after the warm-up run, so that the first
+    replay makes the first step."""
+    saved = [t.clone() for t in state]
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # warm up (cuBLAS handles, autocast's casts) off the capture
+        fn()
+        for t, s in zip(state, saved):
+            t.copy_(s)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):  # records the kernels without running them
+        out = fn()
+    return lambda: (graph.replay(), out)[1]
+
+
 @torch.no_grad()
 def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
-             stop_tokens=(), generator=None, return_logprobs=False):
+             stop_tokens=(), generator=None, return_logprobs=False, fast=None):
     """prompts: a list of token lists (any lengths). Returns one list of new tokens per prompt,
     ending at (and including) the first stop token. With return_logprobs, also each sampled
     token's log-prob under the model at temperature 1 (log pi_old of the sampling policy; train.py
-    recomputes it with the training forward pass instead, so that the first ratio is exactly 1)."""
+    recomputes it with the training forward pass instead, so that the first ratio is exactly 1).
+    fast: decode with the static-shape `decode_step`, replayed as a CUDA graph on CUDA (None = on
+    when the model is on CUDA; on CPU it runs the same step eagerly, which is for tests)."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("generate needs a non-empty list of non-empty prompts")
     longest, block_size = max(len(p) for p in prompts), model.config.block_size
@@ -111,6 +150,13 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=
     finished = torch.zeros(B, dtype=torch.bool, device=device)  # (b,) rows that already hit a stop token
     stop = torch.tensor(list(stop_tokens), dtype=torch.long, device=device)
     next_pos = positions[:, -1] + 1  # (b,)
+    if device.type == "cuda" if fast is None else fast:  # static shapes: see decode_step
+        cache.slot = torch.tensor([longest], device=device)
+        token_in = torch.zeros(B, 1, dtype=torch.long, device=device)  # (B, 1)
+        pos_in = next_pos[:, None].clone()  # (B, 1)
+        step = lambda: decode_step(model, cache, token_in, pos_in)  # (B, V), all rows, finished ones too
+        if device.type == "cuda":
+            step = cuda_graph(step, [cache.slot, cache.valid, pos_in])
     for t in range(max_new_tokens):
         token = sample_next(logits, temperature, top_k, top_p, generator)  # (b,)
         new_tokens[active, t] = token  # what a finished row adds is cut off by its length
@@ -119,7 +165,7 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=
         newly_done = torch.isin(token, stop) & ~finished
         lengths[active] = torch.where(newly_done, t + 1, lengths[active])
         finished |= newly_done
-        n_finished = int(finished.sum())  # the step's one host-device sync
+        n_finished = int(finished.sum()) if len(stop) else 0  # the step's one host-device sync
         if n_finished == len(active) or t == max_new_tokens - 1:
             break
         # Drop finished rows from the batch (and the cache) once they are a quarter of it: fewer rows
@@ -127,9 +173,15 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=
         if 4 * n_finished >= len(active):
             keep = (~finished).nonzero().squeeze(1)
             active, token, next_pos, finished = active[keep], token[keep], next_pos[keep], finished[keep]
-            cache.keep(keep)
-        cache.valid[:, cache.length] = True
-        logits = model(token[:, None], cache=cache, positions=next_pos[:, None])[:, -1]  # (b, V)
+            if cache.slot is None:  # (a static cache keeps every row)
+                cache.keep(keep)
+        if cache.slot is not None:
+            token_in.index_copy_(0, active, token[:, None])
+            logits = step()  # (B, V)
+            logits = logits if len(active) == B else logits[active]  # (b, V): the plain loop's rows
+        else:
+            cache.valid[:, cache.length] = True
+            logits = model(token[:, None], cache=cache, positions=next_pos[:, None])[:, -1]  # (b, V)
         next_pos = next_pos + 1
 
     model.train(was_training)

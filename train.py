@@ -262,21 +262,33 @@ def policy_update(model, optimizer, idx, targets, mask, rewards, group_ids, cfg,
             loss = loss * (metrics["normaliser"] * dist.get_world_size() / total.item())
         skipped += optimizer_step(model, optimizer, loss, cfg)
     metrics["loss"] = loss.item()
-    return metrics, skipped
+    return metrics, int(skipped)
 
 
 def optimizer_step(model, optimizer, loss, cfg):
     """backward, clip, step. A non-finite gradient norm (a NaN or inf loss makes one) skips the
-    step (returns 1) and leaves the weights untouched. Under DDP the norm is of the averaged
-    gradients, the same on every rank, so all ranks skip together."""
+    step and leaves the weights and the optimizer's state untouched. Returns 1 if skipped, else 0,
+    as a 0-dim float tensor on the device: the fused AdamW (CUDA) takes the flag as its `found_inf`
+    (the way GradScaler skips steps) and skips on the device, so the host never waits for the norm.
+    Under DDP the norm is of the averaged gradients, the same on every rank: all ranks skip together."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-    if not torch.isfinite(norm):
+    skip = (~torch.isfinite(norm)).float()  # () 1.0 = skip this step
+    if optimizer.defaults.get("fused"):
+        optimizer.found_inf = skip  # read by the fused kernel: no update, step count unchanged
+        optimizer.step()
+    elif skip.item() == 0:  # a host check (free on the CPU)
+        optimizer.step()
+    else:
         optimizer.zero_grad(set_to_none=True)
-        return 1
-    optimizer.step()
-    return 0
+    return skip
+
+
+def to_device(tensor, device):
+    """A CPU batch -> the device without stopping the host: a plain .to("cuda") of pageable memory
+    waits until the GPU has run everything queued before it; from pinned memory the copy is queued."""
+    return tensor.pin_memory().to(device, non_blocking=True) if "cuda" in str(device) else tensor.to(device)
 
 
 def set_lr(optimizer, lr):
@@ -410,6 +422,10 @@ def main(argv):
     ddp = "RANK" in os.environ
     if ddp:
         use_cuda = torch.cuda.is_available() and cfg.device != "cpu"
+        ranks, gpus = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])), torch.cuda.device_count()
+        if use_cuda and ranks > gpus:  # rank `gpus` would find no device of its own
+            raise ValueError(f"torchrun started {ranks} processes on this machine but it has {gpus} GPU(s): "
+                             f"use --nproc_per_node={gpus}, or --device=cpu to run every process on the CPU")
         dist.init_process_group("nccl" if use_cuda else "gloo")
         rank = dist.get_rank()
         device = f"cuda:{int(os.environ['LOCAL_RANK'])}" if use_cuda else "cpu"
@@ -464,17 +480,32 @@ def main(argv):
         success = ckpt["success"]
     ref_model = None  # with kl_coef > 0: the frozen policy that RL starts from
 
+    sft_pending = []  # (step, lr, loss, skip) of SFT steps whose loss and skip flag are still on the device
+
+    def flush_sft_log():
+        """Read the pending SFT losses and skip flags in one host sync (not one per step); log them."""
+        if sft_pending:
+            numbers = torch.stack([torch.stack([loss, skip.to(loss.dtype)])
+                                   for _, _, loss, skip in sft_pending]).tolist()  # [[loss, skip], ...]
+            for (step, lr, _, _), (loss, skip) in zip(sft_pending, numbers):
+                state["skipped"] += int(skip)
+                log({"step": step, "phase": "sft", "loss": loss, "lr": lr})
+            bar.set_postfix(loss=f"{numbers[-1][0]:.3f}")
+            sft_pending.clear()
+
     def checkpoint(step):
+        flush_sft_log()
         ref = {"ref_model": ref_model.state_dict()} if ref_model is not None else {}
         save_checkpoint(ckpt_path, model, optimizer, cfg, step,
                         {**state, "tokenizer": tokenizer_name, "success": success, **ref})
 
     def end_of_step(step):
         """Checkpoint when due or when Ctrl-C was pressed (on any rank); True means stop now."""
-        flag = torch.tensor(float(STOP["requested"]), device=device)
-        if ddp:
-            dist.all_reduce(flag)  # every rank stops at the same step
-        stop = flag.item() > 0
+        stop = STOP["requested"]
+        if ddp:  # every rank stops at the same step
+            flag = torch.tensor(float(stop), device=device)
+            dist.all_reduce(flag)
+            stop = flag.item() > 0
         if master and (stop or (cfg.ckpt_every and step % cfg.ckpt_every == 0)):
             checkpoint(step)
             if stop:
@@ -498,12 +529,13 @@ def main(argv):
         set_lr(optimizer, lr)
         idx, targets, _ = sft_batch(task, tokenizer, step_rng(cfg, step, rank, "sft"), cfg, model.config.block_size)
         with ctx:
-            hidden = train_model(idx.to(device), return_hidden=True)  # (B, T, C)
-            loss = sft_loss(hidden, model.lm_head.weight, targets.to(device))
-        state["skipped"] += optimizer_step(train_model, optimizer, loss, cfg)
+            hidden = train_model(to_device(idx, device), return_hidden=True)  # (B, T, C)
+            loss = sft_loss(hidden, model.lm_head.weight, to_device(targets, device))
+        skip = optimizer_step(train_model, optimizer, loss, cfg)
+        sft_pending.append((step, lr, loss.detach(), skip))  # read later, 50 at a time (flush_sft_log)
+        if len(sft_pending) == 50 or step + 1 == cfg.sft_steps:  # (and at every checkpoint)
+            flush_sft_log()
         state["sft_time"] += time.time() - t0
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-        log({"step": step, "phase": "sft", "loss": loss.item(), "lr": lr})
         if step + 1 == cfg.sft_steps:
             evaluate_before_rl()
         if end_of_step(step + 1):

@@ -80,3 +80,29 @@ def test_unknown_command_or_flag_is_refused_by_name():
         bench.main(["rewards", "--nope=1"])
     with pytest.raises(ValueError, match="usage"):
         bench.main(["nope"])
+
+
+def table_of(args):
+    done = subprocess.run([sys.executable, "bench.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done.stdout, [line for line in done.stdout.splitlines() if line.startswith("|")]
+
+
+def test_sample_command_times_fast_and_eager_paths_and_prints_the_memory_roofline():
+    out, table = table_of(["sample", "--n_layer=1", "--n_head=2", "--n_embd=16", "--vocab_size=64", "--batch_size=2",
+                           "--prompt_len=4", "--new_tokens=4", "--repeats=1", "--bandwidth=1e9"])
+    assert "of memory roofline" in table[0] and len(table) == 2 + 4  # fast, eager, no-cache, Hugging Face
+    assert "fast=True" in table[2] and "fast=False" in table[3]
+    assert "at an assumed 1e+09 B/s" in out
+
+
+def test_gpt2_small_flag_gives_gpt2_small_in_bfloat16():
+    cfg = bench.sample_sizes(["--gpt2_small=true", "--batch_size=1"])
+    assert (cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.vocab_size, cfg.dtype, cfg.batch_size) == \
+        (12, 12, 768, 50257, "bfloat16", 1)
+
+
+def test_sft_command_prints_steps_per_second():
+    _, table = table_of(["sft", "--steps=2", "--warmup=1", "--variants=eager", "--n_layer=1", "--n_embd=16",
+                         "--n_head=2", "--digits=2", "--block_size=40", "--sft_batch_size=4"])
+    assert table[0].startswith("| train step | warm-up (s) | steps/s") and len(table) == 2 + 1

@@ -35,6 +35,25 @@ def random_problem(N=37, C=8, V=23, dtype=f64, seed=0):
     t[::5] = -1  # every fifth token ignored
     return h, W, t
 
+def test_default_chunk_keeps_two_float32_chunk_matrices_within_the_memory_budget():
+    from reinforce import LOGPROB_MEMORY, default_chunk_size
+    rows = default_chunk_size(50257)  # GPT-2's vocabulary
+    assert 2 * 4 * rows * 50257 <= LOGPROB_MEMORY < 2 * 4 * (rows + 1) * 50257
+    assert default_chunk_size(50257, budget=LOGPROB_MEMORY // 4) == rows // 4
+    assert default_chunk_size(257) == 1024 and default_chunk_size(10**12) == 1  # capped, never 0
+
+
+def test_token_logprobs_without_a_chunk_size_uses_the_budget_chunk(monkeypatch):
+    import reinforce
+    used = []
+    apply = reinforce.TokenLogprobs.apply
+    monkeypatch.setattr(reinforce.TokenLogprobs, "apply", lambda *a: used.append(a[3]) or apply(*a))
+    monkeypatch.setattr(reinforce, "LOGPROB_MEMORY", 2 * 4 * 23 * 5)  # room for 5 rows of V=23
+    h, W, t = random_problem()
+    torch.testing.assert_close(token_logprobs(h, W, t), naive_logprobs(h, W, t))
+    assert used == [5]
+
+
 @pytest.mark.parametrize("chunk_size", [1, 8, 2048])  # 1 row at a time, N=37 not a multiple of 8, chunk > N
 def test_token_logprobs_match_naive_values_and_grads(chunk_size):
     h, W, t = random_problem()

@@ -181,3 +181,44 @@ def test_gpt2_tokenizer_offline_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(tiktoken, "get_encoding", offline)
     with pytest.raises(RuntimeError, match="'gpt2' tokenizer needs its files"):
         get_tokenizer("gpt2")
+
+
+def mixed_prompts_and_a_common_stop(model):
+    g = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(0, 50, (n,), generator=g).tolist() for n in (1, 7, 3, 12, 5, 9, 2, 4)]
+    firsts = [naive_greedy(model, p, 1, ())[0] for p in prompts]
+    return prompts, max(set(firsts), key=firsts.count)  # a stop token some rows hit at once
+
+
+def test_static_shape_fast_path_greedy_equals_the_plain_loop_token_for_token():
+    model = tiny_model().eval()
+    prompts, stop = mixed_prompts_and_a_common_stop(model)
+    fast = generate(model, prompts, 20, temperature=0, stop_tokens=(stop,), fast=True)
+    assert fast == generate(model, prompts, 20, temperature=0, stop_tokens=(stop,), fast=False)
+    assert any(len(c) < 20 for c in fast) and any(len(c) == 20 for c in fast)  # early and full-length rows
+
+
+def test_static_shape_fast_path_samples_the_same_tokens_and_logprobs_from_the_same_seed():
+    model = tiny_model(sharpen=3.0)
+    prompts = [[3, 4, 5], [9], [1, 2, 3, 4, 5, 6]] * 8
+    draw = lambda fast: generate(model, prompts, 12, stop_tokens=range(0, 50, 4), return_logprobs=True,
+                                 generator=torch.Generator().manual_seed(5), fast=fast)
+    (fast, fast_lp), (plain, plain_lp) = draw(True), draw(False)
+    assert len({len(c) for c in plain}) > 2  # rows stop at different steps: the plain batch shrinks
+    assert fast == plain
+    for a, b in zip(fast_lp, plain_lp):
+        torch.testing.assert_close(torch.tensor(a), torch.tensor(b), atol=1e-5, rtol=0)
+
+
+def test_static_shape_fast_path_runs_under_bfloat16_autocast():
+    model = tiny_model()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast = generate(model, [[1, 2, 3], [4]], 6, temperature=0, fast=True)
+        plain = generate(model, [[1, 2, 3], [4]], 6, temperature=0, fast=False)
+    assert fast == plain
+
+
+def test_fast_path_is_off_by_default_on_cpu(monkeypatch):
+    import sample
+    monkeypatch.setattr(sample, "decode_step", lambda *a: pytest.fail("the static step ran on CPU by default"))
+    generate(tiny_model(), [[1, 2]], 4)

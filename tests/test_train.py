@@ -313,11 +313,37 @@ def test_ddp_step_on_two_processes_equals_one_process_on_the_union_of_their_batc
 def test_torchrun_with_two_cpu_processes_trains_and_checkpoints(tmp_path):
     out = str(tmp_path / "ddp")
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                             "train.py", f"--out_dir={out}", *TINY], cwd=ROOT, capture_output=True,
+                             "train.py", f"--out_dir={out}", "--device=cpu", *TINY], cwd=ROOT, capture_output=True,
                             text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     ckpt = torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)
     assert ckpt["step"] == 7
+
+
+def test_torchrun_with_more_processes_than_gpus_is_a_clear_error(tmp_path, monkeypatch):
+    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"started 2 processes on this machine but it has 1 GPU.*--device=cpu"):
+        run(tmp_path)
+
+
+def test_fused_adamw_skips_a_non_finite_step_on_the_device_and_keeps_weights_and_state():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, fused=True)  # fused runs on the CPU too
+    cfg = train.TrainConfig()
+    loss = lambda: model(torch.tensor([[1, 2, 3]]), targets=torch.tensor([[2, 3, 4]]))[1]
+    assert train.optimizer_step(model, optimizer, loss(), cfg).item() == 0
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    state = {k: v.clone() for k, v in optimizer.state[model.lm_head.weight].items()}
+    assert train.optimizer_step(model, optimizer, loss() * float("nan"), cfg).item() == 1
+    assert_same_weights(before, model.state_dict())
+    for k, v in optimizer.state[model.lm_head.weight].items():
+        assert torch.equal(v, state[k]), k  # step count and moments untouched
+    assert train.optimizer_step(model, optimizer, loss(), cfg).item() == 0
+    assert optimizer.state[model.lm_head.weight]["step"].item() == 2
 
 
 def test_gsm8k_file_with_a_local_hugging_face_gpt2_runs_end_to_end(tmp_path):

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Every GPU measurement of issue 10 in one go, about 5-6 minutes on one H100 (torch >= 2.11, transformers,
+# no network needed). Each table goes to its own file in $OUT, and summary.txt lists each command's
+# exit code and seconds. Every command has its own timeout, and none may run past BUDGET seconds
+# from the start (default 420), so one hang costs only its own slot. Most important first.
+#
+#     OUT=/path/to/folder bash docs/gpu_check.sh
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu_out}
+PY=${PYTHON:-python}
+BUDGET=${BUDGET:-420}
+mkdir -p "$OUT"
+
+run() {  # run NAME SECONDS COMMAND...: its output in $OUT/NAME.md, a line in $OUT/summary.txt
+    local name=$1 secs=$2 start=$SECONDS
+    shift 2
+    (( secs > BUDGET - SECONDS )) && secs=$((BUDGET - SECONDS))
+    if (( secs < 10 )); then
+        echo "$name: skipped, the $BUDGET s budget is spent" | tee -a "$OUT/summary.txt"
+        return
+    fi
+    timeout "$secs" "$@" > "$OUT/$name.md" 2>&1
+    echo "$name: exit $? (124 = timed out after $secs s), $((SECONDS - start)) s" | tee -a "$OUT/summary.txt"
+}
+
+nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
+run versions 30 $PY -c "import torch, transformers; print(torch.__version__, torch.version.cuda, transformers.__version__, torch.cuda.get_device_name())"
+
+# 1. correctness first: on CUDA the fast path (CUDA graph) gives the plain loop's tokens
+run fast_equals_eager 90 $PY - <<'EOF'
+import torch
+from model import GPT, GPTConfig
+from sample import generate
+torch.manual_seed(0)
+model = GPT(GPTConfig(vocab_size=50, block_size=48, n_layer=2, n_head=2, n_embd=32)).cuda()
+with torch.no_grad():
+    model.transformer.wte.weight.mul_(20.0)  # sharp: greedy paths differ between prompts
+g = torch.Generator().manual_seed(3)
+prompts = [torch.randint(0, 50, (n,), generator=g).tolist() for n in (1, 7, 3, 12, 5, 9, 2, 4)] * 4
+contexts = [("float32", torch.autocast("cuda", enabled=False)), ("bf16 autocast", torch.autocast("cuda", dtype=torch.bfloat16))]
+for name, ctx in contexts:
+    with ctx:
+        firsts = [c[0] for c in generate(model, prompts, 1, temperature=0, fast=False)]
+        stop = max(set(firsts), key=firsts.count)  # some rows stop at once, others later
+        fast, plain = (generate(model, prompts, 30, temperature=0, stop_tokens=(stop,), fast=f) for f in (True, False))
+        print(f"{name}, greedy: fast == plain: {fast == plain}; lengths {sorted({len(c) for c in plain})}")
+with torch.no_grad():
+    model.transformer.wte.weight.mul_(3 / 20)  # flatter: sampled rows stop at many different steps
+for name, ctx in contexts:
+    with ctx:
+        draw = lambda f: generate(model, prompts, 30, generator=torch.Generator("cuda").manual_seed(1),
+                                  stop_tokens=range(0, 50, 4), return_logprobs=True, fast=f)
+        (fast, fast_lp), (plain, plain_lp) = draw(True), draw(False)
+        same = sum(a == b for a, b in zip(fast, plain))
+        err = max(abs(x - y) for a, b in zip(fast_lp, plain_lp) for x, y in zip(a, b))
+        print(f"{name}, sampled with one seed: {same}/{len(prompts)} completions identical, lengths "
+              f"{sorted({len(c) for c in plain})}; largest log-prob difference {err:.2e}")
+EOF
+
+# 2. decoding: every bench.py sample size (fast, plain loop, no-cache loop, Hugging Face)
+run sample_gpt2_small_B1 90 $PY bench.py sample --gpt2_small=true --batch_size=1
+run sample_default 60 $PY bench.py sample
+run sample_rl_size 60 $PY bench.py sample --n_embd=128 --vocab_size=257 --batch_size=128
+run sample_gpt2_small_B64 90 $PY bench.py sample --gpt2_small=true --batch_size=64
+
+# 3. the default run, whole (target: at most 30 s), then where an RL step's time goes on its checkpoint
+RUN=$(mktemp -d)
+run train_default 120 $PY train.py --out_dir="$RUN"
+cp "$RUN/summary.json" "$RUN/metrics.jsonl" "$OUT/" 2>/dev/null
+run rl_trained 60 $PY bench.py rl --ckpt="$RUN/ckpt.pt" --steps=5
+
+# 4. the training step: SFT steps/s eager vs torch.compile (compile time in the warm-up column)
+run sft_eager_vs_compiled 150 $PY bench.py sft --steps=200 --warmup=10
+
+# 5. fused log-probs at N=16384 (F.linear_cross_entropy rows only where torch has it, >= 2.13)
+run logprobs_N16384 120 $PY bench.py logprobs --N=16384 --chunks=0,1024 --repeats=3
+
+echo "done: tables in $OUT" | tee -a "$OUT/summary.txt"
