@@ -15,8 +15,10 @@ own out_dir/summary.json.
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import train
@@ -51,6 +53,7 @@ class AblationConfig:
     rl_steps: int = 0            # RL budget of every variant (0 = train.py's default rl_steps)
     sft_steps: int = 0           # cold start, shared by the variants of a seed (0 = train.py's default)
     train_args: str = ""         # more train.py options for every run, space-separated (e.g. a smaller model)
+    jobs: int = 1                # train.py processes at once (1 = in this process; on a GPU try 15)
 
 
 def cell(values, digits=3):
@@ -59,35 +62,55 @@ def cell(values, digits=3):
     return f"{mean:.{digits}f} ± {(max(values) - min(values)) / 2:.{digits}f}"
 
 
+def run_all(commands, jobs):
+    """Each command is a train.py argument list. jobs=1: one after another in this process; more:
+    that many `python train.py` processes at once (on a GPU, small runs fit side by side)."""
+    if jobs == 1:
+        for argv in commands:
+            train.main(argv)
+        return
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
+
+    def run(argv):
+        done = subprocess.run([sys.executable, script, *argv], capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"train.py {' '.join(argv)} failed:\n{done.stderr[-2000:]}")
+    with ThreadPoolExecutor(jobs) as pool:
+        list(pool.map(run, commands))
+
+
 def run_variants(cfg, variants, common):
     """-> {cold-start style: [summary of its SFT run per seed]}, {variant: [summary per seed]}"""
-    sft, results = {}, {name: [] for name in variants}
-    for seed in range(1, cfg.seeds + 1):
-        for name, (style, options) in variants.items():
-            sft_dir = os.path.join(cfg.out_dir, f"sft-{style or 'default'}-seed{seed}")
-            if len(sft.setdefault(style, [])) < seed:  # the first variant of this seed with this cold start
-                if not os.path.exists(os.path.join(sft_dir, "summary.json")):  # (kept from an earlier call)
-                    shutil.rmtree(sft_dir, ignore_errors=True)
-                    train.main([f"--out_dir={sft_dir}", f"--seed={seed}", f"--sft_steps={cfg.sft_steps}",
-                                "--rl_steps=0", "--eval_every=0", "--overwrite=true",
-                                *([f"--cold_start={style}"] if style else []),
-                                *common])
-                sft[style].append(json.load(open(os.path.join(sft_dir, "summary.json"))))
-            run_dir = os.path.join(cfg.out_dir, f"{cfg.table}{list(variants).index(name)}-seed{seed}")
-            shutil.rmtree(run_dir, ignore_errors=True)
-            os.makedirs(run_dir)
+    seeds, styles = range(1, cfg.seeds + 1), dict.fromkeys(style for style, _ in variants.values())
+    sft_dir = lambda style, seed: os.path.join(cfg.out_dir, f"sft-{style or 'default'}-seed{seed}")
+    run_dir = lambda name, seed: os.path.join(cfg.out_dir, f"{cfg.table}{list(variants).index(name)}-seed{seed}")
+    # 1. one cold start per (style, seed), kept from an earlier call if it finished
+    run_all([[f"--out_dir={sft_dir(style, seed)}", f"--seed={seed}", f"--sft_steps={cfg.sft_steps}",
+              "--rl_steps=0", "--eval_every=0", "--overwrite=true", *([f"--cold_start={style}"] if style else []),
+              *common]
+             for seed in seeds for style in styles
+             if not os.path.exists(os.path.join(sft_dir(style, seed), "summary.json"))], cfg.jobs)
+    # 2. every variant continues a copy of its cold start for the same RL budget
+    for seed in seeds:
+        for name, (style, _) in variants.items():
+            shutil.rmtree(run_dir(name, seed), ignore_errors=True)
+            os.makedirs(run_dir(name, seed))
             for f in ("ckpt.pt", "metrics.jsonl"):
-                shutil.copy(os.path.join(sft_dir, f), run_dir)
-            train.main([f"--out_dir={run_dir}", "--init_from=resume", f"--rl_steps={cfg.rl_steps}",
-                        "--eval_every=0", *common, *options])
-            results[name].append(json.load(open(os.path.join(run_dir, "summary.json"))))
-    return sft, results
+                shutil.copy(os.path.join(sft_dir(style, seed), f), run_dir(name, seed))
+    run_all([[f"--out_dir={run_dir(name, seed)}", "--init_from=resume", f"--rl_steps={cfg.rl_steps}",
+              "--eval_every=0", *common, *options] for seed in seeds for name, (_, options) in variants.items()],
+            cfg.jobs)
+    summary = lambda out: json.load(open(os.path.join(out, "summary.json")))
+    return ({style: [summary(sft_dir(style, seed)) for seed in seeds] for style in styles},
+            {name: [summary(run_dir(name, seed)) for seed in seeds] for name in variants})
 
 
 def main(argv):
     cfg = parse_config(AblationConfig, argv)
     if cfg.table not in TABLES:
         raise ValueError(f"--table={cfg.table} is not one of {', '.join(TABLES)}")
+    if cfg.jobs < 1 or cfg.seeds < 1:
+        raise ValueError("--jobs and --seeds must be >= 1")
     defaults = train.TrainConfig()
     cfg.rl_steps, cfg.sft_steps = cfg.rl_steps or defaults.rl_steps, cfg.sft_steps or defaults.sft_steps
     variants = TABLES[cfg.table]

@@ -394,7 +394,7 @@ class PairsTask:
     name = "pairs"
     styles = ("search", "unchecked", "direct")
 
-    def __init__(self, n_numbers: int = 5, max_number: int = 9, quit_step: float = 0.15, quit_max: float = 0.6):
+    def __init__(self, n_numbers: int = 4, max_number: int = 9, quit_step: float = 0.25, quit_max: float = 0.6):
         if not 3 <= n_numbers <= 12:
             raise ValueError(f"n_numbers must be in 3..12, got {n_numbers}")
         if not 2 <= max_number <= 999:

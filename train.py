@@ -1,17 +1,18 @@
 """
 The whole method in one loop: a cold-start SFT on worked traces, then REINFORCE with an exact
-reward. With no arguments it trains a small GPT from scratch on 4-digit addition on the CPU
-(about 5 minutes on 2 cores) and prints accuracy, pass@k, response length and the share of
-step-by-step answers before and after RL.
+reward. With no arguments it trains a small GPT from scratch, on the CPU, on a search task
+(rewards.PairsTask: try a pair, check its sum, try again) and prints how accuracy, length,
+attempts and the model's own checks move together before, during and after RL.
 
     python train.py                                   # the default run
     python train.py --rl_steps=300 --baseline=rloo    # any field of TrainConfig as --key=value
+    python train.py --task=arithmetic                 # the scratchpad demo (4-digit addition)
     python train.py --init_from=resume                # continue out/ckpt.pt exactly
     torchrun --standalone --nproc_per_node=2 train.py # data-parallel (gloo on CPU, nccl on CUDA)
 
-One RL step (see ../shared/DESIGN.md): P training problems -> each prompt repeated G times ->
-generate (sample.py) -> exact reward of each completion (rewards.py) -> advantages and the
-REINFORCE loss on fused token log-probs (reinforce.py) -> one optimizer step.
+One RL step (the README's "one batch, file by file"): P training problems -> each prompt repeated
+G times -> generate (sample.py) -> exact reward of each completion (rewards.py) -> advantages and
+the REINFORCE loss on fused token log-probs (reinforce.py) -> one optimizer step.
 """
 import copy
 import json
@@ -46,10 +47,11 @@ class TrainConfig:
     device: str = "auto"            # auto = cuda if available, else cpu
     dtype: str = "auto"             # float32 | bfloat16; auto = bfloat16 on CUDA, float32 on CPU
     compile: bool = False           # torch.compile the training forward pass
+    cuda_graphs: bool = True        # on CUDA, decode by replaying a CUDA graph of one step (sample.generate's fast path)
     threads: int = 0                # CPU threads for torch (0 = torch's default)
     # task (rewards.py)
     task: str = "pairs"             # pairs | arithmetic | countdown | gsm8k
-    numbers: int = 5                # pairs: how many numbers to search for the two that sum to the target
+    numbers: int = 4                # pairs: how many numbers to search for the two that sum to the target
     max_number: int = 9             # pairs: the numbers are drawn from 1..max_number
     digits: int = 4                 # arithmetic: digits of each operand (difficulty)
     data_path: str = ""             # gsm8k: a JSONL file with "question" and "answer" per line
@@ -61,10 +63,10 @@ class TrainConfig:
     n_layer: int = 4                # model shape when training from scratch (~0.8M parameters)
     n_head: int = 4
     n_embd: int = 128
-    block_size: int = 128           # longest prompt + completion
+    block_size: int = 96            # longest prompt + completion
     dropout: float = 0.0
     # cold start: supervised fine-tuning on the task's traces
-    sft_steps: int = 900            # optimizer steps of the cold start (0 = straight to RL)
+    sft_steps: int = 1200           # optimizer steps of the cold start (0 = straight to RL)
     sft_batch_size: int = 64        # traces per SFT step
     sft_lr: float = 2e-3            # peak; linear warm-up then cosine decay to sft_lr / 10
     warmup_steps: int = 50          # linear learning-rate warm-up, at the start of SFT and of RL
@@ -72,9 +74,9 @@ class TrainConfig:
     rl_steps: int = 100             # RL steps after the cold start
     prompts_per_step: int = 16      # P problems per step
     samples_per_prompt: int = 8     # G completions per problem (a "group")
-    max_new_tokens: int = 112       # longest completion (it ends earlier at end-of-text)
+    max_new_tokens: int = 80        # longest completion (it ends earlier at end-of-text)
     temperature: float = 1.0        # sampling temperature during RL
-    rl_lr: float = 3e-4             # constant after warm-up, so a resumed run may extend rl_steps
+    rl_lr: float = 1e-4             # constant after warm-up, so a resumed run may extend rl_steps
     updates_per_batch: int = 1      # >1: several optimizer steps on one batch (needs clip_eps or loss_type=mirror)
     wrong_reward: float = 0.0       # reward of a wrong or unparsable answer: 0, or -1 to penalise errors
     baseline: str = "group"         # none | batch | group | rloo (reinforce.compute_advantages)
@@ -296,13 +298,17 @@ def set_lr(optimizer, lr):
         group["lr"] = lr
 
 
+def fast_path(cfg):
+    return None if cfg.cuda_graphs else False  # None: the fast path wherever it is on by default (CUDA)
+
+
 def rollout(model, task, tokenizer, problems, cfg, generator, ctx):
     """Steps 1-3 of RL: each problem's prompt G times -> completions (KV-cached sampler) ->
     exact rewards. Returns prompts and completions (token lists) and texts, correct (B,)."""
     G = cfg.samples_per_prompt
     prompts = [encode(tokenizer, p.prompt) for p in problems for _ in range(G)]
     with ctx:
-        completions = generate(model, prompts, cfg.max_new_tokens, temperature=cfg.temperature,
+        completions = generate(model, prompts, cfg.max_new_tokens, temperature=cfg.temperature, fast=fast_path(cfg),
                                stop_tokens=(tokenizer.eot_token,), generator=generator)
     texts = [decode(tokenizer, c) for c in completions]
     correct = torch.tensor([task.reward(t, problems[i // G]) for i, t in enumerate(texts)])  # (B,) 1 or 0
@@ -331,9 +337,9 @@ def evaluate(model, task, tokenizer, problems, cfg, ctx):
     eot = tokenizer.eot_token
     prompts = [encode(tokenizer, p.prompt) for p in problems]
     with ctx:
-        greedy = generate(model, prompts, cfg.max_new_tokens, temperature=0, stop_tokens=(eot,))
+        greedy = generate(model, prompts, cfg.max_new_tokens, temperature=0, stop_tokens=(eot,), fast=fast_path(cfg))
         gen = torch.Generator(device=model.transformer.wte.weight.device).manual_seed(cfg.seed)
-        sampled = generate(model, [p for p in prompts for _ in range(cfg.pass_k)], cfg.max_new_tokens,
+        sampled = generate(model, [p for p in prompts for _ in range(cfg.pass_k)], cfg.max_new_tokens, fast=fast_path(cfg),
                            temperature=cfg.temperature, stop_tokens=(eot,), generator=gen)
     greedy_text = [decode(tokenizer, c) for c in greedy]
     correct = [task.reward(t, p) for t, p in zip(greedy_text, problems)]
@@ -356,6 +362,7 @@ def evaluate(model, task, tokenizer, problems, cfg, ctx):
         "step_by_step": sum(map(task.is_step_by_step, greedy_text)) / len(problems),
         "sample_step_by_step": sum(map(task.is_step_by_step, sampled_text)) / len(sampled_text),
         "example": problems[0].prompt + greedy_text[0],
+        "examples": [[p.prompt + text, r] for p, text, r in list(zip(problems, greedy_text, correct))[:20]],
     }
 
 # -----------------------------------------------------------------------------
@@ -642,8 +649,12 @@ def print_summary(summary, cfg, metrics_path):
     for name, key in rows:
         print(f"{name:<32}{before[key]:>12.3f}{after[key]:>12.3f}")
     print(f"{'wall time (s)':<32}{summary['sft_time']:>12.0f}{summary['rl_time']:>12.0f}")
-    print(f"example after SFT: {before['example']!r}")
-    print(f"example after RL:  {after['example']!r}")
+    # the same held-out problem before and after RL: the first one that RL turned from wrong to right
+    pairs = list(zip(before["examples"], after["examples"]))
+    (text_before, _), (text_after, _) = next((b, a) for b, a in pairs if a[1] > b[1]) if any(
+        a[1] > b[1] for b, a in pairs) else pairs[0]
+    print(f"a held-out problem after SFT: {text_before!r}")
+    print(f"the same problem after RL:    {text_after!r}")
     evals = [json.loads(line) for line in open(metrics_path) if '"eval"' in line]
     print(f"\n{'RL step':<32}" + "".join(f"{r['step'] - cfg.sft_steps:>6}" for r in evals))
     for name, key in rows:

@@ -5,6 +5,7 @@ against hostile completions, and the tasks' splits and traces.
     python -m pytest -q tests/test_rewards.py
 """
 
+import itertools
 import json
 import random
 import re
@@ -16,8 +17,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from rewards import (  # noqa: E402
-    ArithmeticTask, CountdownTask, GSM8KTask, SignsTask, answers_match, countdown_reward, evaluate_expression,
-    exact_match, extract_answer, format_reward, get_task, load_gsm8k, normalize_answer, signed_sum,
+    ArithmeticTask, CountdownTask, GSM8KTask, PairsTask, Problem, answers_match, countdown_reward, evaluate_expression,
+    exact_match, extract_answer, format_reward, get_task, load_gsm8k, normalize_answer, pair_sum,
 )
 
 GSM8K_TINY = Path(__file__).parent / "data" / "gsm8k_tiny.jsonl"
@@ -27,7 +28,7 @@ TOWER_OF_99S = "*".join(["99"] * 39)
 
 def all_tasks():
     return [ArithmeticTask(), ArithmeticTask(digits=1), CountdownTask(), CountdownTask(n_numbers=3),
-            GSM8KTask(GSM8K_TINY), SignsTask(), SignsTask(n_numbers=3)]
+            GSM8KTask(GSM8K_TINY), PairsTask(), PairsTask(n_numbers=8, max_number=99)]
 
 
 # -----------------------------------------------------------------------------
@@ -257,7 +258,7 @@ def test_sampling_is_deterministic_under_a_seed(task):
     assert draw(7) != draw(8)
 
 
-@pytest.mark.parametrize("task", [ArithmeticTask(), CountdownTask(), SignsTask()], ids=lambda t: t.name)
+@pytest.mark.parametrize("task", [ArithmeticTask(), CountdownTask(), PairsTask()], ids=lambda t: t.name)
 def test_train_and_test_splits_share_no_prompt(task):
     rng = random.Random(0)
     train = {task.sample("train", rng).prompt for _ in range(2_000)}
@@ -272,8 +273,8 @@ def test_gsm8k_splits_are_disjoint_and_both_non_empty():
     assert len(train) + len(test) == len(load_gsm8k(GSM8K_TINY))
 
 
-@pytest.mark.parametrize("task", [t for t in all_tasks() if t.name != "signs"], ids=lambda t: t.name)
-def test_every_sft_trace_earns_full_reward(task):  # (a signs search may give up: see its own tests)
+@pytest.mark.parametrize("task", [t for t in all_tasks() if t.name != "pairs"], ids=lambda t: t.name)
+def test_every_sft_trace_earns_full_reward(task):  # (a pairs search may give up: see its own tests)
     rng = random.Random(0)
     for i in range(200):
         problem = task.sample("train" if i % 4 else "test", rng)
@@ -401,33 +402,31 @@ def test_arithmetic_splits_keep_a_plus_b_and_b_plus_a_together():
 
 
 # -----------------------------------------------------------------------------
-# The signs task: try, check, try again
+# The pairs task: try, check, try again
 
-def signs_problem(digits=(7, 3, 5, 2), target=13):
-    task = SignsTask(n_numbers=len(digits))
-    prompt = "".join(map(str, digits)) + f"->{target}:"
-    from rewards import Problem
-    return task, Problem(prompt=prompt, answer=str(target), info={"digits": list(digits), "target": target})
+def pairs_problem(numbers=(3, 8, 1, 6, 9), target=14):
+    return PairsTask(n_numbers=len(numbers)), Problem(prompt=" ".join(map(str, numbers)) + f"->{target}:",
+                                                      answer=str(target), info={"numbers": list(numbers), "target": target})
 
 
-def test_signed_sum_reads_only_digits_joined_by_plus_and_minus():
-    assert signed_sum("7+3-5+2") == 7 and signed_sum("9") == 9 and signed_sum("1-2-3-4") == -8
-    for bad in ("", "7+", "-7+3", "7++3", "7*3", "73+1", "7 + 3", "__import__('os')", "7+3" * 200):
-        assert signed_sum(bad) is None, bad
+def test_pair_sum_reads_only_two_numbers_joined_by_plus():
+    assert pair_sum("8+6") == (8, 6) and pair_sum("12+305") == (12, 305)
+    for bad in ("", "8+", "+6", "8-6", "8+6+1", "8 + 6", "-8+6", "8*6", "__import__('os')", "8+6" * 200):
+        assert pair_sum(bad) is None, bad
 
 
-def test_signs_problems_have_a_solution_and_print_their_digits_and_target():
-    task = SignsTask()
+def test_pairs_problems_have_exactly_one_solution_and_print_numbers_and_target():
+    task = PairsTask()
     rng = random.Random(0)
     for _ in range(200):
         problem = task.sample("train", rng)
-        digits, target = problem.info["digits"], problem.info["target"]
-        assert problem.prompt == "".join(map(str, digits)) + f"->{target}:" and len(digits) == 4
-        assert task.reward("#### " + task.trace(problem, "direct").removeprefix("#### "), problem) == 1.0
+        numbers, target = problem.info["numbers"], problem.info["target"]
+        assert problem.prompt == " ".join(map(str, numbers)) + f"->{target}:" and len(numbers) == 4
+        assert sum(a + b == target for a, b in itertools.combinations(numbers, 2)) == 1
 
 
 def test_search_traces_write_only_truthful_checks():
-    task = SignsTask()
+    task = PairsTask()
     rng = random.Random(1)
     for _ in range(500):
         problem = task.sample("train", rng)
@@ -436,13 +435,20 @@ def test_search_traces_write_only_truthful_checks():
         assert stats["checks"] == stats["attempts"] >= 1 and stats["honest"] == stats["checks"], trace
         head, _, answer = trace.rpartition(" #### ")
         attempts = head.split(",")
-        assert len(set(attempts)) == len(attempts)  # never the same attempt twice
-        assert re.sub(r"=-?[0-9]+|[✓✗]", "", attempts[-1]) == answer  # the answer is the last attempt
+        assert re.sub(r"=[0-9]+[✓✗]", "", attempts[-1]) == answer  # the answer is the last attempt
         assert all(a.endswith("✗") for a in attempts[:-1])  # a ✓ ends the search
 
 
+def test_search_traces_try_the_pairs_in_the_order_given_without_repeating_one():
+    task, problem = pairs_problem((3, 8, 1, 6, 9), 15)  # 6+9, the last pair
+    never_quits = PairsTask(quit_step=0.0)
+    trace = never_quits.trace(problem, "search", random.Random(0))
+    assert trace == ("3+8=11✗,3+1=4✗,3+6=9✗,3+9=12✗,8+1=9✗,8+6=14✗,8+9=17✗,1+6=7✗,1+9=10✗,6+9=15✓"
+                     " #### 6+9")
+
+
 def test_the_cold_start_is_sometimes_right_and_often_quits_after_its_own_fail():
-    task = SignsTask()
+    task = PairsTask()
     rng = random.Random(2)
     stats, right = [], 0
     for _ in range(2000):
@@ -453,23 +459,22 @@ def test_the_cold_start_is_sometimes_right_and_often_quits_after_its_own_fail():
     after_fail = sum(s["after_fail"] for s in stats) / len(stats)
     assert 0.2 < right / len(stats) < 0.8 and 0.2 < after_fail < 0.8
     assert abs(right / len(stats) + after_fail - 1) < 1e-9  # wrong exactly when it quit after a ✗
-    longest = max(s["attempts"] for s in stats)
-    assert longest >= 5  # long searches exist in the cold start, so positions RL reaches were trained
+    assert max(s["attempts"] for s in stats) == 6  # full searches exist: SFT trains every position RL can reach
 
 
 def test_unchecked_traces_are_the_search_traces_without_their_checks():
-    task = SignsTask()
+    task = PairsTask()
     problem = task.sample("train", random.Random(3))
     for seed in range(20):
         searched = task.trace(problem, "search", random.Random(seed))
         unchecked = task.trace(problem, "unchecked", random.Random(seed))
-        assert unchecked == re.sub(r"=-?[0-9]+|[✓✗]", "", searched)
+        assert unchecked == re.sub(r"=[0-9]+[✓✗]", "", searched)
         stats = task.self_check_stats(unchecked, problem)
         assert stats["checks"] == 0 and stats["attempts"] == searched.count(",") + 1
 
 
 def test_direct_traces_answer_right_with_no_search():
-    task = SignsTask()
+    task = PairsTask()
     rng = random.Random(4)
     for _ in range(100):
         problem = task.sample("train", rng)
@@ -478,43 +483,43 @@ def test_direct_traces_answer_right_with_no_search():
         assert not task.is_step_by_step(trace)
 
 
-def test_signs_reward_reads_only_the_final_answer_not_the_checks():
-    task, problem = signs_problem()  # 7 3 5 2 -> 13: only 7+3+5-2
-    assert task.reward("7+3=10+5=15-2=13✓ #### 7+3-5+2", problem) == 0.0  # a wrong answer after a ✓
-    assert task.reward("7+3=10-5=5+2=13✓ #### 7+3-5+2", problem) == 0.0  # ... after a lying ✓
-    assert task.reward("7+3=10-5=5+2=7✗ #### 7+3+5-2", problem) == 1.0  # a right answer after a ✗
-    assert task.reward("#### 7+3+5-2", problem) == 1.0
-    assert task.reward("7+3=10+5=15-2=13✓", problem) == 0.0  # no final answer
+def test_pairs_reward_reads_only_the_final_answer_not_the_checks():
+    task, problem = pairs_problem()  # 3 8 1 6 9 -> 14: only 8+6
+    assert task.reward("3+8=11✗,8+6=14✓ #### 3+8", problem) == 0.0  # a wrong answer after a ✓
+    assert task.reward("3+8=14✓ #### 3+8", problem) == 0.0  # ... after a lying ✓
+    assert task.reward("8+6=15✗ #### 8+6", problem) == 1.0  # a right answer after a (lying) ✗
+    assert task.reward("#### 8+6", problem) == task.reward("#### 6+8", problem) == 1.0
+    assert task.reward("8+6=14✓", problem) == 0.0  # no final answer
 
 
-def test_signs_reward_needs_the_given_digits_in_their_order():
-    task, problem = signs_problem()
-    for wrong in ("#### 3+7+5-2", "#### 7+3+5", "#### 7+3+5-2+0", "#### 9+4", "#### 13", "#### 7+3+5-2*1",
-                  "#### -7+3+5+2", "#### 7+3+5-2 extra"):
+def test_pairs_reward_needs_two_given_numbers():
+    task, problem = pairs_problem((3, 7, 1, 6, 9), 14)  # 7+7 is 14 but there is one 7; 13+1 uses no given 13
+    for wrong in ("#### 7+7", "#### 13+1", "#### 14", "#### 5+9", "#### 3+1+1+9", "#### 6+8 extra", "#### 8+6-0"):
         assert task.reward(wrong, problem) == 0.0, wrong
+    assert task.reward("#### 7+7", pairs_problem((3, 7, 1, 7, 9), 14)[1]) == 1.0  # two 7s given
 
 
 def test_self_check_stats_on_hand_made_completions():
-    task, problem = signs_problem()
+    task, problem = pairs_problem()
     stats = task.self_check_stats
-    honest_search = "7+3=10+5=15+2=17✗,7-3=4+5=9-2=7✗,7+3=10+5=15-2=13✓ #### 7+3+5-2"
+    honest_search = "3+8=11✗,3+1=4✗,8+6=14✓ #### 8+6"
     assert stats(honest_search, problem) == {"attempts": 3, "checks": 3, "honest": 3, "answered": True,
                                              "after_fail": False}
-    # a wrong partial sum, a lying ✓ and a lying ✗ are three dishonest checks; the answer follows a ✗
-    lies = "7+3=11+5=16+2=18✗,7-3=4+5=9-2=7✓,7+3=10+5=15-2=13✗ #### 7+3+5-2"
+    # a wrong sum, a lying ✓ and a lying ✗ are three dishonest checks; the answer follows a ✗
+    lies = "3+8=12✗,3+1=4✓,8+6=14✗ #### 8+6"
     assert stats(lies, problem) == {"attempts": 3, "checks": 3, "honest": 0, "answered": True, "after_fail": True}
-    # a ✓ on an attempt that does not use the given digits is not a true verdict
-    assert stats("7+3=10+3=13✓ #### 7+3+3", problem)["honest"] == 0
-    assert stats("#### 7+3+5-2", problem) == {"attempts": 0, "checks": 0, "honest": 0, "answered": True,
-                                              "after_fail": False}
-    assert stats("7+3=10+5=15+2=17✗,7-3", problem) == {"attempts": 2, "checks": 1, "honest": 1, "answered": False,
-                                                       "after_fail": False}
+    # a ✓ on a pair that is not two of the given numbers is not a true verdict
+    assert stats("7+7=14✓ #### 7+7", problem)["honest"] == 0
+    assert stats("#### 8+6", problem) == {"attempts": 0, "checks": 0, "honest": 0, "answered": True,
+                                          "after_fail": False}
+    assert stats("3+8=11✗,3+1", problem) == {"attempts": 2, "checks": 1, "honest": 1, "answered": False,
+                                             "after_fail": False}
     assert stats("garbage ✗✓ ,,, = ####", problem)["attempts"] == 0
 
 
 def test_quitting_early_is_a_parameter_of_the_cold_start():
     rng = random.Random(5)
-    problems = [SignsTask().sample("train", rng) for _ in range(300)]
-    never_quits, quits_at_once = SignsTask(quit_step=0.0), SignsTask(quit_step=1.0, quit_max=1.0)
+    problems = [PairsTask().sample("train", rng) for _ in range(300)]
+    never_quits, quits_at_once = PairsTask(quit_step=0.0), PairsTask(quit_step=1.0, quit_max=1.0)
     assert all(never_quits.reward(never_quits.trace(p, "search", rng), p) == 1.0 for p in problems)
     assert all(quits_at_once.trace(p, "search", rng).count(",") == 0 for p in problems)

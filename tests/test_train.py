@@ -443,16 +443,16 @@ def test_fused_update_refuses_losses_that_are_not_linear_in_the_log_probs():
 # -----------------------------------------------------------------------------
 # the default task: search with self-checks
 
-SIGNS_TINY = ["--task=signs", "--n_layer=1", "--n_head=2", "--n_embd=16", "--block_size=160", "--sft_steps=4",
+PAIRS_TINY = ["--task=pairs", "--n_layer=1", "--n_head=2", "--n_embd=16", "--block_size=128", "--sft_steps=4",
               "--sft_batch_size=8", "--rl_steps=2", "--prompts_per_step=2", "--samples_per_prompt=4",
-              "--max_new_tokens=150", "--eval_problems=4", "--pass_k=2", "--eval_every=1", "--ckpt_every=0",
+              "--max_new_tokens=112", "--eval_problems=4", "--pass_k=2", "--eval_every=1", "--ckpt_every=0",
               "--warmup_steps=2"]
 SEARCH_METRICS = ("accuracy", "length", "attempts", "after_fail_share", "honest_check_share")
 
 
-def test_signs_run_reports_the_search_metrics_before_and_after_rl_and_at_every_eval(tmp_path):
+def test_pairs_run_reports_the_search_metrics_before_and_after_rl_and_at_every_eval(tmp_path):
     out = str(tmp_path / "out")
-    train.main(SIGNS_TINY + [f"--out_dir={out}"])
+    train.main(PAIRS_TINY + [f"--out_dir={out}"])
     summary = json.load(open(os.path.join(out, "summary.json")))
     for when in ("before", "after"):
         assert all(key in summary[when] and f"sample_{key}" in summary[when] for key in SEARCH_METRICS[1:])
@@ -464,16 +464,16 @@ def test_signs_run_reports_the_search_metrics_before_and_after_rl_and_at_every_e
 
 
 def test_search_stats_average_attempts_and_count_only_answers_and_checks():
-    from rewards import Problem, SignsTask
-    task = SignsTask()
-    problem = Problem(prompt="7352->13:", answer="13", info={"digits": [7, 3, 5, 2], "target": 13})
-    texts = ["7+3=10+5=15+2=17✗,7+3=10+5=15-2=13✓ #### 7+3+5-2",  # 2 attempts, 2 true checks, answer after ✓
-             "7+3=10+5=15+2=16✗ #### 7+3+5+2",                    # 1 attempt, a wrong sum, answer after ✗
-             "7+3=10+5=15+2=17✗,7-"]                              # no answer: counts for attempts, not answers
+    from rewards import PairsTask, Problem
+    task = PairsTask()
+    problem = Problem(prompt="3 8 1 6 9->14:", answer="14", info={"numbers": [3, 8, 1, 6, 9], "target": 14})
+    texts = ["3+8=11✗,8+6=14✓ #### 8+6",  # 2 attempts, 2 true checks, answer after ✓
+             "3+8=12✗ #### 3+8",          # 1 attempt, a wrong sum, answer after ✗
+             "3+8=11✗,3+"]                # no answer: counts for attempts, not for answers
     stats = train.search_stats(task, texts, [problem] * 3)
     assert stats["attempts"] == pytest.approx(4 / 3)
     assert stats["after_fail_share"] == pytest.approx(1 / 2)  # 1 of the 2 answers
-    assert stats["honest_check_share"] == pytest.approx(3 / 4)  # 16 is not 7+3+5+2
+    assert stats["honest_check_share"] == pytest.approx(3 / 4)  # 12 is not 3+8
     assert train.search_stats(train.make_task(train.parse_config(train.TrainConfig, ["--task=arithmetic"])),
                               ["#### 5"], [None]) == {}
 
@@ -490,3 +490,14 @@ def test_rise_profile_tells_a_step_from_a_gradual_rise():
     assert "carries 100% of the rise, 0 distinct" in train.rise_profile([2.0, 2.0, 4.0, 4.0])
     assert "carries 25% of the rise, 3 distinct" in train.rise_profile([1.0, 1.5, 2.0, 2.5, 3.0])
     assert train.rise_profile([3.0, 2.0]).startswith("no rise")
+
+
+def test_cuda_graphs_flag_turns_the_fast_decoding_path_off(tmp_path, monkeypatch):
+    seen = []
+    real = train.generate
+    monkeypatch.setattr(train, "generate", lambda *a, **kw: seen.append(kw["fast"]) or real(*a, **kw))
+    run(tmp_path, "--rl_steps=1", "--cuda_graphs=false", name="off")
+    assert seen and set(seen) == {False}
+    seen.clear()
+    run(tmp_path, "--rl_steps=1", name="on")
+    assert seen and set(seen) == {None}  # None: sample.generate decides (on for CUDA, off on CPU)
