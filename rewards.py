@@ -375,8 +375,8 @@ def pair_sum(expression: str) -> tuple[int, int] | None:
 class PairsTask:
     """Countdown-lite, the default task: which two of the given numbers add up to the target?
 
-        prompt       "3 8 1 6 9->14:"
-        completion   "3+8=11✗,3+1=4✗,3+6=9✗,3+9=12✗,8+1=9✗,8+6=14✓ #### 8+6"
+        prompt       "5 4 8 3->11:"
+        completion   "5+4=9✗,5+8=13✗,5+3=8✗,4+8=12✗,4+3=7✗,8+3=11✓ #### 8+3"
 
     Each attempt is a pair, checked by the model itself: its sum (one small addition, as easy as a
     scratchpad step), then the verdict, ✓ if the sum is the target and ✗ if not. After a ✗ it may
@@ -404,12 +404,15 @@ class PairsTask:
         self.n_numbers, self.max_number, self.quit_step, self.quit_max = n_numbers, max_number, quit_step, quit_max
 
     def _make(self, rng: random.Random) -> Problem:
-        while True:  # one solution exactly, so that finding it takes a search
+        for _ in range(10_000):  # one solution exactly, so that finding it takes a search
             numbers = [rng.randint(1, self.max_number) for _ in range(self.n_numbers)]
             i, j = rng.sample(range(self.n_numbers), 2)
             target = numbers[i] + numbers[j]
             if sum(a + b == target for a, b in itertools.combinations(numbers, 2)) == 1:
                 break
+        else:
+            raise ValueError(f"{self.n_numbers} numbers from 1..{self.max_number} almost never have a pair with "
+                             "a sum no other pair has: use fewer numbers or a larger max_number")
         prompt = " ".join(map(str, numbers)) + f"->{target}:"
         return Problem(prompt=prompt, answer=str(target), info={"numbers": numbers, "target": target})
 

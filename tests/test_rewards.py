@@ -523,3 +523,11 @@ def test_quitting_early_is_a_parameter_of_the_cold_start():
     never_quits, quits_at_once = PairsTask(quit_step=0.0), PairsTask(quit_step=1.0, quit_max=1.0)
     assert all(never_quits.reward(never_quits.trace(p, "search", rng), p) == 1.0 for p in problems)
     assert all(quits_at_once.trace(p, "search", rng).count(",") == 0 for p in problems)
+
+
+def test_pairs_settings_without_unique_solutions_are_a_clear_error_not_a_hang():
+    class AllOnes(random.Random):  # every number drawn is 1: every pair has the same sum
+        def randint(self, a, b):
+            return 1
+    with pytest.raises(ValueError, match="fewer numbers or a larger max_number"):
+        PairsTask().sample("train", AllOnes(0))
