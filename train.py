@@ -136,6 +136,7 @@ def check_config(cfg):
     if cfg.task == "gsm8k" and not os.path.isfile(cfg.data_path):
         raise ValueError(f"--data_path={cfg.data_path} is not a file (missing, or a directory)")
     pick_device(cfg.device)  # a typo or a missing GPU fails here, before any work
+    # the paper variants' and the fused update's cross-field rules
     if cfg.fused_update and (cfg.loss_type != "reinforce" or cfg.clip_eps or cfg.kl_coef or cfg.updates_per_batch > 1):
         raise ValueError("--fused_update needs the plain on-policy loss: loss_type=reinforce, no clip_eps, "
                          "no kl_coef, updates_per_batch=1")
@@ -418,6 +419,7 @@ def build_model(cfg, device, ckpt=None):
     return model.to(device), tokenizer_name
 
 # -----------------------------------------------------------------------------
+# the method, one step at a time (the bookkeeping is in the helpers below)
 
 def main(argv):
     """The method: set up, cold start (SFT), then RL. -> the summary (None if interrupted, or not rank 0)."""
