@@ -1,6 +1,7 @@
 """
-The math of the RL update: token log-probs, rewards, advantages and the policy-gradient loss.
-torch only, no I/O; train.py calls these functions, tests/test_reinforce.py checks them:
+The math of the RL update: rewards, advantages, the policy-gradient loss, and the fused token
+log-probs it is computed on. torch only, no I/O; train.py calls these functions,
+tests/test_reinforce.py checks them:
 
     python -m pytest -q tests/test_reinforce.py
 
@@ -11,178 +12,18 @@ The objective is the expected exact reward of a sampled completion y ~ π_θ(·|
     J(θ) = E_y[r(y)],   ∇J = E_y[(r(y) − b) ∇log π_θ(y)]   (REINFORCE, Williams 1992)
 for any baseline b that does not depend on y itself. log π_θ(y) = Σ_t log π_θ(y_t | y_<t), so
 the loss is −Σ_t A · log π_θ(y_t) with A = r − b, averaged over tokens or sequences.
+
+The file reads in that order: rewards and advantages, the loss (and the cold start's SFT loss),
+the paper variants (all off by default), then the speed-ups: token log-probs computed chunk by
+chunk without the (N, V) logits, and the fused update that makes the head's gradient in the
+forward pass.
 """
 
 import torch
 
 BASELINES = ("none", "batch", "group", "rloo")
-AGGREGATIONS = ("token-mean", "seq-mean", "const")
+AGGREGATIONS = ("seq-mean", "token-mean", "const")
 LOSS_TYPES = ("reinforce", "mirror")
-
-# -----------------------------------------------------------------------------
-# token log-probs without materialising the (N, V) logits
-
-LOGPROB_MEMORY = 200 * 2**20  # bytes: the budget of one chunk's (rows, V) float32 temporaries
-
-
-def default_chunk_size(vocab_size, budget=None):
-    """Rows per chunk so that a chunk's temporaries fit in `budget` bytes (None: LOGPROB_MEMORY):
-    about two (rows, V) float32 matrices live at once (the logits and one temporary; measured with
-    bench.py logprobs). At most 1024 rows: a small vocabulary gains nothing from bigger chunks (and the results of the
-    default run stay those of the old fixed 1024). GPT-2's V=50257 gives 521 rows."""
-    return max(1, min(1024, (budget or LOGPROB_MEMORY) // (2 * 4 * vocab_size)))
-
-
-def _compute_dtype(hidden, weight):
-    # under autocast the head matmul runs in the autocast dtype (bf16); otherwise in the inputs' dtype
-    device_type = hidden.device.type
-    if torch.is_autocast_enabled(device_type) and hidden.dtype != torch.float64:
-        return torch.get_autocast_dtype(device_type)
-    return torch.promote_types(hidden.dtype, weight.dtype)
-
-class TokenLogprobs(torch.autograd.Function):
-    """log softmax(hidden @ weight.T)[n, targets[n]], computed chunk_size rows at a time.
-
-    Only hidden, weight, targets and the (N,) logsumexp are saved; backward recomputes each chunk's
-    logits (one more head matmul) instead of keeping N*V floats alive between forward and backward.
-    """
-
-    @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk_size, return_entropy):
-        cdt = _compute_dtype(hidden, weight)  # dtype of the matmuls
-        acc = torch.promote_types(cdt, torch.float32)  # dtype of logits, logsumexp, outputs
-        N = hidden.shape[0]
-        valid = targets >= 0  # (N,) targets == -1 are ignored
-        safe = targets.clamp(min=0)  # (N,) a legal index for gather at ignored rows
-        logprobs = torch.empty(N, dtype=acc, device=hidden.device)
-        lse = torch.empty(N, dtype=acc, device=hidden.device)
-        entropy = torch.empty(N if return_entropy else 0, dtype=acc, device=hidden.device)
-        with torch.autocast(hidden.device.type, enabled=False):
-            w = weight.to(cdt)  # (V, C)
-            for s in range(0, N, chunk_size):
-                e = min(s + chunk_size, N)
-                z = (hidden[s:e].to(cdt) @ w.T).to(acc)  # (n, V) logits of this chunk, upcast
-                lse[s:e] = torch.logsumexp(z, dim=-1)  # (n,)
-                # log π(y) = z_y − log Σ_v exp(z_v)
-                logprobs[s:e] = z.gather(1, safe[s:e, None]).squeeze(1) - lse[s:e]
-                if return_entropy:
-                    # H = −Σ_v p_v log p_v = lse − Σ_v p_v z_v
-                    p = (z - lse[s:e, None]).exp_()
-                    entropy[s:e] = lse[s:e] - (p * z).sum(-1)
-        logprobs = torch.where(valid, logprobs, 0.0)
-        if return_entropy:
-            entropy = torch.where(valid, entropy, 0.0)
-        ctx.save_for_backward(hidden, weight, targets, lse)
-        ctx.chunk_size, ctx.cdt = chunk_size, cdt
-        ctx.mark_non_differentiable(entropy)
-        return logprobs, entropy
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_logprobs, grad_entropy):
-        hidden, weight, targets, lse = ctx.saved_tensors
-        cdt, acc, N = ctx.cdt, lse.dtype, hidden.shape[0]
-        # ignored rows get no gradient at all: zero their upstream gradient
-        g = torch.where(targets >= 0, grad_logprobs.to(acc), 0.0)  # (N,)
-        safe = targets.clamp(min=0)
-        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_h = torch.zeros(hidden.shape, dtype=acc, device=hidden.device) if need_h else None
-        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
-        with torch.autocast(hidden.device.type, enabled=False):
-            w = weight.to(cdt)  # (V, C)
-            for s in range(0, N, ctx.chunk_size):
-                e = min(s + ctx.chunk_size, N)
-                h = hidden[s:e].to(cdt)  # (n, C)
-                z = (h @ w.T).to(acc)  # (n, V) the same logits as forward
-                _backprop_chunk(z, lse[s:e], g[s:e], safe[s:e], h, w, grad_h, grad_w, s, e)
-        grad_h = grad_h.to(hidden.dtype) if need_h else None
-        grad_w = grad_w.to(weight.dtype) if need_w else None
-        return grad_h, grad_w, None, None, None
-
-def _backprop_chunk(z, lse, g, targets, h, w, grad_h, grad_w, s, e):
-    """Gradients of Σ_n g_n log p(targets_n) through one chunk's logits z (n, V) (overwritten).
-    log p_y = z_y − log Σ_u exp(z_u), so d log p_y / d z_v = 1[v = y] − exp(z_v − lse) = 1[v = y] − p_v;
-    chain rule: dL/dz = g · (onehot(y) − softmax(z)), g = dL/d log p_y the upstream gradient."""
-    dz = z.sub_(lse[:, None]).exp_().mul_(-g[:, None])  # (n, V) −g·softmax, in place
-    dz[torch.arange(e - s, device=dz.device), targets] += g  # + g·onehot
-    # z = h Wᵀ, so dL/dh = dz W and dL/dW = dzᵀ h (summed over the chunk's rows)
-    if grad_h is not None:
-        grad_h[s:e] = dz.to(w.dtype) @ w
-    if grad_w is not None:
-        grad_w.addmm_(dz.T, h.to(dz.dtype))  # accumulate in place: no (V, C) temporary
-
-
-class WeightedLogprobSum(torch.autograd.Function):
-    """Σ_n c_n · log p(y_n) for coefficients c known BEFORE the sum is taken, with the gradient
-    computed during the forward pass.
-
-    REINFORCE is such a sum: its loss is −Σ_t (A/norm) log π(y_t), and A is fixed once the rewards
-    are in. So dL/dz = c·(onehot − softmax) is known chunk by chunk while the logits are there,
-    and the backward pass has nothing left to recompute: 3 head matmuls (logits, dh, dW) instead of
-    token_logprobs' 4. Saved: dh (N, C) and dW (V, C), the size of the gradients themselves.
-    """
-
-    @staticmethod
-    def forward(ctx, hidden, weight, targets, coef, chunk_size):
-        cdt = _compute_dtype(hidden, weight)
-        acc = torch.promote_types(cdt, torch.float32)
-        N = hidden.shape[0]
-        c = torch.where(targets >= 0, coef.to(acc), 0.0)  # (N,) ignored rows count 0
-        safe = targets.clamp(min=0)
-        logprobs = torch.empty(N, dtype=acc, device=hidden.device)
-        grad_h = torch.empty(hidden.shape, dtype=acc, device=hidden.device)
-        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device)
-        with torch.autocast(hidden.device.type, enabled=False):
-            w = weight.to(cdt)  # (V, C)
-            for s in range(0, N, chunk_size):
-                e = min(s + chunk_size, N)
-                h = hidden[s:e].to(cdt)  # (n, C)
-                z = (h @ w.T).to(acc)  # (n, V)
-                lse = torch.logsumexp(z, dim=-1)  # (n,)
-                logprobs[s:e] = z.gather(1, safe[s:e, None]).squeeze(1) - lse
-                _backprop_chunk(z, lse, c[s:e], safe[s:e], h, w, grad_h, grad_w, s, e)
-        logprobs = torch.where(targets >= 0, logprobs, 0.0)
-        ctx.save_for_backward(grad_h, grad_w)
-        ctx.dtypes = hidden.dtype, weight.dtype
-        ctx.mark_non_differentiable(logprobs)
-        return (c * logprobs).sum(), logprobs
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_total, grad_logprobs):
-        grad_h, grad_w = ctx.saved_tensors  # d total / d hidden, d total / d weight
-        return (grad_h.mul_(grad_total).to(ctx.dtypes[0]), grad_w.mul_(grad_total).to(ctx.dtypes[1]),
-                None, None, None)
-
-
-def weighted_logprob_sum(hidden, weight, targets, coef, chunk_size=None):
-    """hidden (N, C), weight (V, C), targets (N,), coef (N,) no grad -> (Σ_n coef_n · log p(targets_n),
-    logprobs (N,) detached). The gradient is computed in the forward pass (see WeightedLogprobSum):
-    use it where the coefficients are known up front, as in on-policy REINFORCE.
-    chunk_size: rows per chunk (None: from the memory budget, default_chunk_size)."""
-    return WeightedLogprobSum.apply(hidden.reshape(-1, hidden.shape[-1]), weight, targets.reshape(-1),
-                                    coef.reshape(-1).detach(), chunk_size or default_chunk_size(weight.shape[0]))
-
-
-def token_logprobs(hidden, weight, targets, chunk_size=None, return_entropy=False):
-    """hidden (N, C), weight (V, C), targets (N,) int64 -> logprobs (N,) float32 (float64 for
-    float64 inputs); targets == -1 are ignored (logprob 0, no gradient). Leading dims of hidden
-    and targets may be anything (e.g. (B, T, C) and (B, T)); the output takes targets' shape.
-    With return_entropy also the (detached) entropy of each row's distribution, 0 where ignored.
-    chunk_size: rows per chunk (None: from the memory budget, default_chunk_size)."""
-    shape = targets.shape
-    hidden, targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
-    chunk_size = chunk_size or default_chunk_size(weight.shape[0])
-    logprobs, entropy = TokenLogprobs.apply(hidden, weight, targets, chunk_size, return_entropy)
-    if return_entropy:
-        return logprobs.view(shape), entropy.view(shape)
-    return logprobs.view(shape)
-
-def sft_loss(hidden, weight, targets, chunk_size=None):
-    """Cold-start supervised loss: mean of −log π(target) over targets != -1 (cross-entropy)."""
-    logprobs = token_logprobs(hidden, weight, targets, chunk_size)
-    n = (targets >= 0).sum().clamp(min=1)  # no valid target -> loss 0, not NaN
-    return -logprobs.sum() / n
 
 # -----------------------------------------------------------------------------
 # rewards and advantages
@@ -210,18 +51,6 @@ def shape_rewards(correct, wrong_reward=0.0):
     """correct (B,) 0/1 -> (B,) float: 1 where correct, wrong_reward (0 or −1) elsewhere."""
     correct = correct.float() if not correct.is_floating_point() else correct
     return torch.where(correct > 0.5, 1.0, wrong_reward).to(correct.dtype)
-
-def length_penalty(lengths, correct, group_ids):
-    """Kimi k1.5 §2.3.3 length reward, per group of samples of one prompt:
-        λ = 0.5 − (len − min_len) / (max_len − min_len)
-    correct samples get λ (short ones rewarded, long ones penalised), wrong ones min(0, λ) (only
-    penalised); a group whose lengths are all equal gets 0. Returns (B,) float; the trainer scales it."""
-    L = lengths.float() if not lengths.is_floating_point() else lengths  # (B,)
-    g, n = _groups(group_ids)
-    lo, hi = (t[g] for t in _group_min_max(L, g, n))  # (B,) each
-    lam = 0.5 - (L - lo) / (hi - lo).clamp(min=1e-9)
-    lam = torch.where(hi > lo, lam, 0.0)
-    return torch.where(correct > 0.5, lam, lam.clamp(max=0.0))
 
 def compute_advantages(rewards, group_ids, baseline="group", std_normalize=False, eps=1e-6):
     """rewards (B,), group_ids (B,) (samples of one prompt share an id) -> advantages A (B,).
@@ -269,20 +98,14 @@ def compute_advantages(rewards, group_ids, baseline="group", std_normalize=False
 def _aggregate(x, mask, keep, aggregation, max_len):
     """x, mask (B, T), keep (B,) -> (x reduced over the trained tokens, the normaliser it was divided by)"""
     m = mask * keep[:, None]  # (B, T) dropped sequences weigh 0
-    if aggregation == "token-mean":
-        # Σ over tokens / #tokens: every token weighs the same (DAPO, Yu et al. 2025)
-        norm = m.sum().clamp(min=1)
-        return (x * m).sum() / norm, norm
     if aggregation == "seq-mean":
         # mean over sequences of token means (GRPO): short answers' tokens weigh more, a length bias
         norm = keep.sum().clamp(min=1)
         return ((x * m).sum(1) / mask.sum(1).clamp(min=1)).sum() / norm, norm
-    # const: Σ over tokens / (B · max_len), a normaliser that is a constant: unbiased (Dr. GRPO, Liu et al. 2025)
-    norm = torch.tensor(float(mask.size(0) * max_len))
-    return (x * m).sum() / norm, norm
+    return _aggregate_variant(x, m, mask, aggregation, max_len)  # token-mean (DAPO), const (Dr. GRPO)
 
 def reinforce_loss(logprobs, old_logprobs, rewards, group_ids, completion_mask, *,
-                   baseline="group", std_normalize=False, aggregation="token-mean", max_len=None,
+                   baseline="group", std_normalize=False, aggregation="seq-mean", max_len=None,
                    loss_type="reinforce", tau=0.1, clip_eps=0.0, kl_coef=0.0, ref_logprobs=None,
                    drop_zero_signal=False):
     """The policy-gradient loss of one batch of B completions and its metrics.
@@ -291,18 +114,10 @@ def reinforce_loss(logprobs, old_logprobs, rewards, group_ids, completion_mask, 
     under the sampling policy, no grad (= logprobs.detach() when on-policy); rewards (B,);
     group_ids (B,); completion_mask (B, T) 1 on the completion tokens that are trained.
     Returns (loss, metrics) with loss a scalar to minimise and metrics a dict of Python floats.
-    loss_type "mirror" ignores baseline, std_normalize, aggregation and clip_eps (see below).
+    The defaults are train.TrainConfig's. Everything from loss_type on is a paper variant (see
+    that section below); loss_type "mirror" ignores baseline, std_normalize, aggregation and clip_eps.
     """
-    if baseline not in BASELINES:
-        raise ValueError(f"unknown baseline {baseline!r}; valid baselines: {', '.join(BASELINES)}")
-    if aggregation not in AGGREGATIONS:
-        raise ValueError(f"unknown aggregation {aggregation!r}; valid: {', '.join(AGGREGATIONS)}")
-    if loss_type not in LOSS_TYPES:
-        raise ValueError(f"unknown loss_type {loss_type!r}; valid: {', '.join(LOSS_TYPES)}")
-    if aggregation == "const" and loss_type == "reinforce" and max_len is None:
-        raise ValueError("aggregation 'const' needs max_len (the normaliser B * max_len)")
-    if kl_coef > 0 and ref_logprobs is None:
-        raise ValueError("kl_coef > 0 needs ref_logprobs")
+    _check_loss_options(baseline, aggregation, loss_type, max_len, kl_coef, ref_logprobs)
     mask = completion_mask.to(logprobs.dtype)  # (B, T)
     r = rewards.to(logprobs.dtype)  # (B,)
     g, n = _groups(group_ids)
@@ -315,40 +130,39 @@ def reinforce_loss(logprobs, old_logprobs, rewards, group_ids, completion_mask, 
         adv = compute_advantages(r, group_ids, baseline, std_normalize)  # (B,)
         A = adv[:, None]  # (B, 1)
         if clip_eps > 0:
-            # PPO clip (Schulman et al. 2017), for several steps on one batch: ratio = π_θ/π_old per token,
-            # objective min(ratio·A, clip(ratio, 1−ε, 1+ε)·A): no gradient once the ratio left [1−ε, 1+ε]
-            ratio = (logprobs - old_logprobs).exp()  # (B, T)
-            obj = torch.minimum(ratio * A, ratio.clamp(1 - clip_eps, 1 + clip_eps) * A)
-            # clip_frac: fraction of trained tokens whose gradient the clip zeroed
-            clipped = ((A > 0) & (ratio > 1 + clip_eps)) | ((A < 0) & (ratio < 1 - clip_eps))
-            m = mask * keep[:, None]
-            clip_frac = (clipped * m).sum() / m.sum().clamp(min=1)
+            obj, clip_frac = _clipped_objective(logprobs, old_logprobs, A, mask * keep[:, None], clip_eps)
         else:
             # REINFORCE: ∇J ≈ A ∇log π(y) = Σ_t A ∇log π(y_t), so each token's objective is A · log π(y_t)
             obj = A * logprobs  # (B, T)
         objective, norm = _aggregate(obj, mask, keep, aggregation, max_len)
         loss = -objective
     else:
-        # online policy mirror descent (Kimi k1.5 §2.3.2): regress τ·log(π_θ/π_old)(y) onto r − r̄
-        #   ρ_i = Σ_t log π_θ(y_t) − log π_old(y_t),  L = mean_i (r_i − r̄ − τρ_i)² / (2τ)
-        #   ∇L = −mean_i (r_i − r̄ − τρ_i) ∇ρ_i: at ρ = 0 (θ = θ_old) REINFORCE with a group-mean baseline
-        adv = compute_advantages(r, group_ids, "group")  # (B,) r − r̄ (0 in all-equal groups)
-        rho = ((logprobs - old_logprobs) * mask).sum(1)  # (B,) sequence log-ratio
-        per_seq = (adv - tau * rho) ** 2 / (2 * tau)  # (B,)
-        norm = keep.sum().clamp(min=1)
-        loss = (per_seq * keep).sum() / norm
+        loss, norm, adv = _mirror_loss(logprobs, old_logprobs, r, group_ids, mask, keep, tau)
 
     kl = torch.zeros(())
     if kl_coef > 0:
-        # k3 estimator of KL(π_θ ‖ π_ref) per token (Schulman 2020), ≥ 0 and unbiased: e^d − d − 1, d = ref − lp
-        d = ref_logprobs - logprobs  # (B, T)
         how = aggregation if loss_type == "reinforce" else "token-mean"
-        kl = _aggregate(d.exp() - d - 1, mask, keep, how, max_len)[0]
+        kl = _kl_penalty(logprobs, ref_logprobs, mask, keep, how, max_len)
         loss = loss + kl_coef * kl
+    return loss, _loss_metrics(r, adv, flat, completion_mask, keep, clip_frac, kl, norm)
 
+def _check_loss_options(baseline, aggregation, loss_type, max_len, kl_coef, ref_logprobs):
+    if baseline not in BASELINES:
+        raise ValueError(f"unknown baseline {baseline!r}; valid baselines: {', '.join(BASELINES)}")
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"unknown aggregation {aggregation!r}; valid: {', '.join(AGGREGATIONS)}")
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"unknown loss_type {loss_type!r}; valid: {', '.join(LOSS_TYPES)}")
+    if aggregation == "const" and loss_type == "reinforce" and max_len is None:
+        raise ValueError("aggregation 'const' needs max_len (the normaliser B * max_len)")
+    if kl_coef > 0 and ref_logprobs is None:
+        raise ValueError("kl_coef > 0 needs ref_logprobs")
+
+def _loss_metrics(r, adv, flat, completion_mask, keep, clip_frac, kl, norm):
+    """The batch's metrics as Python floats (read once per step)."""
     lengths = completion_mask.float().sum(1)  # (B,)
     adv = adv.detach().float()
-    metrics = {
+    return {
         "reward_mean": r.float().mean().item(),
         "adv_mean": adv.mean().item(),
         "adv_std": adv.std(unbiased=False).item(),
@@ -361,4 +175,243 @@ def reinforce_loss(logprobs, old_logprobs, rewards, group_ids, completion_mask, 
         "n_seqs_trained": keep.sum().item(),
         "normaliser": float(norm),  # what the loss was divided by (train.py rescales it under DDP)
     }
-    return loss, metrics
+
+def sft_loss(hidden, weight, targets, chunk_size=None):
+    """Cold-start supervised loss: mean of −log π(target) over targets != -1 (cross-entropy)."""
+    logprobs = token_logprobs(hidden, weight, targets, chunk_size)
+    n = (targets >= 0).sum().clamp(min=1)  # no valid target -> loss 0, not NaN
+    return -logprobs.sum() / n
+
+# -----------------------------------------------------------------------------
+# paper variants, all off by default: Kimi k1.5 (mirror descent, length reward), DAPO (token-mean,
+# dropping zero-signal groups: in reinforce_loss), Dr. GRPO (const), PPO clip, a KL penalty
+
+def _aggregate_variant(x, m, mask, aggregation, max_len):
+    """The other two normalisers of _aggregate; m = mask with dropped sequences zeroed."""
+    if aggregation == "token-mean":
+        # Σ over tokens / #tokens: every token weighs the same (DAPO, Yu et al. 2025)
+        norm = m.sum().clamp(min=1)
+        return (x * m).sum() / norm, norm
+    # const: Σ over tokens / (B · max_len), a normaliser that is a constant: unbiased (Dr. GRPO, Liu et al. 2025)
+    norm = torch.tensor(float(mask.size(0) * max_len))
+    return (x * m).sum() / norm, norm
+
+def length_penalty(lengths, correct, group_ids):
+    """Kimi k1.5 §2.3.3 length reward, per group of samples of one prompt:
+        λ = 0.5 − (len − min_len) / (max_len − min_len)
+    correct samples get λ (short ones rewarded, long ones penalised), wrong ones min(0, λ) (only
+    penalised); a group whose lengths are all equal gets 0. Returns (B,) float; the trainer scales it."""
+    L = lengths.float() if not lengths.is_floating_point() else lengths  # (B,)
+    g, n = _groups(group_ids)
+    lo, hi = (t[g] for t in _group_min_max(L, g, n))  # (B,) each
+    lam = 0.5 - (L - lo) / (hi - lo).clamp(min=1e-9)
+    lam = torch.where(hi > lo, lam, 0.0)
+    return torch.where(correct > 0.5, lam, lam.clamp(max=0.0))
+
+def _clipped_objective(logprobs, old_logprobs, A, m, clip_eps):
+    """PPO clip (Schulman et al. 2017), for several steps on one batch: ratio = π_θ/π_old per token,
+    objective min(ratio·A, clip(ratio, 1−ε, 1+ε)·A): no gradient once the ratio left [1−ε, 1+ε].
+    A (B, 1), m (B, T) the trained tokens -> (objective (B, T), clip_frac ())."""
+    ratio = (logprobs - old_logprobs).exp()  # (B, T)
+    obj = torch.minimum(ratio * A, ratio.clamp(1 - clip_eps, 1 + clip_eps) * A)
+    # clip_frac: fraction of trained tokens whose gradient the clip zeroed
+    clipped = ((A > 0) & (ratio > 1 + clip_eps)) | ((A < 0) & (ratio < 1 - clip_eps))
+    return obj, (clipped * m).sum() / m.sum().clamp(min=1)
+
+def _mirror_loss(logprobs, old_logprobs, r, group_ids, mask, keep, tau):
+    """Online policy mirror descent (Kimi k1.5 §2.3.2): regress τ·log(π_θ/π_old)(y) onto r − r̄
+        ρ_i = Σ_t log π_θ(y_t) − log π_old(y_t),  L = mean_i (r_i − r̄ − τρ_i)² / (2τ)
+        ∇L = −mean_i (r_i − r̄ − τρ_i) ∇ρ_i: at ρ = 0 (θ = θ_old) REINFORCE with a group-mean baseline
+    -> (loss, normaliser, advantages r − r̄ (B,))"""
+    adv = compute_advantages(r, group_ids, "group")  # (B,) r − r̄ (0 in all-equal groups)
+    rho = ((logprobs - old_logprobs) * mask).sum(1)  # (B,) sequence log-ratio
+    per_seq = (adv - tau * rho) ** 2 / (2 * tau)  # (B,)
+    norm = keep.sum().clamp(min=1)
+    return (per_seq * keep).sum() / norm, norm, adv
+
+def _kl_penalty(logprobs, ref_logprobs, mask, keep, aggregation, max_len):
+    """KL(π_θ ‖ π_ref) per token by the k3 estimator (Schulman 2020), ≥ 0 and unbiased:
+    e^d − d − 1 with d = log π_ref − log π_θ, aggregated like the loss."""
+    d = ref_logprobs - logprobs  # (B, T)
+    return _aggregate(d.exp() - d - 1, mask, keep, aggregation, max_len)[0]
+
+# -----------------------------------------------------------------------------
+# speed-up 1: token log-probs without materialising the (N, V) logits
+
+LOGPROB_MEMORY = 200 * 2**20  # bytes: the budget of one chunk's (rows, V) float32 temporaries
+
+
+def default_chunk_size(vocab_size, budget=None):
+    """Rows per chunk so that a chunk's temporaries fit in `budget` bytes (None: LOGPROB_MEMORY):
+    about two (rows, V) float32 matrices live at once (the logits and one temporary; measured with
+    bench.py logprobs). At most 1024 rows: a small vocabulary gains nothing from bigger chunks (and the results of the
+    default run stay those of the old fixed 1024). GPT-2's V=50257 gives 521 rows."""
+    return max(1, min(1024, (budget or LOGPROB_MEMORY) // (2 * 4 * vocab_size)))
+
+
+def _dtypes(hidden, weight):
+    """-> (dtype of the head matmuls, dtype of logits, logsumexp and outputs). Under autocast the
+    matmul runs in the autocast dtype (bf16); otherwise in the inputs' dtype."""
+    device_type = hidden.device.type
+    if torch.is_autocast_enabled(device_type) and hidden.dtype != torch.float64:
+        cdt = torch.get_autocast_dtype(device_type)
+    else:
+        cdt = torch.promote_types(hidden.dtype, weight.dtype)
+    return cdt, torch.promote_types(cdt, torch.float32)
+
+
+def _logit_chunks(hidden, w, acc, chunk_size):
+    """The loop all three passes share: rows [s, e) of hidden (N, C), chunk_size at a time ->
+    (s, e, h (n, C) in w's dtype, z = h @ wᵀ (n, V) upcast to acc). Only one chunk's logits exist
+    at a time. The callers run it with autocast off: the dtypes are chosen by _dtypes."""
+    N = hidden.shape[0]
+    for s in range(0, N, chunk_size):
+        e = min(s + chunk_size, N)
+        h = hidden[s:e].to(w.dtype)  # (n, C)
+        yield s, e, h, (h @ w.T).to(acc)  # (n, V)
+
+
+class TokenLogprobs(torch.autograd.Function):
+    """log softmax(hidden @ weight.T)[n, targets[n]], computed chunk_size rows at a time.
+
+    Only hidden, weight, targets and the (N,) logsumexp are saved; backward recomputes each chunk's
+    logits (one more head matmul) instead of keeping N*V floats alive between forward and backward.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk_size, return_entropy):
+        cdt, acc = _dtypes(hidden, weight)
+        N = hidden.shape[0]
+        valid = targets >= 0  # (N,) targets == -1 are ignored
+        safe = targets.clamp(min=0)  # (N,) a legal index for gather at ignored rows
+        logprobs = torch.empty(N, dtype=acc, device=hidden.device)
+        lse = torch.empty(N, dtype=acc, device=hidden.device)
+        entropy = torch.empty(N if return_entropy else 0, dtype=acc, device=hidden.device)
+        with torch.autocast(hidden.device.type, enabled=False):
+            for s, e, _, z in _logit_chunks(hidden, weight.to(cdt), acc, chunk_size):
+                lse[s:e] = torch.logsumexp(z, dim=-1)  # (n,)
+                # log π(y) = z_y − log Σ_v exp(z_v)
+                logprobs[s:e] = z.gather(1, safe[s:e, None]).squeeze(1) - lse[s:e]
+                if return_entropy:
+                    # H = −Σ_v p_v log p_v = lse − Σ_v p_v z_v
+                    p = (z - lse[s:e, None]).exp_()
+                    entropy[s:e] = lse[s:e] - (p * z).sum(-1)
+        logprobs = torch.where(valid, logprobs, 0.0)
+        if return_entropy:
+            entropy = torch.where(valid, entropy, 0.0)
+        ctx.save_for_backward(hidden, weight, targets, lse)
+        ctx.chunk_size, ctx.cdt = chunk_size, cdt
+        ctx.mark_non_differentiable(entropy)
+        return logprobs, entropy
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_logprobs, grad_entropy):
+        hidden, weight, targets, lse = ctx.saved_tensors
+        acc = lse.dtype
+        # ignored rows get no gradient at all: zero their upstream gradient
+        g = torch.where(targets >= 0, grad_logprobs.to(acc), 0.0)  # (N,)
+        safe = targets.clamp(min=0)
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_h = torch.zeros(hidden.shape, dtype=acc, device=hidden.device) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
+        with torch.autocast(hidden.device.type, enabled=False):
+            w = weight.to(ctx.cdt)  # (V, C)
+            for s, e, h, z in _logit_chunks(hidden, w, acc, ctx.chunk_size):  # the same logits as forward
+                _backprop_chunk(z, lse[s:e], g[s:e], safe[s:e], h, w, grad_h, grad_w, s, e)
+        grad_h = grad_h.to(hidden.dtype) if need_h else None
+        grad_w = grad_w.to(weight.dtype) if need_w else None
+        return grad_h, grad_w, None, None, None
+
+def _backprop_chunk(z, lse, g, targets, h, w, grad_h, grad_w, s, e):
+    """Gradients of Σ_n g_n log p(targets_n) through one chunk's logits z (n, V) (overwritten).
+    log p_y = z_y − log Σ_u exp(z_u), so d log p_y / d z_v = 1[v = y] − exp(z_v − lse) = 1[v = y] − p_v;
+    chain rule: dL/dz = g · (onehot(y) − softmax(z)), g = dL/d log p_y the upstream gradient."""
+    dz = z.sub_(lse[:, None]).exp_().mul_(-g[:, None])  # (n, V) −g·softmax, in place
+    dz[torch.arange(e - s, device=dz.device), targets] += g  # + g·onehot
+    # z = h Wᵀ, so dL/dh = dz W and dL/dW = dzᵀ h (summed over the chunk's rows)
+    if grad_h is not None:
+        grad_h[s:e] = dz.to(w.dtype) @ w
+    if grad_w is not None:
+        grad_w.addmm_(dz.T, h.to(dz.dtype))  # accumulate in place: no (V, C) temporary
+
+
+def token_logprobs(hidden, weight, targets, chunk_size=None, return_entropy=False):
+    """hidden (N, C), weight (V, C), targets (N,) int64 -> logprobs (N,) float32 (float64 for
+    float64 inputs); targets == -1 are ignored (logprob 0, no gradient). Leading dims of hidden
+    and targets may be anything (e.g. (B, T, C) and (B, T)); the output takes targets' shape.
+    With return_entropy also the (detached) entropy of each row's distribution, 0 where ignored.
+    chunk_size: rows per chunk (None: from the memory budget, default_chunk_size)."""
+    shape = targets.shape
+    hidden, targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
+    chunk_size = chunk_size or default_chunk_size(weight.shape[0])
+    logprobs, entropy = TokenLogprobs.apply(hidden, weight, targets, chunk_size, return_entropy)
+    if return_entropy:
+        return logprobs.view(shape), entropy.view(shape)
+    return logprobs.view(shape)
+
+# -----------------------------------------------------------------------------
+# speed-up 2: the head's gradient made in the forward pass (plain on-policy REINFORCE only)
+
+class WeightedLogprobSum(torch.autograd.Function):
+    """Σ_n c_n · log p(y_n) for coefficients c known BEFORE the sum is taken, with the gradient
+    computed during the forward pass.
+
+    REINFORCE is such a sum: its loss is −Σ_t (A/norm) log π(y_t), and A is fixed once the rewards
+    are in. So dL/dz = c·(onehot − softmax) is known chunk by chunk while the logits are there,
+    and the backward pass has nothing left to recompute: 3 head matmuls (logits, dh, dW) instead of
+    token_logprobs' 4. Saved: dh (N, C) and dW (V, C), the size of the gradients themselves.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, coef, chunk_size):
+        cdt, acc = _dtypes(hidden, weight)
+        N = hidden.shape[0]
+        c = torch.where(targets >= 0, coef.to(acc), 0.0)  # (N,) ignored rows count 0
+        safe = targets.clamp(min=0)
+        logprobs = torch.empty(N, dtype=acc, device=hidden.device)
+        grad_h = torch.empty(hidden.shape, dtype=acc, device=hidden.device)
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device)
+        with torch.autocast(hidden.device.type, enabled=False):
+            w = weight.to(cdt)  # (V, C)
+            for s, e, h, z in _logit_chunks(hidden, w, acc, chunk_size):
+                lse = torch.logsumexp(z, dim=-1)  # (n,)
+                logprobs[s:e] = z.gather(1, safe[s:e, None]).squeeze(1) - lse
+                _backprop_chunk(z, lse, c[s:e], safe[s:e], h, w, grad_h, grad_w, s, e)
+        logprobs = torch.where(targets >= 0, logprobs, 0.0)
+        ctx.save_for_backward(grad_h, grad_w)
+        ctx.dtypes = hidden.dtype, weight.dtype
+        ctx.mark_non_differentiable(logprobs)
+        return (c * logprobs).sum(), logprobs
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_total, grad_logprobs):
+        grad_h, grad_w = ctx.saved_tensors  # d total / d hidden, d total / d weight
+        return (grad_h.mul_(grad_total).to(ctx.dtypes[0]), grad_w.mul_(grad_total).to(ctx.dtypes[1]),
+                None, None, None)
+
+
+def weighted_logprob_sum(hidden, weight, targets, coef, chunk_size=None):
+    """hidden (N, C), weight (V, C), targets (N,), coef (N,) no grad -> (Σ_n coef_n · log p(targets_n),
+    logprobs (N,) detached). The gradient is computed in the forward pass (see WeightedLogprobSum):
+    use it where the coefficients are known up front, as in on-policy REINFORCE.
+    chunk_size: rows per chunk (None: from the memory budget, default_chunk_size)."""
+    return WeightedLogprobSum.apply(hidden.reshape(-1, hidden.shape[-1]), weight, targets.reshape(-1),
+                                    coef.reshape(-1).detach(), chunk_size or default_chunk_size(weight.shape[0]))
+
+
+def fused_reinforce_loss(hidden, weight, targets, rewards, group_ids, mask, **options):
+    """reinforce_loss on the completions of hidden (B, T, C) under the head weight (V, C), with the
+    head's gradient made in the forward pass. -> (loss, metrics), as reinforce_loss (no entropy).
+
+    Plain on-policy REINFORCE is linear in the log-probs: loss = Σ_t w_t log π(y_t), with
+        w_t = ∂loss/∂log π(y_t) = −A/norm on trained tokens (0 elsewhere),
+    the same at every value of the log-probs. So the weights come from the loss itself at a zero
+    "probe", before any head matmul, and weighted_logprob_sum takes them. Only for options that
+    keep the loss linear (no clip_eps, kl_coef or mirror: train.check_config refuses them)."""
+    with torch.autocast(hidden.device.type, enabled=False):  # the weights in float32, as without autocast
+        probe = torch.zeros(mask.shape, device=mask.device, requires_grad=True)  # (B, T)
+        loss, metrics = reinforce_loss(probe, probe.detach(), rewards, group_ids, mask, **options)
+        weights = torch.autograd.grad(loss, probe)[0]  # (B, T) w_t
+    return weighted_logprob_sum(hidden, weight, targets, weights)[0], metrics

@@ -266,9 +266,7 @@ class ArithmeticTask:
     name = "arithmetic"
     styles = ("direct", "scratch")
 
-    def __init__(self, digits: int = 3, op: str = "+"):
-        if op != "+":
-            raise ValueError(f"only op='+' is supported, got {op!r}")
+    def __init__(self, digits: int = 3):
         if not (isinstance(digits, int) and 1 <= digits <= 9):
             raise ValueError(f"digits must be in 1..9, got {digits!r}")
         self.digits = digits

@@ -113,6 +113,48 @@ def cuda_graph(fn, state):
     return lambda: (graph.replay(), out)[1]
 
 
+def check_prompts(prompts, max_new_tokens, block_size):
+    """-> the longest prompt's length; a clear error for no prompts, an empty one, or no room."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("generate needs a non-empty list of non-empty prompts")
+    longest = max(len(p) for p in prompts)
+    if longest + max_new_tokens > block_size:
+        raise ValueError(f"prompt of {longest} tokens + max_new_tokens={max_new_tokens} = "
+                         f"{longest + max_new_tokens} exceeds the model's block_size={block_size}")
+    return longest
+
+
+def prefill(model, prompts, max_new_tokens):
+    """Left-pad the prompts into one (B, T) batch and run it through the model at once, filling a
+    KV cache with room for max_new_tokens more. -> (cache, logits (B, V) of the last position,
+    next_pos (B,) the position of each row's first new token)."""
+    device, longest = model.transformer.wte.weight.device, max(len(p) for p in prompts)
+    pad = torch.tensor([longest - len(p) for p in prompts], device=device)  # (B,) left padding
+    idx = torch.tensor([[0] * (longest - len(p)) + list(p) for p in prompts], device=device)  # (B, T)
+    positions = (torch.arange(longest, device=device)[None] - pad[:, None]).clamp(min=0)  # (B, T)
+    dtype = (torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type)
+             else model.transformer.wte.weight.dtype)
+    cache = KVCache(model.config, len(prompts), longest + max_new_tokens, device, dtype)
+    cache.valid[:, :longest] = torch.arange(longest, device=device)[None] >= pad[:, None]  # real prompt tokens
+    hidden = model(idx, cache=cache, positions=positions, return_hidden=True)  # (B, T, C): all rows at once
+    logits = model.lm_head(hidden[:, -1])  # (B, V): only the last position is needed, not (B, T, V)
+    return cache, logits, positions[:, -1] + 1
+
+
+def static_decoder(model, cache, longest, next_pos):
+    """The fast path's set-up: switch the cache to static mode at slot `longest` -> (step, token_in):
+    step() decodes token_in (B, 1) for all B rows, finished ones too, and returns logits (B, V);
+    on CUDA it replays a CUDA graph of decode_step, elsewhere it runs decode_step eagerly."""
+    device = next_pos.device
+    cache.slot = torch.tensor([longest], device=device)
+    token_in = torch.zeros(len(next_pos), 1, dtype=torch.long, device=device)  # (B, 1)
+    pos_in = next_pos[:, None].clone()  # (B, 1)
+    step = lambda: decode_step(model, cache, token_in, pos_in)  # (B, V)
+    if device.type == "cuda":
+        step = cuda_graph(step, [cache.slot, cache.valid, pos_in])
+    return step, token_in
+
+
 @torch.no_grad()
 def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
              stop_tokens=(), generator=None, return_logprobs=False, fast=None):
@@ -122,26 +164,11 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=
     recomputes it with the training forward pass instead, so that the first ratio is exactly 1).
     fast: decode with the static-shape `decode_step`, replayed as a CUDA graph on CUDA (None = on
     when the model is on CUDA; on CPU it runs the same step eagerly, which is for tests)."""
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("generate needs a non-empty list of non-empty prompts")
-    longest, block_size = max(len(p) for p in prompts), model.config.block_size
-    if longest + max_new_tokens > block_size:
-        raise ValueError(f"prompt of {longest} tokens + max_new_tokens={max_new_tokens} = "
-                         f"{longest + max_new_tokens} exceeds the model's block_size={block_size}")
-    device = model.transformer.wte.weight.device
+    longest = check_prompts(prompts, max_new_tokens, model.config.block_size)
+    device, B = model.transformer.wte.weight.device, len(prompts)
     was_training = model.training
     model.eval()
-
-    B = len(prompts)
-    pad = torch.tensor([longest - len(p) for p in prompts], device=device)  # (B,) left padding
-    idx = torch.tensor([[0] * (longest - len(p)) + list(p) for p in prompts], device=device)  # (B, T)
-    positions = (torch.arange(longest, device=device)[None] - pad[:, None]).clamp(min=0)  # (B, T)
-    dtype = (torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type)
-             else model.transformer.wte.weight.dtype)
-    cache = KVCache(model.config, B, longest + max_new_tokens, device, dtype)
-    cache.valid[:, :longest] = torch.arange(longest, device=device)[None] >= pad[:, None]  # real prompt tokens
-    hidden = model(idx, cache=cache, positions=positions, return_hidden=True)  # (B, T, C): prefill, all rows at once
-    logits = model.lm_head(hidden[:, -1])  # (B, V): only the last position is needed, not (B, T, V)
+    cache, logits, next_pos = prefill(model, prompts, max_new_tokens)  # (B, V) logits of each prompt's last token
 
     new_tokens = torch.zeros(B, max_new_tokens, dtype=torch.long, device=device)  # (B, max_new_tokens)
     new_logprobs = torch.zeros(B, max_new_tokens, device=device)                    # (B, max_new_tokens)
@@ -149,14 +176,8 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=
     active = torch.arange(B, device=device)  # (b,) the original row of each row still in the batch
     finished = torch.zeros(B, dtype=torch.bool, device=device)  # (b,) rows that already hit a stop token
     stop = torch.tensor(list(stop_tokens), dtype=torch.long, device=device)
-    next_pos = positions[:, -1] + 1  # (b,)
     if device.type == "cuda" if fast is None else fast:  # static shapes: see decode_step
-        cache.slot = torch.tensor([longest], device=device)
-        token_in = torch.zeros(B, 1, dtype=torch.long, device=device)  # (B, 1)
-        pos_in = next_pos[:, None].clone()  # (B, 1)
-        step = lambda: decode_step(model, cache, token_in, pos_in)  # (B, V), all rows, finished ones too
-        if device.type == "cuda":
-            step = cuda_graph(step, [cache.slot, cache.valid, pos_in])
+        step, token_in = static_decoder(model, cache, longest, next_pos)
     for t in range(max_new_tokens):
         token = sample_next(logits, temperature, top_k, top_p, generator)  # (b,)
         new_tokens[active, t] = token  # what a finished row adds is cut off by its length

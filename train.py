@@ -23,7 +23,7 @@ import signal
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 import torch.distributed as dist
@@ -31,8 +31,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from model import GPT, GPTConfig
-from reinforce import (AGGREGATIONS, BASELINES, LOSS_TYPES, length_penalty, reinforce_loss, sft_loss,
-                       shape_rewards, token_logprobs, weighted_logprob_sum)
+from reinforce import (AGGREGATIONS, BASELINES, LOSS_TYPES, fused_reinforce_loss, length_penalty, reinforce_loss,
+                       sft_loss, shape_rewards, token_logprobs)
 from rewards import get_task
 from sample import (decode, encode, generate, get_tokenizer, load_checkpoint, model_from_checkpoint, parse_config,
                     pick_device)
@@ -46,9 +46,11 @@ class TrainConfig:
     seed: int = 1337
     device: str = "auto"            # auto = cuda if available, else cpu
     dtype: str = "auto"             # float32 | bfloat16; auto = bfloat16 on CUDA, float32 on CPU
+    threads: int = 0                # CPU threads for torch (0 = torch's default)
+    # speed-ups (the same method; equal results up to rounding)
     compile: bool = False           # torch.compile the training forward pass
     cuda_graphs: bool = True        # on CUDA, decode by replaying a CUDA graph of one step (sample.generate's fast path)
-    threads: int = 0                # CPU threads for torch (0 = torch's default)
+    fused_update: bool = False      # plain REINFORCE only: gradient made in the forward pass (no entropy logged)
     # task (rewards.py)
     task: str = "pairs"             # pairs | arithmetic | countdown | gsm8k
     numbers: int = 4                # pairs: how many numbers to search for the two that sum to the target
@@ -77,21 +79,12 @@ class TrainConfig:
     max_new_tokens: int = 80        # longest completion (it ends earlier at end-of-text)
     temperature: float = 1.0        # sampling temperature during RL
     rl_lr: float = 1e-4             # constant after warm-up, so a resumed run may extend rl_steps
-    updates_per_batch: int = 1      # >1: several optimizer steps on one batch (needs clip_eps or loss_type=mirror)
     wrong_reward: float = 0.0       # reward of a wrong or unparsable answer: 0, or -1 to penalise errors
     baseline: str = "group"         # none | batch | group | rloo (reinforce.compute_advantages)
-    std_normalize: bool = False     # divide advantages by the group's reward std (GRPO)
-    aggregation: str = "seq-mean"   # seq-mean (GRPO) | token-mean (DAPO) | const (Dr. GRPO)
-    loss_type: str = "reinforce"    # reinforce | mirror (Kimi k1.5 online mirror descent)
-    tau: float = 0.1                # mirror: strength of the log-ratio regulariser
-    clip_eps: float = 0.0           # PPO ratio clipping for updates_per_batch > 1 (0 = off)
-    kl_coef: float = 0.0            # KL penalty to the frozen post-SFT policy (k3 estimator; 0 = off)
-    length_penalty: float = 0.0     # Kimi k1.5 length reward coefficient (0 = off)
-    length_penalty_warmup: int = 0  # RL steps before the length reward switches on
-    drop_zero_signal: bool = False  # leave groups with all-equal rewards out of the loss (DAPO)
-    fused_update: bool = False      # plain REINFORCE only: gradient made in the forward pass (no entropy logged)
-    prioritized: bool = False       # sample training problems in proportion to 1 - success rate (Kimi k1.5)
-    problem_pool: int = 2000        # prioritized: size of the fixed pool of training problems
+    # the loss normaliser. seq-mean (GRPO) weighs every completion the same, so a short one's tokens weigh
+    # more: a length bias, which the variants token-mean (DAPO) and const (Dr. GRPO) remove. It stays
+    # the default (here and in reinforce_loss) because the default run and the README's numbers use it.
+    aggregation: str = "seq-mean"   # seq-mean | token-mean | const
     weight_decay: float = 0.0       # AdamW decay on the blocks' matrices
     grad_clip: float = 1.0          # clip the global gradient norm (0 = off)
     # evaluation and checkpoints
@@ -99,7 +92,18 @@ class TrainConfig:
     eval_problems: int = 200        # held-out test problems
     pass_k: int = 8                 # samples per problem for pass@k
     ckpt_every: int = 100           # steps between checkpoints (0 = only at the end)
-
+    # paper variants (off by default): the default run reads without them (README, "Options")
+    std_normalize: bool = False     # divide advantages by the group's reward std (GRPO)
+    loss_type: str = "reinforce"    # reinforce | mirror (Kimi k1.5 online mirror descent)
+    tau: float = 0.1                # mirror: strength of the log-ratio regulariser
+    updates_per_batch: int = 1      # >1: several optimizer steps on one batch (needs clip_eps or loss_type=mirror)
+    clip_eps: float = 0.0           # PPO ratio clipping for updates_per_batch > 1 (0 = off)
+    kl_coef: float = 0.0            # KL penalty to the frozen post-SFT policy (k3 estimator; 0 = off)
+    length_penalty: float = 0.0     # Kimi k1.5 length reward coefficient (0 = off)
+    length_penalty_warmup: int = 0  # RL steps before the length reward switches on
+    drop_zero_signal: bool = False  # leave groups with all-equal rewards out of the loss (DAPO)
+    prioritized: bool = False       # sample training problems in proportion to 1 - success rate (Kimi k1.5)
+    problem_pool: int = 2000        # prioritized: size of the fixed pool of training problems
 
 # -----------------------------------------------------------------------------
 # config checks (the --key=value parser is sample.parse_config)
@@ -132,6 +136,7 @@ def check_config(cfg):
     if cfg.task == "gsm8k" and not os.path.isfile(cfg.data_path):
         raise ValueError(f"--data_path={cfg.data_path} is not a file (missing, or a directory)")
     pick_device(cfg.device)  # a typo or a missing GPU fails here, before any work
+    # the paper variants' and the fused update's cross-field rules
     if cfg.fused_update and (cfg.loss_type != "reinforce" or cfg.clip_eps or cfg.kl_coef or cfg.updates_per_batch > 1):
         raise ValueError("--fused_update needs the plain on-policy loss: loss_type=reinforce, no clip_eps, "
                          "no kl_coef, updates_per_batch=1")
@@ -221,38 +226,36 @@ def sampling_weights(success, floor=0.05):
 # -----------------------------------------------------------------------------
 # the RL update
 
+def completion_logprobs(net, head, idx, targets, ctx, **kw):
+    """log π(y_t) (B, T) of the completion tokens under net (0 elsewhere), from its hidden states
+    and head's lm_head: the (B, T, V) logits are never built. kw: return_entropy."""
+    with ctx:  # under autocast the lm_head matmuls of token_logprobs run in bfloat16 too
+        hidden = net(idx, return_hidden=True)  # (B, T, C)
+        return token_logprobs(hidden, head.lm_head.weight, targets, **kw)  # (B, T)
+
+
 def policy_update(model, optimizer, idx, targets, mask, rewards, group_ids, cfg, ctx, ref_model=None):
     """One batch of completions -> cfg.updates_per_batch optimizer steps of the REINFORCE loss.
     idx, targets, mask (B, T) from pad_batch; rewards, group_ids (B,).
     Returns (metrics, number of steps skipped because the gradient was not finite)."""
     raw = model.module if isinstance(model, DDP) else model
-
-    def completion_logprobs(net, head, **kw):
-        with ctx:  # under autocast the lm_head matmuls of token_logprobs run in bfloat16 too
-            hidden = net(idx, return_hidden=True)  # (B, T, C): the (B, T, V) logits are never built
-            return token_logprobs(hidden, head.lm_head.weight, targets, **kw)  # (B, T)
-
     with torch.no_grad():
         # log pi_old (B, T): only needed when the policy moves between updates of one batch
-        old = completion_logprobs(raw, raw) if cfg.updates_per_batch > 1 or cfg.loss_type == "mirror" else None
-        ref = completion_logprobs(ref_model, ref_model) if ref_model is not None else None  # (B, T)
+        old = (completion_logprobs(raw, raw, idx, targets, ctx)
+               if cfg.updates_per_batch > 1 or cfg.loss_type == "mirror" else None)
+        ref = completion_logprobs(ref_model, ref_model, idx, targets, ctx) if ref_model is not None else None
     options = dict(baseline=cfg.baseline, std_normalize=cfg.std_normalize, aggregation=cfg.aggregation,
                    max_len=cfg.max_new_tokens, loss_type=cfg.loss_type, tau=cfg.tau, clip_eps=cfg.clip_eps,
                    kl_coef=cfg.kl_coef, ref_logprobs=ref, drop_zero_signal=cfg.drop_zero_signal)
     skipped = 0
     for _ in range(cfg.updates_per_batch):
-        if cfg.fused_update:
-            # Plain on-policy REINFORCE is linear in the log-probs: loss = sum_t w_t log pi(y_t). Its
-            # weights w = d loss / d log pi come from the loss itself at a probe, before any forward
-            # pass; weighted_logprob_sum then makes the gradient during the forward (3 head matmuls, not 4).
-            probe = torch.zeros(mask.shape, device=mask.device, requires_grad=True)  # (B, T)
-            loss, metrics = reinforce_loss(probe, probe.detach(), rewards, group_ids, mask, **options)
-            weights = torch.autograd.grad(loss, probe)[0]  # (B, T)
+        if cfg.fused_update:  # the same loss, the head's gradient made in the forward pass (3 head matmuls, not 4)
             with ctx:
                 hidden = model(idx, return_hidden=True)  # (B, T, C)
-                loss = weighted_logprob_sum(hidden, raw.lm_head.weight, targets, weights)[0]
+                loss, metrics = fused_reinforce_loss(hidden, raw.lm_head.weight, targets, rewards, group_ids,
+                                                     mask, **options)
         else:
-            logprobs, entropy = completion_logprobs(model, raw, return_entropy=True)  # (B, T) each
+            logprobs, entropy = completion_logprobs(model, raw, idx, targets, ctx, return_entropy=True)  # (B, T) each
             loss, metrics = reinforce_loss(logprobs, logprobs.detach() if old is None else old, rewards,
                                            group_ids, mask, **options)
             metrics["entropy"] = (entropy.sum() / mask.sum()).item()
@@ -296,6 +299,7 @@ def to_device(tensor, device):
 def set_lr(optimizer, lr):
     for group in optimizer.param_groups:
         group["lr"] = lr
+    return lr
 
 
 def fast_path(cfg):
@@ -415,38 +419,138 @@ def build_model(cfg, device, ckpt=None):
     return model.to(device), tokenizer_name
 
 # -----------------------------------------------------------------------------
+# the method, one step at a time (the bookkeeping is in the helpers below)
 
 def main(argv):
+    """The method: set up, cold start (SFT), then RL. -> the summary (None if interrupted, or not rank 0)."""
+    cfg, ckpt = configure(argv)
+    run = set_up(cfg, ckpt)  # processes and devices, task, model, optimizer, out_dir and its log
+    model, task, tokenizer, ctx = run.model, run.task, run.tokenizer, run.ctx
+
+    # ---- phase 1: cold start, supervised fine-tuning on the task's worked traces -------------
+    for step in progress_bar(run, "sft"):
+        t0 = time.time()
+        lr = set_lr(run.optimizer, learning_rate(cfg, step))
+        idx, targets, _ = sft_batch(task, tokenizer, step_rng(cfg, step, run.rank, "sft"), cfg, model.config.block_size)
+        with ctx:
+            hidden = run.train_model(to_device(idx, run.device), return_hidden=True)  # (B, T, C)
+            loss = sft_loss(hidden, model.lm_head.weight, to_device(targets, run.device))
+        skip = optimizer_step(run.train_model, run.optimizer, loss, cfg)
+        log_sft_step(run, step, lr, loss, skip)
+        run.state["sft_time"] += time.time() - t0
+        if step + 1 == cfg.sft_steps:
+            evaluate_before_rl(run)
+        if end_of_step(run, step + 1):  # a checkpoint when due; after Ctrl-C, save and stop
+            return None
+
+    # ---- phase 2: RL with exact rewards ------------------------------------------------------
+    start_rl(run)  # the "after SFT" eval if there was no SFT; the KL reference policy
+    G, P = cfg.samples_per_prompt, cfg.prompts_per_step
+    group_ids = torch.arange(P).repeat_interleave(G)  # (B,) the samples of one problem share an id
+    for step in progress_bar(run, "rl"):
+        t0 = time.time()
+        lr = set_lr(run.optimizer, learning_rate(cfg, step))
+        # 1. P problems: fresh ones, or from a pool by 1 - success rate (prioritized, a variant)
+        rng = step_rng(cfg, step, run.rank, "rl")
+        chosen, problems = choose_problems(run, rng)
+        # 2. rollout: G completions per problem from the KV-cached sampler, each scored exactly
+        generator = torch.Generator(device=run.device).manual_seed(rng.getrandbits(62))
+        t_sample = time.time()
+        prompts, completions, texts, correct = rollout(model, task, tokenizer, problems, cfg, generator, ctx)
+        t_sample = time.time() - t_sample
+        # 3. rewards: 1 if right, else wrong_reward (0 or -1); + the Kimi k1.5 length reward (a variant)
+        rewards = shape_rewards(correct, cfg.wrong_reward)  # (B,)
+        len_reward = length_reward(cfg, step, completions, correct, group_ids)  # (B,)
+        remember_success(run, chosen, correct)
+        # 4. advantages A = r - b and the REINFORCE update, loss = -sum_t A log pi(y_t) / norm
+        idx, targets, mask = pad_batch(prompts, completions)  # (B, T) each
+        t_update = time.time()
+        batch = [t.to(run.device) for t in (idx, targets, mask, rewards + len_reward, group_ids)]
+        metrics, skipped = policy_update(run.train_model, run.optimizer, *batch, cfg, ctx, run.ref_model)
+        run.state["skipped"] += skipped
+        run.state["rl_time"] += time.time() - t0
+        log_rl_step(run, step, lr, problems, texts, correct, len_reward, metrics, t_sample, t_update)
+        # 5. held-out evaluation and checkpoint
+        if run.master and eval_due(cfg, step + 1):
+            held_out = evaluate(model, task, tokenizer, run.eval_problems, cfg, ctx)
+            log(run, {"step": step + 1, "phase": "eval", **held_out})
+        if end_of_step(run, step + 1):
+            return None
+    return finish(run)  # the last eval and checkpoint; summary.json, the before/after table, curves.png
+
+# -----------------------------------------------------------------------------
+# the run's bookkeeping: set-up, logs, checkpoints, the stop flag, the summary
+
+@dataclass
+class Run:
+    """What one training run holds between steps; set_up makes it, main reads the method off it."""
+    cfg: TrainConfig
+    ckpt: dict | None               # the checkpoint resumed from (None for a fresh run)
+    ddp: bool                       # under torchrun: one process per rank
+    rank: int
+    device: str
+    ctx: object                     # autocast context, a no-op in float32
+    task: object                    # rewards.py: problems, traces, exact rewards
+    tokenizer: object
+    tokenizer_name: str
+    model: GPT                      # the weights (what is saved and sampled from)
+    train_model: torch.nn.Module    # what the updates run: model, compiled and/or wrapped in DDP
+    optimizer: torch.optim.Optimizer
+    eval_problems: list             # held-out test problems, the same at every evaluation
+    pool: list                      # prioritized: the fixed training problems ([] otherwise)
+    success: torch.Tensor           # (len(pool),) the last success rate of each pool problem
+    start: int                      # the step this process starts at (> 0 when resuming)
+    state: dict                     # the after-SFT eval, skipped steps, wall times: saved in checkpoints
+    ckpt_path: str
+    metrics_path: str
+    ref_model: GPT | None = None    # with kl_coef > 0: the frozen policy that RL starts from
+    sft_pending: list = field(default_factory=list)  # (step, lr, loss, skip) still on the device
+    bar: object = None              # the current phase's progress bar
+
+    @property
+    def master(self):
+        return self.rank == 0
+
+
+def configure(argv):
+    """--key=value flags -> (checked config, checkpoint or None). Resuming: the saved config,
+    updated by what this command line says."""
     cfg = parse_config(TrainConfig, argv)
     ckpt = None
-    if cfg.init_from == "resume":  # the saved config, updated by what this command line says
+    if cfg.init_from == "resume":
         ckpt = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))
         cfg = parse_config(TrainConfig, argv, base={**ckpt["config"], "init_from": "resume"})
     check_config(cfg)
     check_out_dir(cfg, ckpt)  # before any rank writes there
+    return cfg, ckpt
 
-    # processes and devices: under torchrun every rank runs this same script
-    ddp = "RANK" in os.environ
-    if ddp:
-        use_cuda = torch.cuda.is_available() and cfg.device != "cpu"
-        ranks, gpus = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])), torch.cuda.device_count()
-        if use_cuda and ranks > gpus:  # rank `gpus` would find no device of its own
-            raise ValueError(f"torchrun started {ranks} processes on this machine but it has {gpus} GPU(s): "
-                             f"use --nproc_per_node={gpus}, or --device=cpu to run every process on the CPU")
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-        rank = dist.get_rank()
-        device = f"cuda:{int(os.environ['LOCAL_RANK'])}" if use_cuda else "cpu"
-        if use_cuda:
-            torch.cuda.set_device(device)
-    else:
-        rank, device = 0, pick_device(cfg.device)
-    master = rank == 0
+
+def init_processes(cfg):
+    """-> (ddp, rank, device). Under torchrun every rank runs this same script: one process
+    group (nccl on CUDA, gloo on CPU), one GPU per rank."""
+    if "RANK" not in os.environ:
+        return False, 0, pick_device(cfg.device)
+    use_cuda = torch.cuda.is_available() and cfg.device != "cpu"
+    ranks, gpus = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])), torch.cuda.device_count()
+    if use_cuda and ranks > gpus:  # rank `gpus` would find no device of its own
+        raise ValueError(f"torchrun started {ranks} processes on this machine but it has {gpus} GPU(s): "
+                         f"use --nproc_per_node={gpus}, or --device=cpu to run every process on the CPU")
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    device = f"cuda:{int(os.environ['LOCAL_RANK'])}" if use_cuda else "cpu"
+    if use_cuda:
+        torch.cuda.set_device(device)
+    return True, dist.get_rank(), device
+
+
+def set_up(cfg, ckpt):
+    """Everything before the first step -> Run: processes and devices, the task and its held-out
+    problems, the model and optimizer (restored when resuming), out_dir and its metrics log."""
+    ddp, rank, device = init_processes(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device_type = "cuda" if "cuda" in device else "cpu"
     dtype, ctx = autocast_context(cfg.dtype, device_type)
     torch.manual_seed(cfg.seed)
-
     task = make_task(cfg)
     model, tokenizer_name = build_model(cfg, device, ckpt)
     tokenizer = get_tokenizer(tokenizer_name)
@@ -456,174 +560,193 @@ def main(argv):
     check_completion_room(task, tokenizer, eval_problems + pool, cfg, model.config.block_size)
     optimizer = model.configure_optimizer(cfg.sft_lr, cfg.weight_decay, device_type=device_type)
     start, state = 0, {"before": None, "skipped": 0, "sft_time": 0.0, "rl_time": 0.0}
+    success = torch.zeros(len(pool))
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
         torch.set_rng_state(ckpt["torch_rng"])
         start = ckpt["step"]
         state.update({k: ckpt[k] for k in state})
-    if master:
+        if len(ckpt["success"]) == len(pool):  # (empty when the saved run did not prioritize)
+            success = ckpt["success"]
+    if rank == 0:
         print(f"{model.num_params() / 1e6:.2f}M parameters, tokenizer {tokenizer_name}, device {device}, {dtype}")
     train_model = torch.compile(model) if cfg.compile else model
     if ddp:
         train_model = DDP(train_model, device_ids=[device] if device_type == "cuda" else None)
+    run = Run(cfg, ckpt, ddp, rank, device, ctx, task, tokenizer, tokenizer_name, model, train_model, optimizer,
+              eval_problems, pool, success, start, state, os.path.join(cfg.out_dir, "ckpt.pt"),
+              os.path.join(cfg.out_dir, "metrics.jsonl"))
+    open_metrics_log(run)
+    return run
 
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
-    metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
-    if master:  # a resumed run rewrites the log from its restart point (keeping the eval made there)
-        lines = open(metrics_path).read().splitlines() if start and os.path.exists(metrics_path) else []
+
+def open_metrics_log(run):
+    """Create out_dir; a resumed run rewrites the log from its restart point (keeping the eval made there)."""
+    os.makedirs(run.cfg.out_dir, exist_ok=True)
+    if run.master:
+        path = run.metrics_path
+        lines = open(path).read().splitlines() if run.start and os.path.exists(path) else []
         records = [json.loads(line) for line in lines]
-        with open(metrics_path, "w") as f:
+        with open(path, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in records
-                         if r["step"] < start or (r["step"] == start and r["phase"] == "eval"))
+                         if r["step"] < run.start or (r["step"] == run.start and r["phase"] == "eval"))
 
-    def log(record):
-        if master:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
 
-    success = torch.zeros(len(pool))  # (pool,) the last success rate of each pool problem
-    if ckpt is not None and len(ckpt["success"]) == len(pool):  # (empty when the saved run did not prioritize)
-        success = ckpt["success"]
-    ref_model = None  # with kl_coef > 0: the frozen policy that RL starts from
+def log(run, record):
+    if run.master:
+        with open(run.metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
 
-    sft_pending = []  # (step, lr, loss, skip) of SFT steps whose loss and skip flag are still on the device
 
-    def flush_sft_log():
-        """Read the pending SFT losses and skip flags in one host sync (not one per step); log them."""
-        if sft_pending:
-            numbers = torch.stack([torch.stack([loss, skip.to(loss.dtype)])
-                                   for _, _, loss, skip in sft_pending]).tolist()  # [[loss, skip], ...]
-            for (step, lr, _, _), (loss, skip) in zip(sft_pending, numbers):
-                state["skipped"] += int(skip)
-                log({"step": step, "phase": "sft", "loss": loss, "lr": lr})
-            bar.set_postfix(loss=f"{numbers[-1][0]:.3f}")
-            sft_pending.clear()
+def progress_bar(run, phase):
+    """The steps of one phase ("sft" or "rl") still to run, under a tqdm bar (a resumed run starts
+    where it stopped)."""
+    cfg = run.cfg
+    first, last = (0, cfg.sft_steps) if phase == "sft" else (cfg.sft_steps, cfg.sft_steps + cfg.rl_steps)
+    run.bar = tqdm(range(max(run.start, first), last), desc=phase, disable=not run.master,
+                   initial=max(0, run.start - first), total=last - first)
+    return run.bar
 
-    def checkpoint(step):
-        flush_sft_log()
-        ref = {"ref_model": ref_model.state_dict()} if ref_model is not None else {}
-        save_checkpoint(ckpt_path, model, optimizer, cfg, step,
-                        {**state, "tokenizer": tokenizer_name, "success": success, **ref})
 
-    def end_of_step(step):
-        """Checkpoint when due or when Ctrl-C was pressed (on any rank); True means stop now."""
-        stop = STOP["requested"]
-        if ddp:  # every rank stops at the same step
-            flag = torch.tensor(float(stop), device=device)
-            dist.all_reduce(flag)
-            stop = flag.item() > 0
-        if master and (stop or (cfg.ckpt_every and step % cfg.ckpt_every == 0)):
-            checkpoint(step)
-            if stop:
-                print(f"interrupted: saved {ckpt_path} at step {step}")
-        return stop
-
-    def evaluate_before_rl():  # the "after SFT" column of the summary; saved with the checkpoints
-        state["before"] = evaluate(model, task, tokenizer, eval_problems, cfg, ctx) if master else {}
-        log({"step": cfg.sft_steps, "phase": "eval", **state["before"]})
-        if master:
-            print(f"after SFT: {fmt(state['before'])}")
-
-    total = cfg.sft_steps + cfg.rl_steps
-    # ---- phase 1: cold-start SFT ---------------------------------------------------------
-    bar = tqdm(range(start, cfg.sft_steps), desc="sft", disable=not master, initial=start, total=cfg.sft_steps)
-    for step in bar:
-        t0 = time.time()
-        # linear warm-up, then cosine decay to a tenth of the peak
+def learning_rate(cfg, step):
+    """SFT: linear warm-up, then cosine decay to a tenth of the peak. RL: linear warm-up, then
+    constant (so a resumed run may extend rl_steps)."""
+    if step < cfg.sft_steps:
         decay = 0.5 * (1 + math.cos(math.pi * step / max(1, cfg.sft_steps)))
-        lr = cfg.sft_lr * min(1.0, (step + 1) / cfg.warmup_steps) * (0.1 + 0.9 * decay)
-        set_lr(optimizer, lr)
-        idx, targets, _ = sft_batch(task, tokenizer, step_rng(cfg, step, rank, "sft"), cfg, model.config.block_size)
-        with ctx:
-            hidden = train_model(to_device(idx, device), return_hidden=True)  # (B, T, C)
-            loss = sft_loss(hidden, model.lm_head.weight, to_device(targets, device))
-        skip = optimizer_step(train_model, optimizer, loss, cfg)
-        sft_pending.append((step, lr, loss.detach(), skip))  # read later, 50 at a time (flush_sft_log)
-        if len(sft_pending) == 50 or step + 1 == cfg.sft_steps:  # (and at every checkpoint)
-            flush_sft_log()
-        state["sft_time"] += time.time() - t0
-        if step + 1 == cfg.sft_steps:
-            evaluate_before_rl()
-        if end_of_step(step + 1):
-            return None
+        return cfg.sft_lr * min(1.0, (step + 1) / cfg.warmup_steps) * (0.1 + 0.9 * decay)
+    return cfg.rl_lr * min(1.0, (step - cfg.sft_steps + 1) / cfg.warmup_steps)
 
-    # ---- phase 2: RL with exact rewards ----------------------------------------------------
-    if state["before"] is None:  # no SFT steps at all (e.g. RL straight from GPT-2 weights)
-        evaluate_before_rl()
-    if cfg.kl_coef > 0:  # KL is measured against the policy RL started from
-        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
-        if ckpt is not None and "ref_model" in ckpt:
-            ref_model.load_state_dict(ckpt["ref_model"])
-    G, P = cfg.samples_per_prompt, cfg.prompts_per_step
-    group_ids = torch.arange(P).repeat_interleave(G)  # (B,) the samples of one problem share an id
-    bar = tqdm(range(max(start, cfg.sft_steps), total), desc="rl", disable=not master,
-               initial=max(0, start - cfg.sft_steps), total=cfg.rl_steps)
-    for step in bar:
-        t0 = time.time()
-        rl_step = step - cfg.sft_steps
-        lr = cfg.rl_lr * min(1.0, (rl_step + 1) / cfg.warmup_steps)
-        set_lr(optimizer, lr)
-        # 1. problems: uniform, or in proportion to 1 - success rate (Kimi k1.5 prioritized sampling)
-        rng = step_rng(cfg, step, rank, "rl")
-        chosen = rng.choices(range(len(pool)), weights=sampling_weights(success).tolist(), k=P) if pool else []
-        problems = [pool[i] for i in chosen] if pool else [task.sample("train", rng) for _ in range(P)]
-        # 2-3. G completions per problem from the KV-cached sampler, each scored by the exact reward
-        generator = torch.Generator(device=device).manual_seed(rng.getrandbits(62))
-        t_sample = time.time()
-        prompts, completions, texts, correct = rollout(model, task, tokenizer, problems, cfg, generator, ctx)
-        t_sample = time.time() - t_sample
-        # rewards: 1 if right, else wrong_reward (0 or -1); + the optional Kimi k1.5 length reward
-        rewards = shape_rewards(correct, cfg.wrong_reward)  # (B,)
-        len_reward = torch.zeros_like(rewards)
-        if cfg.length_penalty > 0 and rl_step >= cfg.length_penalty_warmup:
-            lengths = torch.tensor([len(c) for c in completions], dtype=torch.float)  # (B,)
-            len_reward = cfg.length_penalty * length_penalty(lengths, correct, group_ids)
-        if pool:  # remember each problem's success rate (all ranks' problems, so ranks agree)
-            update = torch.zeros(len(pool)).index_put_((torch.tensor(chosen),), correct.view(P, G).mean(1))
-            seen = torch.zeros(len(pool)).index_put_((torch.tensor(chosen),), torch.ones(P))
-            if ddp:
-                dist.all_reduce(update)
-                dist.all_reduce(seen)
-            success = torch.where(seen > 0, update / seen.clamp(min=1), success)
-        # 4. the REINFORCE update
-        idx, targets, mask = pad_batch(prompts, completions)
-        t_update = time.time()
-        metrics, skipped = policy_update(train_model, optimizer, idx.to(device), targets.to(device),
-                                         mask.to(device), (rewards + len_reward).to(device),
-                                         group_ids.to(device), cfg, ctx, ref_model)
-        state["skipped"] += skipped
-        state["rl_time"] += time.time() - t0
-        record = {"step": step, "phase": "rl", "lr": lr, "accuracy": correct.mean().item(),
-                  "step_by_step": sum(map(task.is_step_by_step, texts)) / len(texts),
-                  **search_stats(task, texts, [p for p in problems for _ in range(G)]),
-                  "length_reward": len_reward.mean().item(), "skipped": state["skipped"],
-                  "sample_time": t_sample, "update_time": time.time() - t_update, **metrics}
-        if pool:
-            record["sampling_weight_min"] = sampling_weights(success).min().item()
-        log(record)
-        bar.set_postfix(acc=f"{record['accuracy']:.2f}", len=f"{metrics['len_mean']:.0f}",
+
+def log_sft_step(run, step, lr, loss, skip):
+    """Keep the step's loss and skip flag on the device; read them 50 steps at a time (and at
+    every checkpoint), so that SFT does not wait for the host after every step."""
+    run.sft_pending.append((step, lr, loss.detach(), skip))
+    if len(run.sft_pending) == 50 or step + 1 == run.cfg.sft_steps:
+        flush_sft_log(run)
+
+
+def flush_sft_log(run):
+    """Read the pending SFT losses and skip flags in one host sync (not one per step); log them."""
+    if run.sft_pending:
+        numbers = torch.stack([torch.stack([loss, skip.to(loss.dtype)])
+                               for _, _, loss, skip in run.sft_pending]).tolist()  # [[loss, skip], ...]
+        for (step, lr, _, _), (loss, skip) in zip(run.sft_pending, numbers):
+            run.state["skipped"] += int(skip)
+            log(run, {"step": step, "phase": "sft", "loss": loss, "lr": lr})
+        run.bar.set_postfix(loss=f"{numbers[-1][0]:.3f}")
+        run.sft_pending.clear()
+
+
+def evaluate_before_rl(run):
+    """The "after SFT" column of the summary; saved with the checkpoints."""
+    before = evaluate(run.model, run.task, run.tokenizer, run.eval_problems, run.cfg, run.ctx) if run.master else {}
+    run.state["before"] = before
+    log(run, {"step": run.cfg.sft_steps, "phase": "eval", **run.state["before"]})
+    if run.master:
+        print(f"after SFT: {fmt(run.state['before'])}")
+
+
+def start_rl(run):
+    if run.state["before"] is None:  # no SFT steps at all (e.g. RL straight from GPT-2 weights)
+        evaluate_before_rl(run)
+    if run.cfg.kl_coef > 0:  # KL is measured against the policy RL started from
+        run.ref_model = copy.deepcopy(run.model).eval().requires_grad_(False)
+        if run.ckpt is not None and "ref_model" in run.ckpt:
+            run.ref_model.load_state_dict(run.ckpt["ref_model"])
+
+
+def choose_problems(run, rng):
+    """-> (indices into the pool, P training problems): fresh ones, drawn uniformly; or, prioritized
+    (Kimi k1.5), drawn from the fixed pool in proportion to 1 - success rate."""
+    P = run.cfg.prompts_per_step
+    if not run.pool:
+        return [], [run.task.sample("train", rng) for _ in range(P)]
+    chosen = rng.choices(range(len(run.pool)), weights=sampling_weights(run.success).tolist(), k=P)
+    return chosen, [run.pool[i] for i in chosen]
+
+
+def remember_success(run, chosen, correct):
+    """Prioritized: each chosen pool problem's success rate this step (all ranks' problems, so ranks agree)."""
+    if not run.pool:
+        return
+    P, G = run.cfg.prompts_per_step, run.cfg.samples_per_prompt
+    update = torch.zeros(len(run.pool)).index_put_((torch.tensor(chosen),), correct.view(P, G).mean(1))
+    seen = torch.zeros(len(run.pool)).index_put_((torch.tensor(chosen),), torch.ones(P))
+    if run.ddp:
+        dist.all_reduce(update)
+        dist.all_reduce(seen)
+    run.success = torch.where(seen > 0, update / seen.clamp(min=1), run.success)
+
+
+def length_reward(cfg, step, completions, correct, group_ids):
+    """(B,) the Kimi k1.5 length reward, scaled by cfg.length_penalty; 0 when off or in its warm-up."""
+    if cfg.length_penalty > 0 and step - cfg.sft_steps >= cfg.length_penalty_warmup:
+        lengths = torch.tensor([len(c) for c in completions], dtype=torch.float)  # (B,)
+        return cfg.length_penalty * length_penalty(lengths, correct, group_ids)
+    return torch.zeros(len(completions))
+
+
+def log_rl_step(run, step, lr, problems, texts, correct, len_reward, metrics, t_sample, t_update):
+    """One line of metrics.jsonl per RL step: the batch's accuracy, length and search, the loss's metrics."""
+    task, G = run.task, run.cfg.samples_per_prompt
+    record = {"step": step, "phase": "rl", "lr": lr, "accuracy": correct.mean().item(),
+              "step_by_step": sum(map(task.is_step_by_step, texts)) / len(texts),
+              **search_stats(task, texts, [p for p in problems for _ in range(G)]),
+              "length_reward": len_reward.mean().item(), "skipped": run.state["skipped"],
+              "sample_time": t_sample, "update_time": time.time() - t_update, **metrics}
+    if run.pool:
+        record["sampling_weight_min"] = sampling_weights(run.success).min().item()
+    log(run, record)
+    run.bar.set_postfix(acc=f"{record['accuracy']:.2f}", len=f"{metrics['len_mean']:.0f}",
                         think=f"{record['step_by_step']:.2f}")
-        if master and cfg.eval_every and (rl_step + 1) % cfg.eval_every == 0 and step + 1 < total:
-            log({"step": step + 1, "phase": "eval", **evaluate(model, task, tokenizer, eval_problems, cfg, ctx)})
-        if end_of_step(step + 1):
-            return None
 
-    # ---- the summary: before vs after RL ---------------------------------------------------
-    summary = None
-    if master:
-        after = evaluate(model, task, tokenizer, eval_problems, cfg, ctx)
-        log({"step": total, "phase": "eval", **after})
-        checkpoint(total)
-        summary = {"before": state["before"], "after": after, "sft_time": state["sft_time"],
-                   "rl_time": state["rl_time"], "skipped_steps": state["skipped"], "config": asdict(cfg)}
+
+def eval_due(cfg, step):
+    """A held-out evaluation every eval_every RL steps (the last one is finish's)."""
+    return cfg.eval_every and (step - cfg.sft_steps) % cfg.eval_every == 0 and step < cfg.sft_steps + cfg.rl_steps
+
+
+def checkpoint(run, step):
+    flush_sft_log(run)
+    ref = {"ref_model": run.ref_model.state_dict()} if run.ref_model is not None else {}
+    save_checkpoint(run.ckpt_path, run.model, run.optimizer, run.cfg, step,
+                    {**run.state, "tokenizer": run.tokenizer_name, "success": run.success, **ref})
+
+
+def end_of_step(run, step):
+    """Checkpoint when due or when Ctrl-C was pressed (on any rank); True means stop now."""
+    stop = STOP["requested"]
+    if run.ddp:  # every rank stops at the same step
+        flag = torch.tensor(float(stop), device=run.device)
+        dist.all_reduce(flag)
+        stop = flag.item() > 0
+    if run.master and (stop or (run.cfg.ckpt_every and step % run.cfg.ckpt_every == 0)):
+        checkpoint(run, step)
+        if stop:
+            print(f"interrupted: saved {run.ckpt_path} at step {step}")
+    return stop
+
+
+def finish(run):
+    """After the last step: the final held-out eval and checkpoint, summary.json, the printed
+    before/after table and curves.png. -> the summary (None on other ranks than 0)."""
+    cfg, total, summary = run.cfg, run.cfg.sft_steps + run.cfg.rl_steps, None
+    if run.master:
+        after = evaluate(run.model, run.task, run.tokenizer, run.eval_problems, cfg, run.ctx)
+        log(run, {"step": total, "phase": "eval", **after})
+        checkpoint(run, total)
+        summary = {"before": run.state["before"], "after": after, "sft_time": run.state["sft_time"],
+                   "rl_time": run.state["rl_time"], "skipped_steps": run.state["skipped"], "config": asdict(cfg)}
         with open(os.path.join(cfg.out_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
-        print_summary(summary, cfg, metrics_path)
-        plot_curves(metrics_path, os.path.join(cfg.out_dir, "curves.png"))
-    if ddp:
+        print_summary(summary, cfg, run.metrics_path)
+        plot_curves(run.metrics_path, os.path.join(cfg.out_dir, "curves.png"))
+    if run.ddp:
         dist.destroy_process_group()
     return summary
+
+# -----------------------------------------------------------------------------
+# the summary: before vs after RL
 
 def fmt(result):
     return ", ".join(f"{k} {v:.3f}" for k, v in result.items() if isinstance(v, float))

@@ -103,6 +103,6 @@ def test_gpt2_small_flag_gives_gpt2_small_in_bfloat16():
 
 
 def test_sft_command_prints_steps_per_second():
-    _, table = table_of(["sft", "--task=arithmetic", "--steps=2", "--warmup=1", "--variants=eager", "--n_layer=1", "--n_embd=16",
-                         "--n_head=2", "--digits=2", "--block_size=40", "--sft_batch_size=4"])
+    _, table = table_of(["sft", "--task=arithmetic", "--steps=2", "--warmup=1", "--variants=eager", "--n_layer=1",
+                         "--n_embd=16", "--n_head=2", "--digits=2", "--block_size=40", "--sft_batch_size=4"])
     assert table[0].startswith("| train step | warm-up (s) | steps/s") and len(table) == 2 + 1

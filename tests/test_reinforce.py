@@ -250,11 +250,12 @@ def test_drop_zero_signal_all_groups_flat_gives_zero_loss_not_nan():
 
 def test_kl_k3_is_zero_at_reference_and_positive_elsewhere():
     lp, r, ids, mask = hand_batch()
-    plain, _ = reinforce_loss(lp, lp.detach(), r, ids, mask)
-    same, m = reinforce_loss(lp, lp.detach(), r, ids, mask, kl_coef=0.5, ref_logprobs=lp.detach())
+    plain, _ = reinforce_loss(lp, lp.detach(), r, ids, mask, aggregation="token-mean")
+    same, m = reinforce_loss(lp, lp.detach(), r, ids, mask, kl_coef=0.5, ref_logprobs=lp.detach(),
+                             aggregation="token-mean")
     assert m["kl"] == 0 and same.item() == plain.item()
     ref = lp.detach() + torch.tensor([[0.3, -0.2, 0.], [0.1, 0., 0.]], dtype=f64)
-    other, m = reinforce_loss(lp, lp.detach(), r, ids, mask, kl_coef=0.5, ref_logprobs=ref)
+    other, m = reinforce_loss(lp, lp.detach(), r, ids, mask, kl_coef=0.5, ref_logprobs=ref, aggregation="token-mean")
     k3 = lambda d: math.exp(d) - d - 1
     assert m["kl"] == pytest.approx((k3(0.3) + k3(-0.2) + k3(0.1)) / 3)
     assert other.item() == pytest.approx(plain.item() + 0.5 * m["kl"])

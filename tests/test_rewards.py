@@ -383,7 +383,7 @@ def test_get_task_builds_each_task_and_refuses_unknown_names():
 
 
 @pytest.mark.parametrize("make", [
-    lambda: ArithmeticTask(digits=0), lambda: ArithmeticTask(digits=10), lambda: ArithmeticTask(op="*"),
+    lambda: ArithmeticTask(digits=0), lambda: ArithmeticTask(digits=10),
     lambda: ArithmeticTask().sample("val", random.Random(0)),
     lambda: ArithmeticTask().trace(ArithmeticTask().sample("train", random.Random(0)), "cot"),
 ])
