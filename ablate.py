@@ -12,6 +12,7 @@ variant that starts from it: each copies that checkpoint and continues it with `
 changes ONE thing from the default. Prints a markdown table; every number comes from the runs'
 own out_dir/summary.json.
 """
+import hashlib
 import json
 import os
 import shutil
@@ -82,7 +83,9 @@ def run_all(commands, jobs):
 def run_variants(cfg, variants, common):
     """-> {cold-start style: [summary of its SFT run per seed]}, {variant: [summary per seed]}"""
     seeds, styles = range(1, cfg.seeds + 1), dict.fromkeys(style for style, _ in variants.values())
-    sft_dir = lambda style, seed: os.path.join(cfg.out_dir, f"sft-{style or 'default'}-seed{seed}")
+    # a cold start is kept for reuse only under the same options: they are part of its folder's name
+    key = hashlib.sha256(repr((cfg.sft_steps, common)).encode()).hexdigest()[:8]
+    sft_dir = lambda style, seed: os.path.join(cfg.out_dir, f"sft-{style or 'default'}-{key}-seed{seed}")
     run_dir = lambda name, seed: os.path.join(cfg.out_dir, f"{cfg.table}{list(variants).index(name)}-seed{seed}")
     # 1. one cold start per (style, seed), kept from an earlier call if it finished
     run_all([[f"--out_dir={sft_dir(style, seed)}", f"--seed={seed}", f"--sft_steps={cfg.sft_steps}",
@@ -156,5 +159,5 @@ def equal_token_accuracy(runs, default_tokens):
 if __name__ == "__main__":
     try:
         main(sys.argv[1:])
-    except ValueError as e:
+    except (ValueError, RuntimeError) as e:  # RuntimeError: a train.py run failed under --jobs
         sys.exit(f"ablate.py: error: {e}")

@@ -36,8 +36,8 @@ import rewards
 from model import GPT
 from reinforce import default_chunk_size, sft_loss, shape_rewards, token_logprobs, weighted_logprob_sum
 from sample import decode, encode, generate, get_tokenizer, load_checkpoint, load_model, parse_config, pick_device
-from train import (TrainConfig, autocast_context, build_model, check_config, make_task, optimizer_step, pad_batch,
-                   policy_update, set_lr, sft_batch, step_rng, to_device)
+from train import (TrainConfig, autocast_context, build_model, check_config, fast_path, make_task, optimizer_step,
+                   pad_batch, policy_update, set_lr, sft_batch, step_rng, to_device)
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 HAS_LINEAR_CROSS_ENTROPY = hasattr(F, "linear_cross_entropy")  # torch >= 2.13
@@ -416,7 +416,7 @@ def bench_rl(argv):
         t0 = time.perf_counter()
         with ctx:
             completions = generate(model, prompts, cfg.max_new_tokens, temperature=cfg.temperature,
-                                   stop_tokens=(eot,), generator=gen)
+                                   stop_tokens=(eot,), generator=gen, fast=fast_path(cfg))
         t1 = time.perf_counter()
         correct = torch.tensor([task.reward(decode(tokenizer, comp), problems[i // G])
                                 for i, comp in enumerate(completions)])  # (B,)

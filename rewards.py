@@ -6,9 +6,10 @@ compare it exactly with the reference, return 1.0 or 0.0. No learned reward mode
 A policy under RL will emit every string it can, so every reward must survive any input
 (garbage, 1 MB of braces, `__import__('os')`) without raising, hanging, or running code.
 
-Three tasks; each samples problems from disjoint train/test splits and writes the worked
+Four tasks; each samples problems from disjoint train/test splits and writes the worked
 traces used for the cold-start SFT:
-    arithmetic  "347+685=" -> "0+7+5=12,1+4+8=13,1+3+6=10 #### 1032"  (default, char-level)
+    pairs       "5 4 8 3->11:" -> "5+4=9✗,5+8=13✗,...,8+3=11✓ #### 8+3"  (default: search with self-checks)
+    arithmetic  "347+685=" -> "0+7+5=12,1+4+8=13,1+3+6=10 #### 1032"  (the scratchpad demo)
     countdown   reach a target from given numbers with + - * / ( ), as in TinyZero
     gsm8k       grade-school word problems from a GSM8K-format JSONL file
 
@@ -19,6 +20,7 @@ Look:      python rewards.py
 import hashlib
 import itertools
 import json
+import math
 import random
 import re
 from collections import Counter
@@ -412,7 +414,10 @@ class PairsTask:
             raise ValueError(f"{self.n_numbers} numbers from 1..{self.max_number} almost never have a pair with "
                              "a sum no other pair has: use fewer numbers or a larger max_number")
         prompt = " ".join(map(str, numbers)) + f"->{target}:"
-        return Problem(prompt=prompt, answer=str(target), info={"numbers": numbers, "target": target})
+        # the same numbers in another order are the same problem: they go to the same split
+        split_key = " ".join(map(str, sorted(numbers))) + f"->{target}"
+        return Problem(prompt=prompt, answer=str(target), info={"numbers": numbers, "target": target,
+                                                                "split_key": split_key})
 
     def sample(self, split: str, rng: random.Random) -> Problem:
         return _draw(split, rng, self._make)
@@ -437,6 +442,11 @@ class PairsTask:
             if rng.random() < min(self.quit_max, self.quit_step * len(attempts)):
                 break  # gives up, and answers an attempt it knows is wrong
         return ",".join(attempts) + f" #### {pair}"
+
+    def longest_trace(self) -> str:
+        """The longest cold-start trace there can be: every pair tried, on the largest numbers."""
+        m = self.max_number
+        return ",".join([f"{m}+{m}={2 * m}{CHECK_WRONG}"] * math.comb(self.n_numbers, 2)) + f" #### {m}+{m}"
 
     def _solves(self, expression: str, problem: Problem) -> bool:
         """Is "a+b" two of the given numbers (at different places) whose sum is the target?"""
@@ -552,7 +562,7 @@ def get_task(name: str, **kwargs):
 
 if __name__ == "__main__":
     rng = random.Random(0)
-    tasks = [ArithmeticTask(), CountdownTask(), GSM8KTask("tests/data/gsm8k_tiny.jsonl")]
+    tasks = [PairsTask(), ArithmeticTask(), CountdownTask(), GSM8KTask("tests/data/gsm8k_tiny.jsonl")]
     for task in tasks:
         problem = task.sample("train", rng)
         for style in task.styles:

@@ -3,7 +3,7 @@ The rollout engine: turn a model and a batch of prompts into completions, fast. 
 of its time here. Also the tokenizers (text <-> token ids), since this is where text meets tokens,
 and the --key=value parser that every command line of the repository shares.
 
-    python sample.py --ckpt=out/ckpt.pt --prompt="347+685=" --num_samples=4
+    python sample.py --ckpt=out/ckpt.pt --prompt="5 4 8 3->11:" --num_samples=4
 
 How `generate` works: prompts of different lengths are left-padded into one (B, T) batch; one
 batched forward pass ("prefill") fills a preallocated KV cache; then each step feeds only the
@@ -85,8 +85,9 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
 
 def decode_step(model, cache, token, pos):
     """One new token for each of the B rows, with static shapes: token (B, 1) and pos (B, 1) are
-    the inputs, cache.slot (1,) the slot they go to; all three are advanced in place, so calling
-    it again (or replaying a CUDA graph of it) makes the next step. -> logits (B, V)."""
+    the inputs, cache.slot (1,) the slot they go to; pos and slot are advanced in place (the caller
+    writes the next token into `token`), so calling it again, or replaying a CUDA graph of it, makes
+    the next step. -> logits (B, V)."""
     cache.valid.index_fill_(1, cache.slot, True)  # the new token's own slot becomes visible
     logits = model(token, cache=cache, positions=pos)[:, -1]  # (B, V)
     pos.add_(1)
@@ -267,7 +268,7 @@ def pick_device(name):
 @dataclass
 class SampleConfig:
     ckpt: str = "out/ckpt.pt"  # checkpoint written by train.py
-    prompt: str = "347+685="   # text to complete
+    prompt: str = "5 4 8 3->11:"  # text to complete (a problem of the default task)
     num_samples: int = 4       # completions to draw
     max_new_tokens: int = 64
     temperature: float = 1.0   # 0 = greedy

@@ -140,6 +140,10 @@ def check_config(cfg):
     if cfg.fused_update and (cfg.loss_type != "reinforce" or cfg.clip_eps or cfg.kl_coef or cfg.updates_per_batch > 1):
         raise ValueError("--fused_update needs the plain on-policy loss: loss_type=reinforce, no clip_eps, "
                          "no kl_coef, updates_per_batch=1")
+    if cfg.loss_type == "mirror" and cfg.tau <= 0:
+        raise ValueError("--loss_type=mirror needs --tau > 0 (the loss divides by it)")
+    if cfg.prioritized and cfg.problem_pool < 1:
+        raise ValueError("--prioritized=true needs --problem_pool >= 1 (the problems it draws from)")
     if cfg.updates_per_batch > 1 and cfg.clip_eps == 0 and cfg.loss_type != "mirror":
         raise ValueError("--updates_per_batch > 1 re-uses samples from an older policy: set --clip_eps "
                          "or --loss_type=mirror")
@@ -155,7 +159,9 @@ def check_out_dir(cfg, ckpt):
             raise ValueError(f"--init_from=resume: the checkpoint in {cfg.out_dir} has done {ckpt['step']} steps, "
                              f"more than sft_steps + rl_steps = {total}; ask for at least {ckpt['step']}")
     elif not cfg.overwrite:
-        found = [f for f in ("ckpt.pt", "metrics.jsonl") if os.path.exists(os.path.join(cfg.out_dir, f))]
+        # (an empty log is what a run that failed before its first step leaves: nothing to lose)
+        found = [f for f in ("ckpt.pt", "metrics.jsonl") if os.path.exists(os.path.join(cfg.out_dir, f))
+                 and os.path.getsize(os.path.join(cfg.out_dir, f)) > 0]
         if found:
             raise ValueError(f"{cfg.out_dir} already holds a run ({', '.join(found)}): continue it with "
                              "--init_from=resume, replace it with --overwrite=true, or choose another --out_dir")
@@ -394,12 +400,18 @@ def check_completion_room(task, tokenizer, problems, cfg, block_size):
     """Refuse a max_new_tokens that the longest prompt leaves no room for now, not after SFT has
     run: over the given problems and the training ones (all of them where the task keeps them in
     a list, as GSM8K does; else a sample of 256, and generate's own check stays the backstop)."""
+    if cfg.cold_start and cfg.cold_start not in task.styles:
+        raise ValueError(f"--cold_start={cfg.cold_start} is not a style of --task={cfg.task}: {', '.join(task.styles)}")
     train = getattr(task, "splits", {}).get("train") or [
         task.sample("train", random.Random(f"{cfg.seed}/lengths/{i}")) for i in range(256)]
     longest = max(len(encode(tokenizer, p.prompt)) for p in problems + train)
     if longest + cfg.max_new_tokens > block_size:
         raise ValueError(f"--max_new_tokens={cfg.max_new_tokens} does not fit: the longest prompt has {longest} "
                          f"tokens and the model's block_size is {block_size}, so at most {block_size - longest}")
+    if hasattr(task, "longest_trace"):  # a rare long cold-start trace must not stop SFT halfway (resume included)
+        need = longest + len(encode(tokenizer, task.longest_trace())) + 1  # + end-of-text
+        if need > block_size:
+            raise ValueError(f"the task's longest cold-start trace needs --block_size >= {need} (it is {block_size})")
 
 
 def build_model(cfg, device, ckpt=None):
@@ -542,6 +554,20 @@ def init_processes(cfg):
     return True, dist.get_rank(), device
 
 
+def held_out_problems(task, cfg):
+    """cfg.eval_problems distinct test problems (a repeat would count twice), each drawn from its own
+    seeded generator; a test split smaller than that (a small GSM8K file) is used whole."""
+    problems, prompts = [], set()
+    for i in range(20 * cfg.eval_problems):
+        problem = task.sample("test", random.Random(f"{cfg.seed}/eval/{i}"))
+        if problem.prompt not in prompts:
+            problems.append(problem)
+            prompts.add(problem.prompt)
+        if len(problems) == cfg.eval_problems:
+            return problems
+    return problems or [problem]
+
+
 def set_up(cfg, ckpt):
     """Everything before the first step -> Run: processes and devices, the task and its held-out
     problems, the model and optimizer (restored when resuming), out_dir and its metrics log."""
@@ -554,7 +580,7 @@ def set_up(cfg, ckpt):
     task = make_task(cfg)
     model, tokenizer_name = build_model(cfg, device, ckpt)
     tokenizer = get_tokenizer(tokenizer_name)
-    eval_problems = [task.sample("test", random.Random(f"{cfg.seed}/eval/{i}")) for i in range(cfg.eval_problems)]
+    eval_problems = held_out_problems(task, cfg)
     pool = [task.sample("train", random.Random(f"{cfg.seed}/pool/{i}"))  # prioritized sampling draws from it
             for i in range(cfg.problem_pool if cfg.prioritized else 0)]
     check_completion_room(task, tokenizer, eval_problems + pool, cfg, model.config.block_size)

@@ -258,6 +258,15 @@ def test_sampling_is_deterministic_under_a_seed(task):
     assert draw(7) != draw(8)
 
 
+def test_pairs_splits_share_no_problem_even_reordered():
+    task = PairsTask()
+    rng = random.Random(0)
+    key = lambda p: (tuple(sorted(p.info["numbers"])), p.info["target"])
+    train = {key(task.sample("train", rng)) for _ in range(5_000)}
+    test = {key(task.sample("test", rng)) for _ in range(500)}
+    assert len(test) > 100 and not train & test  # (4 digits: a few thousand problems up to reordering)
+
+
 @pytest.mark.parametrize("task", [ArithmeticTask(), CountdownTask(), PairsTask()], ids=lambda t: t.name)
 def test_train_and_test_splits_share_no_prompt(task):
     rng = random.Random(0)

@@ -501,3 +501,29 @@ def test_cuda_graphs_flag_turns_the_fast_decoding_path_off(tmp_path, monkeypatch
     seen.clear()
     run(tmp_path, "--rl_steps=1", name="on")
     assert seen and set(seen) == {None}  # None: sample.generate decides (on for CUDA, off on CPU)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--cold_start=search", "--task=arithmetic"], "not a style of --task=arithmetic"),
+    (["--numbers=6", "--block_size=64", "--max_new_tokens=40"], "longest cold-start trace needs --block_size >= "),
+    (["--loss_type=mirror", "--tau=0"], "needs --tau > 0"),
+    (["--prioritized=true", "--problem_pool=0"], "needs --problem_pool >= 1"),
+])
+def test_task_and_variant_settings_that_cannot_work_are_refused_before_sft(tmp_path, args, message):
+    with pytest.raises(ValueError, match=message):
+        train.main(PAIRS_TINY + [f"--out_dir={tmp_path}", *args])
+    assert not os.path.exists(tmp_path / "ckpt.pt")
+
+
+def test_a_run_that_failed_before_its_first_step_does_not_block_the_next(tmp_path):
+    out = str(tmp_path / "out")
+    with pytest.raises(ValueError):
+        train.main(TINY + [f"--out_dir={out}", "--cold_start=nope"])
+    train.main(TINY + [f"--out_dir={out}"])  # the same out_dir, no --overwrite needed
+    assert os.path.exists(os.path.join(out, "ckpt.pt"))
+
+
+def test_held_out_problems_are_distinct():
+    cfg = train.parse_config(train.TrainConfig, ["--eval_problems=200"])
+    problems = train.held_out_problems(train.make_task(cfg), cfg)
+    assert len(problems) == 200 and len({p.prompt for p in problems}) == 200
