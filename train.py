@@ -179,7 +179,10 @@ def autocast_context(dtype, device_type):
 def make_task(cfg):
     task_args = {"pairs": {"n_numbers": cfg.numbers, "max_number": cfg.max_number}, "arithmetic": {"digits": cfg.digits},
                  "gsm8k": {"path": cfg.data_path}}.get(cfg.task, {})
-    return get_task(cfg.task, **task_args)
+    task = get_task(cfg.task, **task_args)
+    if cfg.cold_start and cfg.cold_start not in task.styles:
+        raise ValueError(f"--cold_start={cfg.cold_start} is not a style of --task={cfg.task}: {', '.join(task.styles)}")
+    return task
 
 # -----------------------------------------------------------------------------
 # batches
@@ -400,8 +403,6 @@ def check_completion_room(task, tokenizer, problems, cfg, block_size):
     """Refuse a max_new_tokens that the longest prompt leaves no room for now, not after SFT has
     run: over the given problems and the training ones (all of them where the task keeps them in
     a list, as GSM8K does; else a sample of 256, and generate's own check stays the backstop)."""
-    if cfg.cold_start and cfg.cold_start not in task.styles:
-        raise ValueError(f"--cold_start={cfg.cold_start} is not a style of --task={cfg.task}: {', '.join(task.styles)}")
     train = getattr(task, "splits", {}).get("train") or [
         task.sample("train", random.Random(f"{cfg.seed}/lengths/{i}")) for i in range(256)]
     longest = max(len(encode(tokenizer, p.prompt)) for p in problems + train)
@@ -564,8 +565,8 @@ def held_out_problems(task, cfg):
             problems.append(problem)
             prompts.add(problem.prompt)
         if len(problems) == cfg.eval_problems:
-            return problems
-    return problems or [problem]
+            break
+    return problems
 
 
 def set_up(cfg, ckpt):

@@ -434,13 +434,18 @@ def test_pairs_problems_have_exactly_one_solution_and_print_numbers_and_target()
         assert sum(a + b == target for a, b in itertools.combinations(numbers, 2)) == 1
 
 
-def test_search_traces_write_only_truthful_checks():
-    task = PairsTask()
-    rng = random.Random(1)
-    for _ in range(500):
+def search_traces(n, seed):
+    """n cold-start search traces of the default PairsTask -> [(problem, trace, self-check stats)]"""
+    task, rng, out = PairsTask(), random.Random(seed), []
+    for _ in range(n):
         problem = task.sample("train", rng)
         trace = task.trace(problem, "search", rng)
-        stats = task.self_check_stats(trace, problem)
+        out.append((problem, trace, task.self_check_stats(trace, problem)))
+    return out
+
+
+def test_search_traces_write_only_truthful_checks():
+    for problem, trace, stats in search_traces(500, seed=1):
         assert stats["checks"] == stats["attempts"] >= 1 and stats["honest"] == stats["checks"], trace
         head, _, answer = trace.rpartition(" #### ")
         attempts = head.split(",")
@@ -457,14 +462,9 @@ def test_search_traces_try_the_pairs_in_the_order_given_without_repeating_one():
 
 
 def test_the_cold_start_is_sometimes_right_and_often_quits_after_its_own_fail():
-    task = PairsTask()
-    rng = random.Random(2)
-    stats, right = [], 0
-    for _ in range(2000):
-        problem = task.sample("train", rng)
-        trace = task.trace(problem, "search", rng)
-        stats.append(task.self_check_stats(trace, problem))
-        right += task.reward(trace, problem)
+    traces = search_traces(2000, seed=2)
+    stats = [s for _, _, s in traces]
+    right = sum(PairsTask().reward(trace, problem) for problem, trace, _ in traces)
     after_fail = sum(s["after_fail"] for s in stats) / len(stats)
     assert 0.2 < right / len(stats) < 0.8 and 0.2 < after_fail < 0.8
     assert abs(right / len(stats) + after_fail - 1) < 1e-9  # wrong exactly when it quit after a ✗
