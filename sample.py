@@ -14,7 +14,8 @@ On CUDA a step of a small model is a few hundred tiny kernel launches, and launc
 longer than running them. So there (fast=None means "on when CUDA") each step is instead one replay
 of a CUDA graph of `decode_step`, a step with static shapes: the batch never shrinks (finished rows
 decode on and are not read), the cache is written at a slot held in a tensor, attention covers the
-whole preallocated cache under its `valid` mask. Sampling stays outside the graph, on exactly the
+whole preallocated cache under its `valid` mask. The graph and its cache are kept for the next
+call of the same shape (capturing costs dozens of steps). Sampling stays outside the graph, on exactly the
 rows the plain loop would sample, so both paths draw the same tokens from the same generator.
 """
 import os
@@ -99,17 +100,20 @@ def cuda_graph(fn, state):
     """Capture fn() (which reads and writes only tensors that stay alive) as a CUDA graph; return a
     function that replays it and returns fn's output tensor, overwritten by the next replay.
     `state`: the tensors fn advances in place, put back after the warm-up run, so that the first
-    replay makes the first step."""
+    replay makes the first step. Under autocast the casts of the weights are captured too (cache
+    off): a graph kept for later calls must read the weights as they are then, not a stale copy."""
     saved = [t.clone() for t in state]
+    amp = torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"), enabled=torch.is_autocast_enabled("cuda"),
+                         cache_enabled=False)
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):  # warm up (cuBLAS handles, autocast's casts) off the capture
+    with torch.cuda.stream(stream), amp:  # warm up (cuBLAS handles) off the capture
         fn()
         for t, s in zip(state, saved):
             t.copy_(s)
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):  # records the kernels without running them
+    with torch.cuda.graph(graph), amp:  # records the kernels without running them
         out = fn()
     return lambda: (graph.replay(), out)[1]
 
@@ -125,35 +129,51 @@ def check_prompts(prompts, max_new_tokens, block_size):
     return longest
 
 
-def prefill(model, prompts, max_new_tokens):
+def prefill(model, prompts, size, cache=None):
     """Left-pad the prompts into one (B, T) batch and run it through the model at once, filling a
-    KV cache with room for max_new_tokens more. -> (cache, logits (B, V) of the last position,
-    next_pos (B,) the position of each row's first new token)."""
+    KV cache of `size` slots (a new one, or `cache` reused from an earlier call). -> (cache, logits
+    (B, V) of the last position, next_pos (B,) the position of each row's first new token)."""
     device, longest = model.transformer.wte.weight.device, max(len(p) for p in prompts)
     pad = torch.tensor([longest - len(p) for p in prompts], device=device)  # (B,) left padding
     idx = torch.tensor([[0] * (longest - len(p)) + list(p) for p in prompts], device=device)  # (B, T)
     positions = (torch.arange(longest, device=device)[None] - pad[:, None]).clamp(min=0)  # (B, T)
-    dtype = (torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type)
-             else model.transformer.wte.weight.dtype)
-    cache = KVCache(model.config, len(prompts), longest + max_new_tokens, device, dtype)
+    if cache is None:
+        dtype = (torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type)
+                 else model.transformer.wte.weight.dtype)
+        cache = KVCache(model.config, len(prompts), size, device, dtype)
+    cache.valid.zero_()  # (a reused cache: the earlier call's slots are no longer visible)
+    cache.length, slot, cache.slot = 0, cache.slot, None  # the prompts are written in dynamic mode
     cache.valid[:, :longest] = torch.arange(longest, device=device)[None] >= pad[:, None]  # real prompt tokens
     hidden = model(idx, cache=cache, positions=positions, return_hidden=True)  # (B, T, C): all rows at once
     logits = model.lm_head(hidden[:, -1])  # (B, V): only the last position is needed, not (B, T, V)
+    cache.slot = slot
     return cache, logits, positions[:, -1] + 1
 
 
-def static_decoder(model, cache, longest, next_pos):
-    """The fast path's set-up: switch the cache to static mode at slot `longest` -> (step, token_in):
-    step() decodes token_in (B, 1) for all B rows, finished ones too, and returns logits (B, V);
-    on CUDA it replays a CUDA graph of decode_step, elsewhere it runs decode_step eagerly."""
-    device = next_pos.device
-    cache.slot = torch.tensor([longest], device=device)
-    token_in = torch.zeros(len(next_pos), 1, dtype=torch.long, device=device)  # (B, 1)
-    pos_in = next_pos[:, None].clone()  # (B, 1)
-    step = lambda: decode_step(model, cache, token_in, pos_in)  # (B, V)
-    if device.type == "cuda":
-        step = cuda_graph(step, [cache.slot, cache.valid, pos_in])
-    return step, token_in
+_decoders = {}  # the fast path's caches and CUDA graphs, kept for the next call of the same shape
+
+
+def static_decoder(model, B, size):
+    """The fast path's state for B rows and a cache of `size` slots, in static mode: (cache, token_in,
+    pos_in, step). step() decodes token_in (B, 1) at pos_in (B, 1) for all B rows, finished ones too,
+    and returns logits (B, V): on CUDA by replaying a CUDA graph of decode_step, elsewhere by running it
+    eagerly. Capturing a graph costs as much as dozens of steps, so the graph and its cache are kept
+    (the last four shapes) and reused by later calls: an RL run captures once per batch shape."""
+    weight = model.transformer.wte.weight
+    amp = torch.is_autocast_enabled(weight.device.type) and torch.get_autocast_dtype(weight.device.type)
+    key = (id(model), tuple(p.data_ptr() for p in model.parameters()), B, size, amp)  # same model, weights, shape
+    if key not in _decoders:
+        if len(_decoders) == 4:
+            del _decoders[next(iter(_decoders))]  # the oldest
+        cache = KVCache(model.config, B, size, weight.device, amp or weight.dtype)
+        cache.slot = torch.zeros(1, dtype=torch.long, device=weight.device)
+        token_in = torch.zeros(B, 1, dtype=torch.long, device=weight.device)  # (B, 1)
+        pos_in = torch.zeros(B, 1, dtype=torch.long, device=weight.device)    # (B, 1)
+        step = lambda: decode_step(model, cache, token_in, pos_in)  # (B, V)
+        if weight.device.type == "cuda":
+            step = cuda_graph(step, [cache.slot, cache.valid, pos_in])
+        _decoders[key] = cache, token_in, pos_in, step
+    return _decoders[key]
 
 
 @torch.no_grad()
@@ -169,7 +189,14 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=
     device, B = model.transformer.wte.weight.device, len(prompts)
     was_training = model.training
     model.eval()
-    cache, logits, next_pos = prefill(model, prompts, max_new_tokens)  # (B, V) logits of each prompt's last token
+    fast, size = device.type == "cuda" if fast is None else fast, longest + max_new_tokens
+    if fast:  # static shapes (see decode_step); a round cache size, so that other prompt lengths reuse it
+        size = min(-(-size // 64) * 64, model.config.block_size)
+        cache, token_in, pos_in, step = static_decoder(model, B, size)
+    cache, logits, next_pos = prefill(model, prompts, size, cache if fast else None)  # (B, V) logits of the prompts
+    if fast:
+        cache.slot.fill_(longest)
+        pos_in.copy_(next_pos[:, None])
 
     new_tokens = torch.zeros(B, max_new_tokens, dtype=torch.long, device=device)  # (B, max_new_tokens)
     new_logprobs = torch.zeros(B, max_new_tokens, device=device)                    # (B, max_new_tokens)
@@ -177,8 +204,6 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=
     active = torch.arange(B, device=device)  # (b,) the original row of each row still in the batch
     finished = torch.zeros(B, dtype=torch.bool, device=device)  # (b,) rows that already hit a stop token
     stop = torch.tensor(list(stop_tokens), dtype=torch.long, device=device)
-    if device.type == "cuda" if fast is None else fast:  # static shapes: see decode_step
-        step, token_in = static_decoder(model, cache, longest, next_pos)
     for t in range(max_new_tokens):
         token = sample_next(logits, temperature, top_k, top_p, generator)  # (b,)
         new_tokens[active, t] = token  # what a finished row adds is cut off by its length
@@ -195,9 +220,9 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=
         if 4 * n_finished >= len(active):
             keep = (~finished).nonzero().squeeze(1)
             active, token, next_pos, finished = active[keep], token[keep], next_pos[keep], finished[keep]
-            if cache.slot is None:  # (a static cache keeps every row)
+            if not fast:  # (a static cache keeps every row)
                 cache.keep(keep)
-        if cache.slot is not None:
+        if fast:
             token_in.index_copy_(0, active, token[:, None])
             logits = step()  # (B, V)
             logits = logits if len(active) == B else logits[active]  # (b, V): the plain loop's rows

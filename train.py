@@ -55,6 +55,7 @@ class TrainConfig:
     task: str = "pairs"             # pairs | arithmetic | countdown | gsm8k
     numbers: int = 4                # pairs: how many numbers to search for the two that sum to the target
     max_number: int = 9             # pairs: the numbers are drawn from 1..max_number
+    quit_max: float = 0.6           # pairs: the cold start gives up after its k-th wrong attempt w.p. min(quit_max, k/4)
     digits: int = 4                 # arithmetic: digits of each operand (difficulty)
     data_path: str = ""             # gsm8k: a JSONL file with "question" and "answer" per line
     cold_start: str = ""            # style of the SFT traces (pairs: search | unchecked | direct); "" = the task's default
@@ -177,7 +178,8 @@ def autocast_context(dtype, device_type):
 
 
 def make_task(cfg):
-    task_args = {"pairs": {"n_numbers": cfg.numbers, "max_number": cfg.max_number}, "arithmetic": {"digits": cfg.digits},
+    task_args = {"pairs": {"n_numbers": cfg.numbers, "max_number": cfg.max_number, "quit_max": cfg.quit_max},
+                 "arithmetic": {"digits": cfg.digits},
                  "gsm8k": {"path": cfg.data_path}}.get(cfg.task, {})
     task = get_task(cfg.task, **task_args)
     if cfg.cold_start and cfg.cold_start not in task.styles:

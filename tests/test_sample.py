@@ -222,3 +222,36 @@ def test_fast_path_is_off_by_default_on_cpu(monkeypatch):
     import sample
     monkeypatch.setattr(sample, "decode_step", lambda *a: pytest.fail("the static step ran on CPU by default"))
     generate(tiny_model(), [[1, 2]], 4)
+
+
+def reuse_across_calls(device, ctx):
+    """Three fast calls on one model: other prompt lengths, then weights changed in place (as an
+    optimizer step does). Each must equal the plain loop, and all must share one kept decoder."""
+    model = tiny_model().to(device)
+    prompts, stop = mixed_prompts_and_a_common_stop(model.cpu())
+    model.to(device)
+    sample._decoders.clear()
+    outputs = []
+    for call in range(3):
+        if call == 2:
+            torch.manual_seed(1)
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(0.3 * torch.randn_like(p))
+        these = prompts if call == 0 else [[p[-1]] + p for p in prompts]  # other lengths, same batch size
+        with ctx:
+            fast = generate(model, these, 20, temperature=0, stop_tokens=(stop,), fast=True)
+            assert fast == generate(model, these, 20, temperature=0, stop_tokens=(stop,), fast=False)
+        outputs.append(fast)
+    assert len(sample._decoders) == 1  # one capture, reused by the later calls
+    assert outputs[2] != outputs[1]  # the third call decoded with the changed weights
+
+
+def test_fast_path_reuses_its_kept_cache_across_calls_and_still_equals_the_plain_loop():
+    reuse_across_calls("cpu", torch.autocast("cpu", enabled=False))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kept_cuda_graph_reads_the_current_weights_under_autocast(dtype):
+    reuse_across_calls("cuda", torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32))

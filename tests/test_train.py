@@ -486,6 +486,16 @@ def test_cold_start_style_is_chosen_by_config():
     assert all(text.startswith("#### ") and "✗" not in text for text in texts)
 
 
+def test_quit_max_sets_how_often_the_cold_start_gives_up():
+    def right_share(quit_max):
+        cfg = train.parse_config(train.TrainConfig, [f"--quit_max={quit_max}", "--numbers=6", "--max_number=20"])
+        task, rng = train.make_task(cfg), random.Random(0)
+        problems = [task.sample("train", rng) for _ in range(1000)]
+        return sum(task.reward(task.trace(p, "search", rng), p) for p in problems) / len(problems)
+    assert right_share(0.0) == 1.0  # never gives up: every search reaches the right pair
+    assert 0.19 < right_share(0.3) < 0.28 and 0.11 < right_share(0.6) < 0.2  # 0.233 and 0.158 in theory
+
+
 def test_rise_profile_tells_a_step_from_a_gradual_rise():
     assert "carries 100% of the rise, 0 distinct" in train.rise_profile([2.0, 2.0, 4.0, 4.0])
     assert "carries 25% of the rise, 3 distinct" in train.rise_profile([1.0, 1.5, 2.0, 2.5, 3.0])

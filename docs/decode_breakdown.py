@@ -1,0 +1,75 @@
+"""Where a decode step of GPT-2 small (bfloat16, B=1) goes on a GPU: sample.generate with its kept
+CUDA graph, the graph replayed alone (no sampling, no bookkeeping), the capture, decode_step
+eagerly, and decode_step compiled by torch.compile inside the same kind of graph. CUDA only.
+
+    PYTHONPATH=. python docs/decode_breakdown.py
+"""
+import sys
+import time
+
+import torch
+if not torch.cuda.is_available():
+    sys.exit("docs/decode_breakdown.py measures CUDA graphs: it needs a CUDA GPU")
+from model import GPT, GPTConfig, KVCache
+import sample
+from sample import generate, decode_step, cuda_graph, static_decoder
+
+torch.manual_seed(0)
+cfg = GPTConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)
+model = GPT(cfg).cuda().to(torch.bfloat16).eval()
+wbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+floor = wbytes / 3.0e12
+prompt = [torch.randint(0, 50257, (16,)).tolist()]
+N = 128
+
+def med(fn, n=5):
+    fn(); torch.cuda.synchronize()
+    ts = []
+    for _ in range(n):
+        t0 = time.perf_counter(); fn(); torch.cuda.synchronize(); ts.append(time.perf_counter() - t0)
+    return sorted(ts)[n // 2]
+
+def report(name, per_step):
+    print(f"{name}: {per_step * 1e6:8.1f} us/step  {100 * floor / per_step:5.1f}% of roofline", flush=True)
+
+with torch.no_grad():
+    report("generate(fast=True), graph kept, 128 tokens", med(lambda: generate(model, prompt, N, temperature=0, fast=True)) / N)
+    report("generate(fast=False), plain loop", med(lambda: generate(model, prompt, N, temperature=0, fast=False), 3) / N)
+    sample._decoders.clear()
+    torch.cuda.synchronize(); t0 = time.perf_counter()
+    cache, token_in, pos_in, step = static_decoder(model, 1, 192)
+    torch.cuda.synchronize(); print(f"capture (new static_decoder): {1000 * (time.perf_counter() - t0):.1f} ms")
+    def replay():
+        cache.slot.fill_(16); pos_in.fill_(16)
+        for _ in range(N):
+            step()
+    report("graph replay only (no sampling, no bookkeeping)", med(replay) / N)
+    def eager():
+        cache.slot.fill_(16); pos_in.fill_(16)
+        for _ in range(N):
+            decode_step(model, cache, token_in, pos_in)
+    report("decode_step eager, no graph", med(eager, 3) / N)
+    ref = None
+    for mode in ("default",):
+        try:
+            torch._dynamo.reset()
+            compiled = torch.compile(decode_step, mode=mode, fullgraph=True)
+            c2 = KVCache(cfg, 1, 192, "cuda", torch.bfloat16)
+            c2.slot = torch.zeros(1, dtype=torch.long, device="cuda")
+            t2 = torch.zeros(1, 1, dtype=torch.long, device="cuda"); p2 = torch.zeros(1, 1, dtype=torch.long, device="cuda")
+            t0 = time.perf_counter()
+            compiled(model, c2, t2, p2); compiled(model, c2, t2, p2); torch.cuda.synchronize()
+            print(f"compile {mode}: {time.perf_counter() - t0:.1f} s", flush=True)
+            g = cuda_graph(lambda: compiled(model, c2, t2, p2), [c2.slot, c2.valid, p2])
+            def replay2():
+                c2.slot.fill_(16); p2.fill_(16)
+                for _ in range(N):
+                    g()
+            report(f"compiled ({mode}) + our graph, replay only", med(replay2) / N)
+            # same logits as eager for one step from the same state
+            c2.slot.fill_(5); p2.fill_(5); cache.slot.fill_(5); pos_in.fill_(5)
+            c2.k.copy_(cache.k); c2.v.copy_(cache.v); c2.valid.copy_(cache.valid)
+            a = g().float().clone(); b = decode_step(model, cache, token_in, pos_in).float()
+            print(f"  max |compiled - eager| logits: {(a - b).abs().max().item():.3e} (scale {b.abs().max().item():.2f})")
+        except Exception as e:
+            print(f"compile {mode} failed: {type(e).__name__}: {str(e)[:300]}")
