@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_out}
 PY=${PYTHON:-python}
 BUDGET=${BUDGET:-420}
+export PYTHONPATH=.  # the docs/ scripts import the repository's modules
 mkdir -p "$OUT"
 
 run() {  # run NAME SECONDS COMMAND...: its output in $OUT/NAME.md, a line in $OUT/summary.txt
@@ -62,7 +63,7 @@ EOF
 run sample_gpt2_small_B1 90 $PY bench.py sample --gpt2_small=true --batch_size=1
 run sample_default 60 $PY bench.py sample
 run sample_rl_size 60 $PY bench.py sample --n_embd=128 --vocab_size=257 --batch_size=128
-run sample_gpt2_small_B64 90 $PY bench.py sample --gpt2_small=true --batch_size=64
+run sample_gpt2_small_B64 120 $PY bench.py sample --gpt2_small=true --batch_size=64 --repeats=2
 
 # 3. the default run, whole (target: at most 30 s), then where an RL step's time goes on its checkpoint
 RUN=$(mktemp -d)
@@ -75,5 +76,16 @@ run sft_eager_vs_compiled 150 $PY bench.py sft --steps=200 --warmup=10
 
 # 5. fused log-probs at N=16384 (F.linear_cross_entropy rows only where torch has it, >= 2.13)
 run logprobs_N16384 120 $PY bench.py logprobs --N=16384 --chunks=0,1024 --repeats=3
+
+# 6. where the time goes: a GPT-2-small decode step (B=1) and an SFT step of the default run
+run decode_breakdown 100 $PY docs/decode_breakdown.py
+run sft_breakdown 60 $PY docs/sft_breakdown.py
+
+# 7. the GPU preset (README, "A preset that needs a GPU"): about 3 minutes; PRESET=1 to include it
+if [ "${PRESET:-0}" = 1 ]; then
+    run preset 300 $PY train.py --numbers=6 --max_number=20 --quit_max=0.3 --n_layer=6 --n_head=6 --n_embd=384 \
+        --block_size=192 --max_new_tokens=168 --sft_steps=2000 --sft_batch_size=128 --sft_lr=1e-3 \
+        --prompts_per_step=32 --rl_steps=150 --rl_lr=3e-5 --eval_every=15 --out_dir="$RUN-preset"
+fi
 
 echo "done: tables in $OUT" | tee -a "$OUT/summary.txt"
