@@ -6,11 +6,10 @@ compare it exactly with the reference, return 1.0 or 0.0. No learned reward mode
 A policy under RL will emit every string it can, so every reward must survive any input
 (garbage, 1 MB of braces, `__import__('os')`) without raising, hanging, or running code.
 
-Four tasks; each samples problems from disjoint train/test splits and writes the worked
+Three tasks; each samples problems from disjoint train/test splits and writes the worked
 traces used for the cold-start SFT:
     pairs       "5 4 8 3->11:" -> "5+4=9✗,5+8=13✗,...,8+3=11✓ #### 8+3"  (default: search with self-checks)
     arithmetic  "347+685=" -> "0+7+5=12,1+4+8=13,1+3+6=10 #### 1032"  (the scratchpad demo)
-    countdown   reach a target from given numbers with + - * / ( ), as in TinyZero
     gsm8k       grade-school word problems from a GSM8K-format JSONL file
 
 Test:      python -m pytest -q tests/test_rewards.py
@@ -30,9 +29,6 @@ from fractions import Fraction
 MAX_SCAN_CHARS = 4096   # answers live at the end: searching only the tail bounds the cost of huge outputs
 MAX_ANSWER_CHARS = 200  # a longer "final answer" is not well formed
 MAX_NUMBER_CHARS = 100  # longer strings are never converted to numbers (no huge int() conversions)
-MAX_EXPR_CHARS = 200    # countdown expressions: longest accepted
-MAX_EXPR_DEPTH = 50     # countdown expressions: deepest nesting of parentheses / unary minus
-MAX_VALUE_BITS = 256    # countdown expressions: largest numerator or denominator of any intermediate
 TEST_FRACTION = 0.1     # share of problems held out for evaluation
 
 # -----------------------------------------------------------------------------
@@ -44,26 +40,20 @@ _BRACED = r"[^{}]*+"
 for _ in range(3):
     _BRACED = r"(?:[^{}]++|\{" + _BRACED + r"\})*+"
 
-_ANSWER_TAG = re.compile(r"<answer>([^<]*+)</answer>")  # content may not contain '<'
 _ANSWER_PATTERNS = (
     re.compile(r"####[ \t]*([^\n#]*)"),                             # GSM8K: "#### 72"
     re.compile(r"\\boxed\{(" + _BRACED + r")\}"),                    # LaTeX: "\boxed{\frac{1}{2}}"
     re.compile(r"the answer is[ \t]*:?[ \t]*(\S+?)[.,]?(?!\S)", re.IGNORECASE),  # "The answer is 72."
-    _ANSWER_TAG,                                                    # tags:  "<answer>72</answer>"
+    re.compile(r"<answer>([^<]*+)</answer>"),                       # tags:  "<answer>72</answer>"
 )
-
-
-def _tail(text: str) -> tuple[int, str]:
-    """(offset, last MAX_SCAN_CHARS characters of text)."""
-    offset = max(0, len(text) - MAX_SCAN_CHARS)
-    return offset, text[offset:]
 
 
 def _find_last_answer(text: str) -> tuple[int, str] | None:
     """(where its marker starts, answer) for the last well-formed answer in text, else None."""
     if not isinstance(text, str):
         return None
-    offset, tail = _tail(text)
+    offset = max(0, len(text) - MAX_SCAN_CHARS)
+    tail = text[offset:]
     best = None  # (where the answer itself starts, where its marker starts, answer)
     for pattern in _ANSWER_PATTERNS:
         for m in pattern.finditer(tail):
@@ -132,103 +122,6 @@ def exact_match(completion: str, answer: str) -> float:
 def format_reward(completion: str) -> float:
     """1.0 if the completion states a final answer at all, right or wrong."""
     return 1.0 if extract_answer(completion) is not None else 0.0
-
-
-# -----------------------------------------------------------------------------
-# Countdown expressions: our own tiny parser, so model output is never eval'd
-
-_TOKEN = re.compile(r"[0-9]+|\S")  # integers, or any single non-space character
-
-
-class _ExpressionParser:
-    """Recursive descent over Fractions. Grammar:
-        expr   := term (('+' | '-') term)*
-        term   := factor (('*' | '/') factor)*
-        factor := '-' factor | '(' expr ')' | integer
-    Raises ValueError on anything else, including the resource limits above."""
-
-    def __init__(self, text: str):
-        self.tokens = _TOKEN.findall(text) + [""]  # "" marks the end; nothing is read past it
-        self.pos = 0
-        self.depth = 0
-        self.literals = []  # every integer used, to check against the given numbers
-
-    def peek(self) -> str:
-        return self.tokens[self.pos]
-
-    def take(self) -> str:
-        self.pos += 1
-        return self.tokens[self.pos - 1]
-
-    def expr(self) -> Fraction:
-        value = self.term()
-        while self.peek() in ("+", "-"):
-            op, rhs = self.take(), self.term()
-            value = _bounded(value + rhs if op == "+" else value - rhs)
-        return value
-
-    def term(self) -> Fraction:
-        value = self.factor()
-        while self.peek() in ("*", "/"):
-            op, rhs = self.take(), self.factor()
-            if op == "/" and rhs == 0:
-                raise ValueError("division by zero")
-            value = _bounded(value * rhs if op == "*" else value / rhs)
-        return value
-
-    def factor(self) -> Fraction:
-        self.depth += 1
-        if self.depth > MAX_EXPR_DEPTH:
-            raise ValueError("nested too deeply")
-        tok = self.take()
-        if tok == "-":
-            value = -self.factor()
-        elif tok == "(":
-            value = self.expr()
-            if self.take() != ")":
-                raise ValueError("missing ')'")
-        elif tok.isascii() and tok.isdigit():
-            self.literals.append(int(tok))  # short: the whole expression is <= MAX_EXPR_CHARS
-            value = _bounded(Fraction(int(tok)))
-        else:
-            raise ValueError(f"unexpected {tok!r}")
-        self.depth -= 1
-        return value
-
-
-def _bounded(x: Fraction) -> Fraction:
-    if max(abs(x.numerator).bit_length(), x.denominator.bit_length()) > MAX_VALUE_BITS:
-        raise ValueError("value too large")
-    return x
-
-
-def evaluate_expression(text: str) -> tuple[Fraction, list[int]]:
-    """(exact value, integer literals used) of an arithmetic expression; ValueError if invalid."""
-    if len(text) > MAX_EXPR_CHARS:
-        raise ValueError("expression too long")
-    parser = _ExpressionParser(text)
-    value = parser.expr()
-    if parser.peek() != "":
-        raise ValueError(f"unexpected {parser.peek()!r}")
-    return value, parser.literals
-
-
-def countdown_reward(completion: str, numbers: list[int], target: int) -> float:
-    """1.0 if the last <answer>...</answer> holds an expression equal to target that uses
-    only the given numbers, each at most once. TinyZero demands exactly once; we also credit
-    a correct expression that leaves numbers out, which makes early rewards less sparse."""
-    if not isinstance(completion, str):
-        return 0.0
-    tags = _ANSWER_TAG.findall(_tail(completion)[1])
-    if not tags:
-        return 0.0
-    try:
-        value, literals = evaluate_expression(tags[-1])
-    except ValueError:
-        return 0.0
-    if Counter(literals) - Counter(numbers):  # a number not given, or used too often
-        return 0.0
-    return 1.0 if value == target else 0.0
 
 
 # -----------------------------------------------------------------------------
@@ -303,62 +196,6 @@ class ArithmeticTask:
 
     def is_step_by_step(self, completion: str) -> bool:
         return "=" in completion.rpartition("####")[0]
-
-
-def _random_expression(numbers: list[int], rng: random.Random) -> tuple[str, int]:
-    """Combine all numbers in random order with random ops -> (expression, value).
-    Divisions are only made when exact, so every intermediate value stays an integer."""
-    items = [(str(n), n) for n in numbers]  # (text, value)
-    while len(items) > 1:
-        (ta, a), (tb, b) = items.pop(rng.randrange(len(items))), items.pop(rng.randrange(len(items)))
-        op = rng.choice("+-*/")
-        if op == "/" and (b == 0 or a % b):
-            op = rng.choice("+-*")
-        value = a + b if op == "+" else a - b if op == "-" else a * b if op == "*" else a // b
-        left = ta if ta.isdigit() else f"({ta})"  # bracket every compound operand
-        right = tb if tb.isdigit() else f"({tb})"
-        items.append((f"{left}{op}{right}", value))
-    return items[0]
-
-
-class CountdownTask:
-    """Reach a target with + - * / ( ) over the given numbers, each used at most once.
-    The target is built from a random expression over the numbers, so a solution exists."""
-    name = "countdown"
-    styles = ("direct",)
-
-    def __init__(self, n_numbers: int = 4, max_number: int = 99, max_target: int = 100):
-        if not 2 <= n_numbers <= 6:
-            raise ValueError(f"n_numbers must be in 2..6, got {n_numbers}")
-        if max_number < 1 or max_target < 1:
-            raise ValueError("max_number and max_target must be >= 1")
-        self.n_numbers, self.max_number, self.max_target = n_numbers, max_number, max_target
-
-    def _make(self, rng: random.Random) -> Problem:
-        while True:  # most random expressions overshoot max_target or go negative; redraw
-            numbers = [rng.randint(1, self.max_number) for _ in range(self.n_numbers)]
-            solution, target = _random_expression(numbers, rng)
-            if 1 <= target <= self.max_target:
-                break
-        numbers.sort()  # one number set and target -> one prompt, so splits stay disjoint
-        prompt = f"Using the numbers {numbers} make {target}. Put the expression in <answer></answer>.\n"
-        info = {"numbers": numbers, "target": target, "solution": solution}
-        return Problem(prompt=prompt, answer=str(target), info=info)
-
-    def sample(self, split: str, rng: random.Random) -> Problem:
-        return _draw(split, rng, self._make)
-
-    def trace(self, problem: Problem, style: str, rng: random.Random | None = None) -> str:
-        if style != "direct":
-            raise ValueError(f"unknown style {style!r}; styles are {self.styles}")
-        return f"<answer>{problem.info['solution']}</answer>"
-
-    def reward(self, completion: str, problem: Problem) -> float:
-        return countdown_reward(completion, problem.info["numbers"], problem.info["target"])
-
-    def is_step_by_step(self, completion: str) -> bool:
-        head, tag, _ = completion.rpartition("<answer>")
-        return bool(tag) and bool(head.strip())
 
 
 CHECK_RIGHT, CHECK_WRONG = "✓", "✗"  # the model's own verdict on an attempt (one token each)
@@ -553,16 +390,14 @@ def get_task(name: str, **kwargs):
         return PairsTask(**kwargs)
     elif name == "arithmetic":
         return ArithmeticTask(**kwargs)
-    elif name == "countdown":
-        return CountdownTask(**kwargs)
     elif name == "gsm8k":
         return GSM8KTask(**kwargs)
-    raise ValueError(f"unknown task {name!r}; valid names are: pairs, arithmetic, countdown, gsm8k")
+    raise ValueError(f"unknown task {name!r}; valid names are: pairs, arithmetic, gsm8k")
 
 
 if __name__ == "__main__":
     rng = random.Random(0)
-    tasks = [PairsTask(), ArithmeticTask(), CountdownTask(), GSM8KTask("tests/data/gsm8k_tiny.jsonl")]
+    tasks = [PairsTask(), ArithmeticTask(), GSM8KTask("tests/data/gsm8k_tiny.jsonl")]
     for task in tasks:
         problem = task.sample("train", rng)
         for style in task.styles:

@@ -52,7 +52,7 @@ class TrainConfig:
     cuda_graphs: bool = True        # on CUDA, decode by replaying a CUDA graph of one step (sample.generate's fast path)
     fused_update: bool = False      # plain REINFORCE only: gradient made in the forward pass (no entropy logged)
     # task (rewards.py)
-    task: str = "pairs"             # pairs | arithmetic | countdown | gsm8k
+    task: str = "pairs"             # pairs | arithmetic | gsm8k
     numbers: int = 4                # pairs: how many numbers to search for the two that sum to the target
     max_number: int = 9             # pairs: the numbers are drawn from 1..max_number
     digits: int = 4                 # arithmetic: digits of each operand (difficulty)
