@@ -277,7 +277,8 @@ def bench_logprobs(argv):
         args = [f"--{k}={v}" for k, v in {**asdict(cfg), "impl": impl, "chunk": chunk}.items()]
         done = subprocess.run([sys.executable, os.path.join(ROOT, "bench.py"), "_logprobs_worker", *args],
                               capture_output=True, text=True)
-        auto = "auto" if impl == "torch" else f"default ({default_chunk_size(cfg.V)})"  # ours: from the budget
+        budget_rows = default_chunk_size(cfg.V, device_type=device.split(":")[0])  # ours: from the budget
+        auto = "auto" if impl == "torch" else f"default ({budget_rows})"
         row = [LOGPROB_IMPLS[impl], "—" if impl == "naive" else chunk or auto]
         if done.returncode != 0:  # e.g. out of memory: say so in the table and go on
             rows.append(row + ["failed: " + "".join(done.stderr.strip().splitlines()[-1:]), "", "", ""])
@@ -315,7 +316,7 @@ def fuzz_corpus(n, seed):
     rng = random.Random(seed)
     alphabet = [chr(i) for i in range(32, 127)] + ["\n", "\t", "é", "中"]
     blob = "".join(rng.choices(alphabet, k=200_000))  # long garbage is cut from this at random
-    arithmetic, countdown = rewards.get_task("arithmetic", digits=4), rewards.get_task("countdown")
+    arithmetic, pairs = rewards.get_task("arithmetic", digits=4), rewards.get_task("pairs")
     gsm8k = rewards.get_task("gsm8k", path=os.path.join(ROOT, "tests", "data", "gsm8k_tiny.jsonl"))
 
     def trace(task):
@@ -329,7 +330,7 @@ def fuzz_corpus(n, seed):
         ("huge number", lambda: "#### " + "9" * rng.randint(100, 100_000)),
         ("repeated markers", lambda: rng.choice(MARKERS) * rng.randint(100, 20_000)),
         ("arithmetic trace", lambda: trace(arithmetic)),
-        ("countdown trace", lambda: trace(countdown)),
+        ("pairs trace", lambda: trace(pairs)),
         ("gsm8k trace", lambda: trace(gsm8k)),
     ]
     return [(kind, make()) for kind, make in (makers[i % len(makers)] for i in range(n))]
@@ -338,15 +339,14 @@ def fuzz_corpus(n, seed):
 def bench_rewards(argv):
     cfg = parse_config(RewardsBench, argv)
     corpus = fuzz_corpus(cfg.n, cfg.seed)
-    arithmetic, countdown = rewards.get_task("arithmetic", digits=4), rewards.get_task("countdown")
+    arithmetic, pairs = rewards.get_task("arithmetic", digits=4), rewards.get_task("pairs")
     rng = random.Random(cfg.seed)
-    a, c = arithmetic.sample("test", rng), countdown.sample("test", rng)  # what every call checks against
+    a, p = arithmetic.sample("test", rng), pairs.sample("test", rng)  # what every call checks against
     functions = {
         "`rewards.exact_match`": lambda text: rewards.exact_match(text, a.answer),
         "`rewards.format_reward`": rewards.format_reward,
-        "`rewards.countdown_reward`":
-            lambda text: rewards.countdown_reward(text, c.info["numbers"], c.info["target"]),
         "`ArithmeticTask.reward`": lambda text: arithmetic.reward(text, a),
+        "`PairsTask.reward`": lambda text: pairs.reward(text, p),
     }
     rows = []
     for name, fn in functions.items():

@@ -1,16 +1,14 @@
 """
 A GPT in one file: GPT-2's architecture and parameter names, so Hugging Face GPT-2 weights load
-by name, plus the two things RL needs from a model: an optional KV cache for fast sampling
-(see sample.py) and the final hidden states, so that log-probs can be computed without ever
-building the (B, T, V) logits (see reinforce.token_logprobs).
+by name, plus the two things RL needs from a model: a KV cache for fast sampling (sample.py) and
+the final hidden states, so that log-probs never build the (B, T, V) logits (reinforce.py).
 
-    from model import GPT, GPTConfig
     model = GPT(GPTConfig(vocab_size=300, block_size=64, n_layer=4, n_head=4, n_embd=128))
     logits = model(idx)                      # (B, T, V)
     model = GPT.from_pretrained("gpt2")      # or a local directory written by save_pretrained
 
-Letters in shape comments: B batch, T time (tokens), C channels (n_embd), V vocab,
-nh heads, hs head size, S keys visible to attention (cached + new).
+Letters: B batch, T time (tokens), C channels (n_embd), V vocab, nh heads, hs head size,
+S keys visible to attention (cached + new).
 """
 import math
 from dataclasses import dataclass
@@ -18,7 +16,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 
 @dataclass
 class GPTConfig:
@@ -34,16 +31,12 @@ class GPTConfig:
         if self.n_embd % self.n_head != 0:
             raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
 
-
 class KVCache:
-    """Preallocated keys and values of every layer, written at explicit positions.
-
-    `valid` marks the slots that hold real tokens: prompts of different lengths are left-padded
-    and the padding slots are never attended to.
-
-    Static mode (`slot` set to a (1,) tensor, see sample.decode_step): one token per step is written
-    at that tensor position and attention runs over all max_len slots under `valid`, so no shape
-    ever changes and the step can be captured as a CUDA graph. `length` then stays where it was."""
+    """Preallocated keys and values of every layer, written at explicit positions. Prompts of
+    different lengths are left-padded; `valid` marks the slots that hold real tokens.
+    Static mode (`slot` a (1,) tensor, see sample.decode_step): each step writes one token at that
+    position and attends over all max_len slots under `valid`, so no shape ever changes and the
+    step can be captured as a CUDA graph; `length` then stays where it was."""
 
     def __init__(self, config, batch_size, max_len, device, dtype):
         hs = config.n_embd // config.n_head
@@ -81,7 +74,6 @@ class KVCache:
         self.k, self.v = self.k[:, rows], self.v[:, rows]
         self.valid = self.valid[rows]
 
-
 class CausalSelfAttention(nn.Module):
 
     def __init__(self, config, layer_idx):
@@ -104,7 +96,6 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
         return self.resid_dropout(self.c_proj(y))
 
-
 class MLP(nn.Module):
 
     def __init__(self, config):
@@ -116,7 +107,6 @@ class MLP(nn.Module):
 
     def forward(self, x):
         return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
-
 
 class Block(nn.Module):
 
@@ -130,7 +120,6 @@ class Block(nn.Module):
     def forward(self, x, cache=None, mask=None):
         x = x + self.attn(self.ln_1(x), cache, mask)  # pre-norm residual blocks, as in GPT-2
         return x + self.mlp(self.ln_2(x))
-
 
 class GPT(nn.Module):
 
@@ -148,9 +137,7 @@ class GPT(nn.Module):
         self.lm_head.weight = self.transformer.wte.weight  # weight tying, as in GPT-2
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
-            # GPT-2: scale the residual projections by 1/sqrt(2 * n_layer) so the residual
-            # stream's variance does not grow with depth.
-            if name.endswith("c_proj.weight"):
+            if name.endswith("c_proj.weight"):  # GPT-2: the residual stream's variance must not grow with depth
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
     def _init_weights(self, module):
@@ -159,18 +146,14 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def num_params(self, non_embedding=True):
-        """Parameter count; the position table is left out by default (as in nanoGPT)."""
-        n = sum(p.numel() for p in self.parameters())
-        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+    def num_params(self):
+        """Parameter count without the position table (as in nanoGPT)."""
+        return sum(p.numel() for p in self.parameters()) - self.transformer.wpe.weight.numel()
 
     def forward(self, idx, targets=None, cache=None, positions=None, return_hidden=False):
-        """idx (B, T) token ids.
-        - default: logits (B, T, V) for every position;
-        - with targets (B, T) (-1 = ignore): (logits, mean cross-entropy);
-        - return_hidden: the final hidden states (B, T, C) after ln_f, before lm_head;
-        - cache: a KVCache for incremental decoding; positions (B, T) then gives each token's
-          position (rows are left-padded by different amounts)."""
+        """idx (B, T) token ids -> logits (B, T, V); with targets (B, T) (-1 = ignore) also the mean
+        cross-entropy; with return_hidden the final hidden states (B, T, C) instead. cache: a KVCache
+        for incremental decoding, with positions (B, T) of each token (rows are left-padded)."""
         B, T = idx.size()
         start = cache.length if cache is not None else 0
         if start + T > self.config.block_size:
@@ -206,11 +189,10 @@ class GPT(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_path, dropout=0.0):
-        """Load GPT-2 weights in Hugging Face format: a hub name ("gpt2", "gpt2-medium", ...; needs
-        network or the local HF cache) or a directory written by `save_pretrained`.
-        `transformers` is only needed here, so it is imported here."""
+        """GPT-2 weights in Hugging Face format: a hub name ("gpt2", "gpt2-medium", ...; needs network
+        or the local HF cache) or a directory written by `save_pretrained`."""
         try:
-            from transformers import GPT2LMHeadModel
+            from transformers import GPT2LMHeadModel  # needed only here
         except ImportError as e:
             raise ImportError("GPT.from_pretrained needs `pip install transformers`") from e
         try:
@@ -227,6 +209,5 @@ class GPT(nn.Module):
         transposed = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
         with torch.no_grad():
             for key in sd:
-                w = hf_sd[key]
-                sd[key].copy_(w.t() if key.endswith(transposed) else w)
+                sd[key].copy_(hf_sd[key].t() if key.endswith(transposed) else hf_sd[key])
         return model

@@ -1,9 +1,7 @@
 """
 The math of the RL update: rewards, advantages, the policy-gradient loss, and the fused token
-log-probs it is computed on. torch only, no I/O; train.py calls these functions,
-tests/test_reinforce.py checks them:
-
-    python -m pytest -q tests/test_reinforce.py
+log-probs it is computed on. torch only, no I/O; train.py calls these functions, and
+`python -m pytest -q tests/test_reinforce.py` checks them.
 
 Letters: B sequences (completions), T completion time steps, G samples per prompt (a "group"),
 N tokens (rows of hidden states), C channels, V vocabulary.
@@ -12,11 +10,7 @@ The objective is the expected exact reward of a sampled completion y ~ π_θ(·|
     J(θ) = E_y[r(y)],   ∇J = E_y[(r(y) − b) ∇log π_θ(y)]   (REINFORCE, Williams 1992)
 for any baseline b that does not depend on y itself. log π_θ(y) = Σ_t log π_θ(y_t | y_<t), so
 the loss is −Σ_t A · log π_θ(y_t) with A = r − b, averaged over tokens or sequences.
-
-The file reads in that order: rewards and advantages, the loss (and the cold start's SFT loss),
-the paper variants (all off by default), then the speed-ups: token log-probs computed chunk by
-chunk without the (N, V) logits, and the fused update that makes the head's gradient in the
-forward pass.
+The method comes first, then the paper variants (all off by default), then the speed-ups.
 """
 
 import torch
@@ -28,6 +22,10 @@ LOSS_TYPES = ("reinforce", "mirror")
 # -----------------------------------------------------------------------------
 # rewards and advantages
 
+def _check(name, value, valid):
+    if value not in valid:
+        raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
+
 def _groups(group_ids):
     """group_ids (B,) arbitrary ints -> g (B,) in [0, n_groups), n_groups"""
     uniq, g = torch.unique(group_ids, return_inverse=True)
@@ -37,9 +35,8 @@ def _group_sum(x, g, n):
     return x.new_zeros(n).index_add_(0, g, x)  # (n,) Σ of x over each group
 
 def _group_min_max(x, g, n):
-    """(n,), (n,): the smallest and largest x of each group"""
-    lo = x.new_zeros(n).scatter_reduce_(0, g, x, "amin", include_self=False)
-    hi = x.new_zeros(n).scatter_reduce_(0, g, x, "amax", include_self=False)
+    lo = x.new_zeros(n).scatter_reduce_(0, g, x, "amin", include_self=False)  # (n,)
+    hi = x.new_zeros(n).scatter_reduce_(0, g, x, "amax", include_self=False)  # (n,)
     return lo, hi
 
 def _group_flat(x, g, n):
@@ -62,14 +59,12 @@ def compute_advantages(rewards, group_ids, baseline="group", std_normalize=False
       group: A = r − mean of its group                 (GRPO, Shao et al. 2024; Dr. GRPO, Liu et al. 2025)
       rloo:  A = r − mean of the OTHER G−1 samples     (RLOO, Kool et al. 2019; Ahmadian et al. 2024)
     The group mean includes the sample itself, so E[A ∇log π] = (G−1)/G ∇J: biased by a constant
-    factor, harmless for direction. rloo = G/(G−1) × group and is unbiased; a group of size 1 has no
-    other samples, so it gets A = 0 (no baseline is available, we skip it rather than use A = r).
-    std_normalize divides by the group's reward std (population std, + eps; GRPO; Dr. GRPO drops it,
-    it up-weights near-unanimous groups). A group whose rewards are all equal gets exactly A = 0
-    under group/rloo/std_normalize: it carries no signal, and 0/0 must not become NaN or 1e6.
+    factor, harmless for direction. rloo = G/(G−1) × group and is unbiased; a group of size 1 has
+    no other samples, so it gets A = 0. std_normalize divides by the group's reward std (GRPO;
+    Dr. GRPO drops it: it up-weights near-unanimous groups). A group whose rewards are all equal
+    gets exactly A = 0 under group/rloo/std_normalize: no signal, and 0/0 must not become NaN.
     """
-    if baseline not in BASELINES:
-        raise ValueError(f"unknown baseline {baseline!r}; valid baselines: {', '.join(BASELINES)}")
+    _check("baseline", baseline, BASELINES)
     r = rewards if rewards.is_floating_point() else rewards.float()  # (B,)
     g, n = _groups(group_ids)
     count = _group_sum(torch.ones_like(r), g, n)[g]  # (B,) G of each sample's group
@@ -88,7 +83,7 @@ def compute_advantages(rewards, group_ids, baseline="group", std_normalize=False
         adv = torch.where(flat, 0.0, adv)
     if std_normalize:
         mean = total / count
-        std = (_group_sum((r - mean) ** 2, g, n)[g] / count).sqrt()  # (B,)
+        std = (_group_sum((r - mean) ** 2, g, n)[g] / count).sqrt()  # (B,) population std
         adv = torch.where(flat, 0.0, adv / (std + eps))
     return adv
 
@@ -102,22 +97,30 @@ def _aggregate(x, mask, keep, aggregation, max_len):
         # mean over sequences of token means (GRPO): short answers' tokens weigh more, a length bias
         norm = keep.sum().clamp(min=1)
         return ((x * m).sum(1) / mask.sum(1).clamp(min=1)).sum() / norm, norm
-    return _aggregate_variant(x, m, mask, aggregation, max_len)  # token-mean (DAPO), const (Dr. GRPO)
+    # the variants: token-mean, every token weighs the same (DAPO, Yu et al. 2025); const, B · max_len,
+    # a normaliser that does not depend on the lengths: unbiased (Dr. GRPO, Liu et al. 2025)
+    norm = m.sum().clamp(min=1) if aggregation == "token-mean" else torch.tensor(float(mask.size(0) * max_len))
+    return (x * m).sum() / norm, norm
 
 def reinforce_loss(logprobs, old_logprobs, rewards, group_ids, completion_mask, *,
                    baseline="group", std_normalize=False, aggregation="seq-mean", max_len=None,
                    loss_type="reinforce", tau=0.1, clip_eps=0.0, kl_coef=0.0, ref_logprobs=None,
                    drop_zero_signal=False):
-    """The policy-gradient loss of one batch of B completions and its metrics.
+    """The policy-gradient loss of one batch of B completions -> (loss to minimise, metrics as floats).
 
     logprobs (B, T) log π_θ(y_t) with grad (0 at masked positions); old_logprobs (B, T) the same
     under the sampling policy, no grad (= logprobs.detach() when on-policy); rewards (B,);
     group_ids (B,); completion_mask (B, T) 1 on the completion tokens that are trained.
-    Returns (loss, metrics) with loss a scalar to minimise and metrics a dict of Python floats.
-    The defaults are train.TrainConfig's. Everything from loss_type on is a paper variant (see
+    The defaults are train.TrainConfig's. From loss_type on, the options are paper variants (see
     that section below); loss_type "mirror" ignores baseline, std_normalize, aggregation and clip_eps.
     """
-    _check_loss_options(baseline, aggregation, loss_type, max_len, kl_coef, ref_logprobs)
+    _check("baseline", baseline, BASELINES)
+    _check("aggregation", aggregation, AGGREGATIONS)
+    _check("loss_type", loss_type, LOSS_TYPES)
+    if aggregation == "const" and loss_type == "reinforce" and max_len is None:
+        raise ValueError("aggregation 'const' needs max_len (the normaliser B * max_len)")
+    if kl_coef > 0 and ref_logprobs is None:
+        raise ValueError("kl_coef > 0 needs ref_logprobs")
     mask = completion_mask.to(logprobs.dtype)  # (B, T)
     r = rewards.to(logprobs.dtype)  # (B,)
     g, n = _groups(group_ids)
@@ -144,34 +147,12 @@ def reinforce_loss(logprobs, old_logprobs, rewards, group_ids, completion_mask, 
         how = aggregation if loss_type == "reinforce" else "token-mean"
         kl = _kl_penalty(logprobs, ref_logprobs, mask, keep, how, max_len)
         loss = loss + kl_coef * kl
-    return loss, _loss_metrics(r, adv, flat, completion_mask, keep, clip_frac, kl, norm)
-
-def _check_loss_options(baseline, aggregation, loss_type, max_len, kl_coef, ref_logprobs):
-    if baseline not in BASELINES:
-        raise ValueError(f"unknown baseline {baseline!r}; valid baselines: {', '.join(BASELINES)}")
-    if aggregation not in AGGREGATIONS:
-        raise ValueError(f"unknown aggregation {aggregation!r}; valid: {', '.join(AGGREGATIONS)}")
-    if loss_type not in LOSS_TYPES:
-        raise ValueError(f"unknown loss_type {loss_type!r}; valid: {', '.join(LOSS_TYPES)}")
-    if aggregation == "const" and loss_type == "reinforce" and max_len is None:
-        raise ValueError("aggregation 'const' needs max_len (the normaliser B * max_len)")
-    if kl_coef > 0 and ref_logprobs is None:
-        raise ValueError("kl_coef > 0 needs ref_logprobs")
-
-def _loss_metrics(r, adv, flat, completion_mask, keep, clip_frac, kl, norm):
-    """The batch's metrics as Python floats (read once per step)."""
-    lengths = completion_mask.float().sum(1)  # (B,)
-    adv = adv.detach().float()
-    return {
-        "reward_mean": r.float().mean().item(),
-        "adv_mean": adv.mean().item(),
-        "adv_std": adv.std(unbiased=False).item(),
-        "adv_abs_mean": adv.abs().mean().item(),
-        "zero_signal_frac": flat.float().mean().item(),
-        "len_mean": lengths.mean().item(),
-        "len_max": lengths.max().item(),
-        "clip_frac": float(clip_frac),
-        "kl": float(kl.detach()),
+    lengths, adv = completion_mask.float().sum(1), adv.detach().float()  # (B,) each
+    return loss, {
+        "reward_mean": r.float().mean().item(), "adv_mean": adv.mean().item(),
+        "adv_std": adv.std(unbiased=False).item(), "adv_abs_mean": adv.abs().mean().item(),
+        "zero_signal_frac": flat.float().mean().item(), "len_mean": lengths.mean().item(),
+        "len_max": lengths.max().item(), "clip_frac": float(clip_frac), "kl": float(kl.detach()),
         "n_seqs_trained": keep.sum().item(),
         "normaliser": float(norm),  # what the loss was divided by (train.py rescales it under DDP)
     }
@@ -179,22 +160,11 @@ def _loss_metrics(r, adv, flat, completion_mask, keep, clip_frac, kl, norm):
 def sft_loss(hidden, weight, targets, chunk_size=None):
     """Cold-start supervised loss: mean of −log π(target) over targets != -1 (cross-entropy)."""
     logprobs = token_logprobs(hidden, weight, targets, chunk_size)
-    n = (targets >= 0).sum().clamp(min=1)  # no valid target -> loss 0, not NaN
-    return -logprobs.sum() / n
+    return -logprobs.sum() / (targets >= 0).sum().clamp(min=1)  # no valid target -> 0, not NaN
 
 # -----------------------------------------------------------------------------
 # paper variants, all off by default: Kimi k1.5 (mirror descent, length reward), DAPO (token-mean,
-# dropping zero-signal groups: in reinforce_loss), Dr. GRPO (const), PPO clip, a KL penalty
-
-def _aggregate_variant(x, m, mask, aggregation, max_len):
-    """The other two normalisers of _aggregate; m = mask with dropped sequences zeroed."""
-    if aggregation == "token-mean":
-        # Σ over tokens / #tokens: every token weighs the same (DAPO, Yu et al. 2025)
-        norm = m.sum().clamp(min=1)
-        return (x * m).sum() / norm, norm
-    # const: Σ over tokens / (B · max_len), a normaliser that is a constant: unbiased (Dr. GRPO, Liu et al. 2025)
-    norm = torch.tensor(float(mask.size(0) * max_len))
-    return (x * m).sum() / norm, norm
+# dropping zero-signal groups), Dr. GRPO (const), PPO clip, a KL penalty
 
 def length_penalty(lengths, correct, group_ids):
     """Kimi k1.5 §2.3.3 length reward, per group of samples of one prompt:
@@ -238,20 +208,19 @@ def _kl_penalty(logprobs, ref_logprobs, mask, keep, aggregation, max_len):
 # -----------------------------------------------------------------------------
 # speed-up 1: token log-probs without materialising the (N, V) logits
 
-LOGPROB_MEMORY = 200 * 2**20  # bytes: the budget of one chunk's (rows, V) float32 temporaries
+LOGPROB_MEMORY = 200 * 2**20  # bytes: the budget of one chunk's (rows, V) float32 temporaries (twice on CUDA)
 
-
-def default_chunk_size(vocab_size, budget=None):
-    """Rows per chunk so that a chunk's temporaries fit in `budget` bytes (None: LOGPROB_MEMORY):
-    about two (rows, V) float32 matrices live at once (the logits and one temporary; measured with
-    bench.py logprobs). At most 1024 rows: a small vocabulary gains nothing from bigger chunks (and the results of the
-    default run stay those of the old fixed 1024). GPT-2's V=50257 gives 521 rows."""
-    return max(1, min(1024, (budget or LOGPROB_MEMORY) // (2 * 4 * vocab_size)))
-
+def default_chunk_size(vocab_size, budget=None, device_type="cpu"):
+    """Rows per chunk so that about two (rows, V) float32 matrices (the logits and one temporary,
+    measured with bench.py logprobs) fit in `budget` bytes (None: LOGPROB_MEMORY, doubled on CUDA, where
+    small chunks cost more time and memory is plentiful). At most 1024 rows: a small vocabulary gains
+    nothing from bigger chunks. GPT-2's V=50257 gives 521 rows on the CPU, 1024 on CUDA."""
+    budget = budget or LOGPROB_MEMORY * (2 if device_type == "cuda" else 1)
+    return max(1, min(1024, budget // (2 * 4 * vocab_size)))
 
 def _dtypes(hidden, weight):
-    """-> (dtype of the head matmuls, dtype of logits, logsumexp and outputs). Under autocast the
-    matmul runs in the autocast dtype (bf16); otherwise in the inputs' dtype."""
+    """-> (dtype of the head matmuls: under autocast its dtype (bf16), else the inputs'; dtype of
+    logits, logsumexp and outputs: at least float32)."""
     device_type = hidden.device.type
     if torch.is_autocast_enabled(device_type) and hidden.dtype != torch.float64:
         cdt = torch.get_autocast_dtype(device_type)
@@ -259,24 +228,17 @@ def _dtypes(hidden, weight):
         cdt = torch.promote_types(hidden.dtype, weight.dtype)
     return cdt, torch.promote_types(cdt, torch.float32)
 
-
 def _logit_chunks(hidden, w, acc, chunk_size):
-    """The loop all three passes share: rows [s, e) of hidden (N, C), chunk_size at a time ->
-    (s, e, h (n, C) in w's dtype, z = h @ wᵀ (n, V) upcast to acc). Only one chunk's logits exist
-    at a time. The callers run it with autocast off: the dtypes are chosen by _dtypes."""
-    N = hidden.shape[0]
-    for s in range(0, N, chunk_size):
-        e = min(s + chunk_size, N)
-        h = hidden[s:e].to(w.dtype)  # (n, C)
-        yield s, e, h, (h @ w.T).to(acc)  # (n, V)
-
+    """The loop every pass shares (with autocast off): rows [s, e) of hidden (N, C), chunk_size at a
+    time -> (s, e, h (n, C) in w's dtype, z = h @ wᵀ (n, V) in acc). One chunk's logits at a time."""
+    for s in range(0, hidden.shape[0], chunk_size):
+        h = hidden[s:s + chunk_size].to(w.dtype)  # (n, C)
+        yield s, s + h.shape[0], h, (h @ w.T).to(acc)  # (n, V)
 
 class TokenLogprobs(torch.autograd.Function):
-    """log softmax(hidden @ weight.T)[n, targets[n]], computed chunk_size rows at a time.
-
-    Only hidden, weight, targets and the (N,) logsumexp are saved; backward recomputes each chunk's
-    logits (one more head matmul) instead of keeping N*V floats alive between forward and backward.
-    """
+    """log softmax(hidden @ weight.T)[n, targets[n]], computed chunk_size rows at a time. Only hidden,
+    weight, targets and the (N,) logsumexp are saved; backward recomputes each chunk's logits (one
+    more head matmul) instead of keeping N*V floats alive between forward and backward."""
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, chunk_size, return_entropy):
@@ -284,21 +246,18 @@ class TokenLogprobs(torch.autograd.Function):
         N = hidden.shape[0]
         valid = targets >= 0  # (N,) targets == -1 are ignored
         safe = targets.clamp(min=0)  # (N,) a legal index for gather at ignored rows
-        logprobs = torch.empty(N, dtype=acc, device=hidden.device)
-        lse = torch.empty(N, dtype=acc, device=hidden.device)
-        entropy = torch.empty(N if return_entropy else 0, dtype=acc, device=hidden.device)
+        logprobs, lse, entropy = (torch.empty(n, dtype=acc, device=hidden.device)
+                                  for n in (N, N, N if return_entropy else 0))
         with torch.autocast(hidden.device.type, enabled=False):
             for s, e, _, z in _logit_chunks(hidden, weight.to(cdt), acc, chunk_size):
                 lse[s:e] = torch.logsumexp(z, dim=-1)  # (n,)
                 # log π(y) = z_y − log Σ_v exp(z_v)
                 logprobs[s:e] = z.gather(1, safe[s:e, None]).squeeze(1) - lse[s:e]
-                if return_entropy:
-                    # H = −Σ_v p_v log p_v = lse − Σ_v p_v z_v
+                if return_entropy:  # H = −Σ_v p_v log p_v = lse − Σ_v p_v z_v
                     p = (z - lse[s:e, None]).exp_()
                     entropy[s:e] = lse[s:e] - (p * z).sum(-1)
         logprobs = torch.where(valid, logprobs, 0.0)
-        if return_entropy:
-            entropy = torch.where(valid, entropy, 0.0)
+        entropy = torch.where(valid, entropy, 0.0) if return_entropy else entropy
         ctx.save_for_backward(hidden, weight, targets, lse)
         ctx.chunk_size, ctx.cdt = chunk_size, cdt
         ctx.mark_non_differentiable(entropy)
@@ -308,10 +267,8 @@ class TokenLogprobs(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_logprobs, grad_entropy):
         hidden, weight, targets, lse = ctx.saved_tensors
-        acc = lse.dtype
-        # ignored rows get no gradient at all: zero their upstream gradient
-        g = torch.where(targets >= 0, grad_logprobs.to(acc), 0.0)  # (N,)
-        safe = targets.clamp(min=0)
+        acc, safe = lse.dtype, targets.clamp(min=0)
+        g = torch.where(targets >= 0, grad_logprobs.to(acc), 0.0)  # (N,) ignored rows get no gradient
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_h = torch.zeros(hidden.shape, dtype=acc, device=hidden.device) if need_h else None
         grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
@@ -319,9 +276,8 @@ class TokenLogprobs(torch.autograd.Function):
             w = weight.to(ctx.cdt)  # (V, C)
             for s, e, h, z in _logit_chunks(hidden, w, acc, ctx.chunk_size):  # the same logits as forward
                 _backprop_chunk(z, lse[s:e], g[s:e], safe[s:e], h, w, grad_h, grad_w, s, e)
-        grad_h = grad_h.to(hidden.dtype) if need_h else None
-        grad_w = grad_w.to(weight.dtype) if need_w else None
-        return grad_h, grad_w, None, None, None
+        return (grad_h.to(hidden.dtype) if need_h else None, grad_w.to(weight.dtype) if need_w else None,
+                None, None, None)
 
 def _backprop_chunk(z, lse, g, targets, h, w, grad_h, grad_w, s, e):
     """Gradients of Σ_n g_n log p(targets_n) through one chunk's logits z (n, V) (overwritten).
@@ -335,33 +291,27 @@ def _backprop_chunk(z, lse, g, targets, h, w, grad_h, grad_w, s, e):
     if grad_w is not None:
         grad_w.addmm_(dz.T, h.to(dz.dtype))  # accumulate in place: no (V, C) temporary
 
-
 def token_logprobs(hidden, weight, targets, chunk_size=None, return_entropy=False):
     """hidden (N, C), weight (V, C), targets (N,) int64 -> logprobs (N,) float32 (float64 for
     float64 inputs); targets == -1 are ignored (logprob 0, no gradient). Leading dims of hidden
     and targets may be anything (e.g. (B, T, C) and (B, T)); the output takes targets' shape.
     With return_entropy also the (detached) entropy of each row's distribution, 0 where ignored.
-    chunk_size: rows per chunk (None: from the memory budget, default_chunk_size)."""
+    chunk_size: rows per chunk (None: default_chunk_size, from the memory budget)."""
     shape = targets.shape
     hidden, targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
-    chunk_size = chunk_size or default_chunk_size(weight.shape[0])
+    chunk_size = chunk_size or default_chunk_size(weight.shape[0], device_type=hidden.device.type)
     logprobs, entropy = TokenLogprobs.apply(hidden, weight, targets, chunk_size, return_entropy)
-    if return_entropy:
-        return logprobs.view(shape), entropy.view(shape)
-    return logprobs.view(shape)
+    return (logprobs.view(shape), entropy.view(shape)) if return_entropy else logprobs.view(shape)
 
 # -----------------------------------------------------------------------------
 # speed-up 2: the head's gradient made in the forward pass (plain on-policy REINFORCE only)
 
 class WeightedLogprobSum(torch.autograd.Function):
     """Σ_n c_n · log p(y_n) for coefficients c known BEFORE the sum is taken, with the gradient
-    computed during the forward pass.
-
-    REINFORCE is such a sum: its loss is −Σ_t (A/norm) log π(y_t), and A is fixed once the rewards
-    are in. So dL/dz = c·(onehot − softmax) is known chunk by chunk while the logits are there,
-    and the backward pass has nothing left to recompute: 3 head matmuls (logits, dh, dW) instead of
-    token_logprobs' 4. Saved: dh (N, C) and dW (V, C), the size of the gradients themselves.
-    """
+    computed during the forward pass. REINFORCE is such a sum: its loss is −Σ_t (A/norm) log π(y_t),
+    and A is fixed once the rewards are in. So dL/dz = c·(onehot − softmax) is known chunk by chunk
+    while the logits are there, and backward has nothing left to recompute: 3 head matmuls (logits,
+    dh, dW) instead of token_logprobs' 4. Saved: dh (N, C) and dW (V, C), the gradients' own size."""
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, coef, chunk_size):
@@ -369,7 +319,7 @@ class WeightedLogprobSum(torch.autograd.Function):
         N = hidden.shape[0]
         c = torch.where(targets >= 0, coef.to(acc), 0.0)  # (N,) ignored rows count 0
         safe = targets.clamp(min=0)
-        logprobs = torch.empty(N, dtype=acc, device=hidden.device)
+        logprobs = torch.empty(N, dtype=acc, device=hidden.device)  # (N,)
         grad_h = torch.empty(hidden.shape, dtype=acc, device=hidden.device)
         grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device)
         with torch.autocast(hidden.device.type, enabled=False):
@@ -391,20 +341,18 @@ class WeightedLogprobSum(torch.autograd.Function):
         return (grad_h.mul_(grad_total).to(ctx.dtypes[0]), grad_w.mul_(grad_total).to(ctx.dtypes[1]),
                 None, None, None)
 
-
 def weighted_logprob_sum(hidden, weight, targets, coef, chunk_size=None):
     """hidden (N, C), weight (V, C), targets (N,), coef (N,) no grad -> (Σ_n coef_n · log p(targets_n),
     logprobs (N,) detached). The gradient is computed in the forward pass (see WeightedLogprobSum):
-    use it where the coefficients are known up front, as in on-policy REINFORCE.
-    chunk_size: rows per chunk (None: from the memory budget, default_chunk_size)."""
+    use it where the coefficients are known up front, as in on-policy REINFORCE. chunk_size: rows
+    per chunk (None: from the memory budget, default_chunk_size)."""
     return WeightedLogprobSum.apply(hidden.reshape(-1, hidden.shape[-1]), weight, targets.reshape(-1),
-                                    coef.reshape(-1).detach(), chunk_size or default_chunk_size(weight.shape[0]))
-
+                                    coef.reshape(-1).detach(),
+                                    chunk_size or default_chunk_size(weight.shape[0], device_type=hidden.device.type))
 
 def fused_reinforce_loss(hidden, weight, targets, rewards, group_ids, mask, **options):
     """reinforce_loss on the completions of hidden (B, T, C) under the head weight (V, C), with the
     head's gradient made in the forward pass. -> (loss, metrics), as reinforce_loss (no entropy).
-
     Plain on-policy REINFORCE is linear in the log-probs: loss = Σ_t w_t log π(y_t), with
         w_t = ∂loss/∂log π(y_t) = −A/norm on trained tokens (0 elsewhere),
     the same at every value of the log-probs. So the weights come from the loss itself at a zero

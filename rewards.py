@@ -6,15 +6,13 @@ compare it exactly with the reference, return 1.0 or 0.0. No learned reward mode
 A policy under RL will emit every string it can, so every reward must survive any input
 (garbage, 1 MB of braces, `__import__('os')`) without raising, hanging, or running code.
 
-Four tasks; each samples problems from disjoint train/test splits and writes the worked
-traces used for the cold-start SFT:
+Three tasks, each with disjoint train/test splits and worked traces for the cold-start SFT:
     pairs       "5 4 8 3->11:" -> "5+4=9✗,5+8=13✗,...,8+3=11✓ #### 8+3"  (default: search with self-checks)
     arithmetic  "347+685=" -> "0+7+5=12,1+4+8=13,1+3+6=10 #### 1032"  (the scratchpad demo)
-    countdown   reach a target from given numbers with + - * / ( ), as in TinyZero
     gsm8k       grade-school word problems from a GSM8K-format JSONL file
 
-Test:      python -m pytest -q tests/test_rewards.py
-Look:      python rewards.py
+    python rewards.py                           # one trace of each task and style, with its reward
+    python -m pytest -q tests/test_rewards.py
 """
 
 import hashlib
@@ -30,9 +28,6 @@ from fractions import Fraction
 MAX_SCAN_CHARS = 4096   # answers live at the end: searching only the tail bounds the cost of huge outputs
 MAX_ANSWER_CHARS = 200  # a longer "final answer" is not well formed
 MAX_NUMBER_CHARS = 100  # longer strings are never converted to numbers (no huge int() conversions)
-MAX_EXPR_CHARS = 200    # countdown expressions: longest accepted
-MAX_EXPR_DEPTH = 50     # countdown expressions: deepest nesting of parentheses / unary minus
-MAX_VALUE_BITS = 256    # countdown expressions: largest numerator or denominator of any intermediate
 TEST_FRACTION = 0.1     # share of problems held out for evaluation
 
 # -----------------------------------------------------------------------------
@@ -44,26 +39,19 @@ _BRACED = r"[^{}]*+"
 for _ in range(3):
     _BRACED = r"(?:[^{}]++|\{" + _BRACED + r"\})*+"
 
-_ANSWER_TAG = re.compile(r"<answer>([^<]*+)</answer>")  # content may not contain '<'
 _ANSWER_PATTERNS = (
     re.compile(r"####[ \t]*([^\n#]*)"),                             # GSM8K: "#### 72"
     re.compile(r"\\boxed\{(" + _BRACED + r")\}"),                    # LaTeX: "\boxed{\frac{1}{2}}"
     re.compile(r"the answer is[ \t]*:?[ \t]*(\S+?)[.,]?(?!\S)", re.IGNORECASE),  # "The answer is 72."
-    _ANSWER_TAG,                                                    # tags:  "<answer>72</answer>"
+    re.compile(r"<answer>([^<]*+)</answer>"),                       # tags:  "<answer>72</answer>"
 )
-
-
-def _tail(text: str) -> tuple[int, str]:
-    """(offset, last MAX_SCAN_CHARS characters of text)."""
-    offset = max(0, len(text) - MAX_SCAN_CHARS)
-    return offset, text[offset:]
-
 
 def _find_last_answer(text: str) -> tuple[int, str] | None:
     """(where its marker starts, answer) for the last well-formed answer in text, else None."""
     if not isinstance(text, str):
         return None
-    offset, tail = _tail(text)
+    offset = max(0, len(text) - MAX_SCAN_CHARS)
+    tail = text[offset:]
     best = None  # (where the answer itself starts, where its marker starts, answer)
     for pattern in _ANSWER_PATTERNS:
         for m in pattern.finditer(tail):
@@ -73,12 +61,9 @@ def _find_last_answer(text: str) -> tuple[int, str] | None:
     # ordering by where the answer starts lets "The answer is \boxed{5}" resolve to "5"
     return None if best is None else (offset + best[1], best[2])
 
-
 def extract_answer(text: str) -> str | None:
     """The last final answer in text, in any supported format; None if there is none."""
-    found = _find_last_answer(text)
-    return None if found is None else found[1]
-
+    return (_find_last_answer(text) or (None, None))[1]
 
 # -----------------------------------------------------------------------------
 # Comparing answers
@@ -87,23 +72,18 @@ _DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")  # no exponents:
 _LATEX_FRAC = re.compile(r"([+-]?)\\d?frac\{([^{}]*)\}\{([^{}]*)\}")
 _THOUSANDS_COMMA = re.compile(r"(?<=[0-9]),(?=[0-9]{3}(?![0-9]))")
 
-
 def parse_number(s: str) -> Fraction | None:
     """Exact value of "12", "-3.50", "7/2" or "\\frac{7}{2}"; None for anything else."""
     # guard the length before converting: int() on a 10,000-digit string raises in Python 3.11,
     # and a short exponent like 1e400 would stand for a huge value, so neither is a number here
     if len(s) > MAX_NUMBER_CHARS:
         return None
-    m = _LATEX_FRAC.fullmatch(s)
-    if m:
+    if m := _LATEX_FRAC.fullmatch(s):
         s = f"{m[1]}{m[2]}/{m[3]}"
     top, slash, bottom = s.partition("/")
-    if not _DECIMAL.fullmatch(top) or (slash and not _DECIMAL.fullmatch(bottom)):
-        return None
-    if slash and Fraction(bottom) == 0:
+    if not _DECIMAL.fullmatch(top) or (slash and (not _DECIMAL.fullmatch(bottom) or Fraction(bottom) == 0)):
         return None
     return Fraction(top) / Fraction(bottom) if slash else Fraction(top)  # safe: short plain decimals
-
 
 def normalize_answer(ans: str) -> str:
     """Drop formatting that does not change the answer: "$ 1,000." -> "1000", "+4" -> "4"."""
@@ -111,125 +91,22 @@ def normalize_answer(ans: str) -> str:
     s = s.replace("\\$", "").replace("$", "").removesuffix(".")
     return _THOUSANDS_COMMA.sub("", s).removeprefix("+")
 
-
 def answers_match(pred: str, ref: str) -> bool:
     """Numbers compare as exact fractions ("3.50" == "7/2"); anything else as normalised text."""
     pred, ref = normalize_answer(pred), normalize_answer(ref)
     if not pred or not ref:
         return False
     a, b = parse_number(pred), parse_number(ref)
-    if a is not None and b is not None:
-        return a == b
-    return pred == ref
-
+    return a == b if a is not None and b is not None else pred == ref
 
 def exact_match(completion: str, answer: str) -> float:
     """1.0 if the completion's final answer equals the reference answer, else 0.0."""
     pred = extract_answer(completion)
     return 1.0 if pred is not None and answers_match(pred, answer) else 0.0
 
-
 def format_reward(completion: str) -> float:
     """1.0 if the completion states a final answer at all, right or wrong."""
     return 1.0 if extract_answer(completion) is not None else 0.0
-
-
-# -----------------------------------------------------------------------------
-# Countdown expressions: our own tiny parser, so model output is never eval'd
-
-_TOKEN = re.compile(r"[0-9]+|\S")  # integers, or any single non-space character
-
-
-class _ExpressionParser:
-    """Recursive descent over Fractions. Grammar:
-        expr   := term (('+' | '-') term)*
-        term   := factor (('*' | '/') factor)*
-        factor := '-' factor | '(' expr ')' | integer
-    Raises ValueError on anything else, including the resource limits above."""
-
-    def __init__(self, text: str):
-        self.tokens = _TOKEN.findall(text) + [""]  # "" marks the end; nothing is read past it
-        self.pos = 0
-        self.depth = 0
-        self.literals = []  # every integer used, to check against the given numbers
-
-    def peek(self) -> str:
-        return self.tokens[self.pos]
-
-    def take(self) -> str:
-        self.pos += 1
-        return self.tokens[self.pos - 1]
-
-    def expr(self) -> Fraction:
-        value = self.term()
-        while self.peek() in ("+", "-"):
-            op, rhs = self.take(), self.term()
-            value = _bounded(value + rhs if op == "+" else value - rhs)
-        return value
-
-    def term(self) -> Fraction:
-        value = self.factor()
-        while self.peek() in ("*", "/"):
-            op, rhs = self.take(), self.factor()
-            if op == "/" and rhs == 0:
-                raise ValueError("division by zero")
-            value = _bounded(value * rhs if op == "*" else value / rhs)
-        return value
-
-    def factor(self) -> Fraction:
-        self.depth += 1
-        if self.depth > MAX_EXPR_DEPTH:
-            raise ValueError("nested too deeply")
-        tok = self.take()
-        if tok == "-":
-            value = -self.factor()
-        elif tok == "(":
-            value = self.expr()
-            if self.take() != ")":
-                raise ValueError("missing ')'")
-        elif tok.isascii() and tok.isdigit():
-            self.literals.append(int(tok))  # short: the whole expression is <= MAX_EXPR_CHARS
-            value = _bounded(Fraction(int(tok)))
-        else:
-            raise ValueError(f"unexpected {tok!r}")
-        self.depth -= 1
-        return value
-
-
-def _bounded(x: Fraction) -> Fraction:
-    if max(abs(x.numerator).bit_length(), x.denominator.bit_length()) > MAX_VALUE_BITS:
-        raise ValueError("value too large")
-    return x
-
-
-def evaluate_expression(text: str) -> tuple[Fraction, list[int]]:
-    """(exact value, integer literals used) of an arithmetic expression; ValueError if invalid."""
-    if len(text) > MAX_EXPR_CHARS:
-        raise ValueError("expression too long")
-    parser = _ExpressionParser(text)
-    value = parser.expr()
-    if parser.peek() != "":
-        raise ValueError(f"unexpected {parser.peek()!r}")
-    return value, parser.literals
-
-
-def countdown_reward(completion: str, numbers: list[int], target: int) -> float:
-    """1.0 if the last <answer>...</answer> holds an expression equal to target that uses
-    only the given numbers, each at most once. TinyZero demands exactly once; we also credit
-    a correct expression that leaves numbers out, which makes early rewards less sparse."""
-    if not isinstance(completion, str):
-        return 0.0
-    tags = _ANSWER_TAG.findall(_tail(completion)[1])
-    if not tags:
-        return 0.0
-    try:
-        value, literals = evaluate_expression(tags[-1])
-    except ValueError:
-        return 0.0
-    if Counter(literals) - Counter(numbers):  # a number not given, or used too often
-        return 0.0
-    return 1.0 if value == target else 0.0
-
 
 # -----------------------------------------------------------------------------
 # Tasks: problems, disjoint splits, and cold-start traces
@@ -240,17 +117,18 @@ class Problem:
     answer: str                               # reference final answer
     info: dict = field(default_factory=dict)  # task-specific data (numbers, target, solution...)
 
-
 def split_of(key: str) -> str:
     """'train' or 'test' from a stable hash of key (Python's hash() is salted per process)."""
     digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
     return "test" if int.from_bytes(digest[:8], "big") < TEST_FRACTION * 2**64 else "train"
 
-
 def _check_split(split: str):
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
 
+def _check_style(style: str, styles: tuple):
+    if style not in styles:
+        raise ValueError(f"unknown style {style!r}; styles are {styles}")
 
 def _draw(split: str, rng: random.Random, make_problem) -> Problem:
     """Draw problems until one belongs to split; rejection keeps the splits disjoint."""
@@ -260,7 +138,6 @@ def _draw(split: str, rng: random.Random, make_problem) -> Problem:
         if split_of(problem.info.get("split_key", problem.prompt)) == split:
             return problem
     raise RuntimeError(f"no {split} problem found in 100,000 draws: is the problem space tiny?")
-
 
 class ArithmeticTask:
     """a+b with `digits`-digit operands: "347+685=" -> "1032". Small enough for a char-level
@@ -276,27 +153,26 @@ class ArithmeticTask:
     def _make(self, rng: random.Random) -> Problem:
         lo, hi = 10 ** (self.digits - 1), 10 ** self.digits - 1  # first digit nonzero
         a, b = rng.randint(lo, hi), rng.randint(lo, hi)
-        # a+b and b+a are one problem: they go to the same split
-        return Problem(prompt=f"{a}+{b}=", answer=str(a + b), info={"a": a, "b": b, "split_key": f"{min(a, b)}+{max(a, b)}"})
+        info = {"a": a, "b": b, "split_key": f"{min(a, b)}+{max(a, b)}"}  # a+b and b+a: the same split
+        return Problem(prompt=f"{a}+{b}=", answer=str(a + b), info=info)
 
     def sample(self, split: str, rng: random.Random) -> Problem:
         return _draw(split, rng, self._make)
 
     def trace(self, problem: Problem, style: str, rng: random.Random | None = None) -> str:
+        _check_style(style, self.styles)
         a, b = problem.info["a"], problem.info["b"]
         if style == "direct":
             return f"#### {a + b}"
-        if style == "scratch":
-            # column addition from the units up: "carry+x+y=sum", the sum's tens digit is the next carry
-            columns, carry = [], 0
-            for x, y in zip(reversed(str(a)), reversed(str(b))):
-                s = carry + int(x) + int(y)
-                columns.append(f"{carry}+{x}+{y}={s:02d}")
-                carry = s // 10
-            # the answer keeps the last carry as its first digit ("0579" for 579), so every answer digit
-            # sits at a fixed place in the trace (a lookup a tiny model learns); as a number it is equal
-            return ",".join(columns) + f" #### {a + b:0{self.digits + 1}d}"
-        raise ValueError(f"unknown style {style!r}; styles are {self.styles}")
+        # column addition from the units up: "carry+x+y=sum", the sum's tens digit is the next carry
+        columns, carry = [], 0
+        for x, y in zip(reversed(str(a)), reversed(str(b))):
+            s = carry + int(x) + int(y)
+            columns.append(f"{carry}+{x}+{y}={s:02d}")
+            carry = s // 10
+        # the answer keeps the last carry as its first digit ("0579" for 579), so every answer digit
+        # sits at a fixed place in the trace (a lookup a tiny model learns); as a number it is equal
+        return ",".join(columns) + f" #### {a + b:0{self.digits + 1}d}"
 
     def reward(self, completion: str, problem: Problem) -> float:
         return exact_match(completion, problem.answer)
@@ -304,101 +180,31 @@ class ArithmeticTask:
     def is_step_by_step(self, completion: str) -> bool:
         return "=" in completion.rpartition("####")[0]
 
-
-def _random_expression(numbers: list[int], rng: random.Random) -> tuple[str, int]:
-    """Combine all numbers in random order with random ops -> (expression, value).
-    Divisions are only made when exact, so every intermediate value stays an integer."""
-    items = [(str(n), n) for n in numbers]  # (text, value)
-    while len(items) > 1:
-        (ta, a), (tb, b) = items.pop(rng.randrange(len(items))), items.pop(rng.randrange(len(items)))
-        op = rng.choice("+-*/")
-        if op == "/" and (b == 0 or a % b):
-            op = rng.choice("+-*")
-        value = a + b if op == "+" else a - b if op == "-" else a * b if op == "*" else a // b
-        left = ta if ta.isdigit() else f"({ta})"  # bracket every compound operand
-        right = tb if tb.isdigit() else f"({tb})"
-        items.append((f"{left}{op}{right}", value))
-    return items[0]
-
-
-class CountdownTask:
-    """Reach a target with + - * / ( ) over the given numbers, each used at most once.
-    The target is built from a random expression over the numbers, so a solution exists."""
-    name = "countdown"
-    styles = ("direct",)
-
-    def __init__(self, n_numbers: int = 4, max_number: int = 99, max_target: int = 100):
-        if not 2 <= n_numbers <= 6:
-            raise ValueError(f"n_numbers must be in 2..6, got {n_numbers}")
-        if max_number < 1 or max_target < 1:
-            raise ValueError("max_number and max_target must be >= 1")
-        self.n_numbers, self.max_number, self.max_target = n_numbers, max_number, max_target
-
-    def _make(self, rng: random.Random) -> Problem:
-        while True:  # most random expressions overshoot max_target or go negative; redraw
-            numbers = [rng.randint(1, self.max_number) for _ in range(self.n_numbers)]
-            solution, target = _random_expression(numbers, rng)
-            if 1 <= target <= self.max_target:
-                break
-        numbers.sort()  # one number set and target -> one prompt, so splits stay disjoint
-        prompt = f"Using the numbers {numbers} make {target}. Put the expression in <answer></answer>.\n"
-        info = {"numbers": numbers, "target": target, "solution": solution}
-        return Problem(prompt=prompt, answer=str(target), info=info)
-
-    def sample(self, split: str, rng: random.Random) -> Problem:
-        return _draw(split, rng, self._make)
-
-    def trace(self, problem: Problem, style: str, rng: random.Random | None = None) -> str:
-        if style != "direct":
-            raise ValueError(f"unknown style {style!r}; styles are {self.styles}")
-        return f"<answer>{problem.info['solution']}</answer>"
-
-    def reward(self, completion: str, problem: Problem) -> float:
-        return countdown_reward(completion, problem.info["numbers"], problem.info["target"])
-
-    def is_step_by_step(self, completion: str) -> bool:
-        head, tag, _ = completion.rpartition("<answer>")
-        return bool(tag) and bool(head.strip())
-
-
 CHECK_RIGHT, CHECK_WRONG = "✓", "✗"  # the model's own verdict on an attempt (one token each)
 _PAIR = re.compile(r"([0-9]{1,3})\+([0-9]{1,3})")  # "8+6"
 _CHECKED = re.compile(r"([0-9]{1,3}\+[0-9]{1,3})=([0-9]{1,4})([✓✗])")  # "8+6=14✓"
-
 
 def pair_sum(expression: str) -> tuple[int, int] | None:
     """(a, b) of "a+b" (two short non-negative integers), None for anything else. No eval."""
     m = _PAIR.fullmatch(expression)
     return None if m is None else (int(m[1]), int(m[2]))
 
-
 class PairsTask:
     """Countdown-lite, the default task: which two of the given numbers add up to the target?
-
-        prompt       "5 4 8 3->11:"
-        completion   "5+4=9✗,5+8=13✗,5+3=8✗,4+8=12✗,4+3=7✗,8+3=11✓ #### 8+3"
-
-    Each attempt is a pair, checked by the model itself: its sum (one small addition, as easy as a
-    scratchpad step), then the verdict, ✓ if the sum is the target and ✗ if not. After a ✗ it may
-    try again (after a comma) or give up; the final answer comes after "####". The reward reads
-    only that final answer (two of the given numbers whose sum is the target?): the checks are
-    the model's own business, never scored. The arithmetic is easy; what there is to learn is the
-    search, and RL can lengthen it.
-
-    Cold-start traces ("search") come from a weak searcher: it tries the pairs in the order given
-    (systematic, so a tiny model learns to write the next attempt instead of repeating one), with
-    truthful checks, but gives up after its k-th wrong attempt with probability min(quit_max,
-    quit_step * k), and then answers that wrong attempt anyway. It is sometimes right and often
-    quits too soon: what RL has to fix. Ablation styles: "unchecked" (the same attempts without
-    their sums and verdicts) and "direct" (the right answer alone, no search)."""
+        "5 4 8 3->11:" -> "5+4=9✗,5+8=13✗,5+3=8✗,4+8=12✗,4+3=7✗,8+3=11✓ #### 8+3"
+    Each attempt is a pair, then its sum and the model's own verdict (✓ if the sum is the target);
+    after a ✗ it may try again or give up. The reward reads only the final answer after "####",
+    never the checks: what there is to learn is the search, and RL can lengthen it.
+    Cold-start traces ("search") come from a weak searcher: pairs in the order given, truthful
+    checks, but after its k-th wrong attempt it gives up with probability min(quit_max, quit_step * k)
+    and answers that wrong attempt anyway: what RL has to fix. Ablation styles: "unchecked" (the
+    attempts without sums and verdicts) and "direct" (the right answer alone, no search)."""
     name = "pairs"
     styles = ("search", "unchecked", "direct")
 
     def __init__(self, n_numbers: int = 4, max_number: int = 9, quit_step: float = 0.25, quit_max: float = 0.6):
-        if not 3 <= n_numbers <= 12:
-            raise ValueError(f"n_numbers must be in 3..12, got {n_numbers}")
-        if not 2 <= max_number <= 999:
-            raise ValueError(f"max_number must be in 2..999, got {max_number}")
+        if not (3 <= n_numbers <= 12 and 2 <= max_number <= 999):
+            raise ValueError(f"n_numbers must be in 3..12 and max_number in 2..999, got {n_numbers}, {max_number}")
         if not (0 <= quit_step <= 1 and 0 <= quit_max <= 1):
             raise ValueError("quit_step and quit_max are probabilities in [0, 1]")
         self.n_numbers, self.max_number, self.quit_step, self.quit_max = n_numbers, max_number, quit_step, quit_max
@@ -413,18 +219,15 @@ class PairsTask:
         else:
             raise ValueError(f"{self.n_numbers} numbers from 1..{self.max_number} almost never have a pair with "
                              "a sum no other pair has: use fewer numbers or a larger max_number")
-        prompt = " ".join(map(str, numbers)) + f"->{target}:"
         # the same numbers in another order are the same problem: they go to the same split
-        split_key = " ".join(map(str, sorted(numbers))) + f"->{target}"
-        return Problem(prompt=prompt, answer=str(target), info={"numbers": numbers, "target": target,
-                                                                "split_key": split_key})
+        info = {"numbers": numbers, "target": target, "split_key": " ".join(map(str, sorted(numbers))) + f"->{target}"}
+        return Problem(prompt=" ".join(map(str, numbers)) + f"->{target}:", answer=str(target), info=info)
 
     def sample(self, split: str, rng: random.Random) -> Problem:
         return _draw(split, rng, self._make)
 
     def trace(self, problem: Problem, style: str, rng: random.Random | None = None) -> str:
-        if style not in self.styles:
-            raise ValueError(f"unknown style {style!r}; styles are {self.styles}")
+        _check_style(style, self.styles)
         rng = rng or random.Random(problem.prompt)
         numbers, target = problem.info["numbers"], problem.info["target"]
         # every pair once, in the order given (1st+2nd, 1st+3rd, ..., 2nd+3rd, ...): a systematic
@@ -462,10 +265,9 @@ class PairsTask:
         return bool(completion.rpartition("####")[0].strip())
 
     def self_check_stats(self, completion: str, problem: Problem) -> dict:
-        """What a completion did before its answer: attempts (comma-separated, checked or bare),
-        checks (an attempt with its sum and a verdict), honest checks (the sum is true and so is
-        the verdict: ✓ exactly when the attempt is a legal solution), and whether the answer came
-        right after the model's own ✗."""
+        """What a completion did before its answer: attempts (checked or bare), checks (with a sum and a
+        verdict), honest checks (a true sum, and ✓ exactly when the attempt solves the problem), and
+        whether the answer came right after the model's own ✗."""
         head, marker, _ = completion.rpartition("####")
         parts = [p.strip() for p in (head if marker else completion).split(",")]
         attempts = checks = honest = 0
@@ -477,10 +279,8 @@ class PairsTask:
             attempts, checks = attempts + 1, checks + 1
             sum_true = int(checked[2]) == sum(pair_sum(checked[1]))
             honest += sum_true and (checked[3] == CHECK_RIGHT) == self._solves(checked[1], problem)
-        after_fail = bool(marker) and parts[-1].endswith(CHECK_WRONG)
         return {"attempts": attempts, "checks": checks, "honest": honest, "answered": bool(marker),
-                "after_fail": after_fail}
-
+                "after_fail": bool(marker) and parts[-1].endswith(CHECK_WRONG)}
 
 def load_gsm8k(path) -> list[dict]:
     """Rows {"question", "answer"} of a GSM8K-format JSONL file; the answer ends in "#### N".
@@ -495,8 +295,7 @@ def load_gsm8k(path) -> list[dict]:
                 row = json.loads(line)
             except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
                 raise ValueError(f"{where}: not valid JSON ({e})") from None
-            fields = ("question", "answer")
-            if not (isinstance(row, dict) and all(isinstance(row.get(k), str) for k in fields)):
+            if not (isinstance(row, dict) and all(isinstance(row.get(k), str) for k in ("question", "answer"))):
                 raise ValueError(f"{where}: expected an object with string fields 'question' and 'answer'")
             if "####" not in row["answer"] or not row["answer"].rpartition("####")[2].strip():
                 raise ValueError(f"{where}: answer does not end in '#### <final answer>'")
@@ -504,7 +303,6 @@ def load_gsm8k(path) -> list[dict]:
     if not rows:
         raise ValueError(f"{path}: no problems in the file (it is empty, or only blank lines)")
     return rows
-
 
 class GSM8KTask:
     """Word problems from a GSM8K-format JSONL file; the cold-start trace is the file's own
@@ -514,30 +312,24 @@ class GSM8KTask:
 
     def __init__(self, path):
         rows = load_gsm8k(path)
-        self.splits = {"train": [], "test": []}
-        for row in rows:
-            question, solution = row["question"], row["answer"]
-            answer = normalize_answer(solution.rpartition("####")[2])
-            info = {"question": question, "solution": solution}
-            problem = Problem(prompt=f"Question: {question}\nAnswer:", answer=answer, info=info)
-            self.splits[split_of(question)].append(problem)
-        # a tiny file can hash entirely into one split: then move one row (the last) across
-        if len(rows) >= 2 and not self.splits["test"]:
-            self.splits["test"].append(self.splits["train"].pop())
-        elif len(rows) >= 2 and not self.splits["train"]:
-            self.splits["train"].append(self.splits["test"].pop())
         if len(rows) < 2:
             raise ValueError(f"{path}: one problem is too few (a train and a test split need at least two)")
+        self.splits = {"train": [], "test": []}
+        for row in rows:
+            answer = normalize_answer(row["answer"].rpartition("####")[2])
+            problem = Problem(f"Question: {row['question']}\nAnswer:", answer, {"solution": row["answer"]})
+            self.splits[split_of(row["question"])].append(problem)
+        # a tiny file can hash entirely into one split: then move one row (the last) across
+        for empty, full in (("test", "train"), ("train", "test")):
+            if not self.splits[empty]:
+                self.splits[empty].append(self.splits[full].pop())
 
     def sample(self, split: str, rng: random.Random) -> Problem:
         _check_split(split)
-        if not self.splits[split]:
-            raise ValueError(f"the {split} split is empty")
         return rng.choice(self.splits[split])
 
     def trace(self, problem: Problem, style: str, rng: random.Random | None = None) -> str:
-        if style != "cot":
-            raise ValueError(f"unknown style {style!r}; styles are {self.styles}")
+        _check_style(style, self.styles)
         return " " + problem.info["solution"]
 
     def reward(self, completion: str, problem: Problem) -> float:
@@ -547,23 +339,15 @@ class GSM8KTask:
         found = _find_last_answer(completion)
         return found is not None and bool(completion[:found[0]].strip())
 
-
 def get_task(name: str, **kwargs):
-    if name == "pairs":
-        return PairsTask(**kwargs)
-    elif name == "arithmetic":
-        return ArithmeticTask(**kwargs)
-    elif name == "countdown":
-        return CountdownTask(**kwargs)
-    elif name == "gsm8k":
-        return GSM8KTask(**kwargs)
-    raise ValueError(f"unknown task {name!r}; valid names are: pairs, arithmetic, countdown, gsm8k")
-
+    tasks = {"pairs": PairsTask, "arithmetic": ArithmeticTask, "gsm8k": GSM8KTask}
+    if name not in tasks:
+        raise ValueError(f"unknown task {name!r}; valid names are: {', '.join(tasks)}")
+    return tasks[name](**kwargs)
 
 if __name__ == "__main__":
     rng = random.Random(0)
-    tasks = [PairsTask(), ArithmeticTask(), CountdownTask(), GSM8KTask("tests/data/gsm8k_tiny.jsonl")]
-    for task in tasks:
+    for task in (PairsTask(), ArithmeticTask(), GSM8KTask("tests/data/gsm8k_tiny.jsonl")):
         problem = task.sample("train", rng)
         for style in task.styles:
             completion = task.trace(problem, style)

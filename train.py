@@ -9,10 +9,6 @@ attempts and the model's own checks move together before, during and after RL.
     python train.py --task=arithmetic                 # the scratchpad demo (4-digit addition)
     python train.py --init_from=resume                # continue out/ckpt.pt exactly
     torchrun --standalone --nproc_per_node=2 train.py # data-parallel (gloo on CPU, nccl on CUDA)
-
-One RL step (the README's "one batch, file by file"): P training problems -> each prompt repeated
-G times -> generate (sample.py) -> exact reward of each completion (rewards.py) -> advantages and
-the REINFORCE loss on fused token log-probs (reinforce.py) -> one optimizer step.
 """
 import copy
 import json
@@ -23,7 +19,7 @@ import signal
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -37,7 +33,6 @@ from rewards import get_task
 from sample import (decode, encode, generate, get_tokenizer, load_checkpoint, model_from_checkpoint, parse_config,
                     pick_device)
 
-
 @dataclass
 class TrainConfig:
     # run
@@ -49,17 +44,17 @@ class TrainConfig:
     threads: int = 0                # CPU threads for torch (0 = torch's default)
     # speed-ups (the same method; equal results up to rounding)
     compile: bool = False           # torch.compile the training forward pass
-    cuda_graphs: bool = True        # on CUDA, decode by replaying a CUDA graph of one step (sample.generate's fast path)
+    cuda_graphs: bool = True        # on CUDA, decode by replaying a CUDA graph of one step (generate's fast path)
     fused_update: bool = False      # plain REINFORCE only: gradient made in the forward pass (no entropy logged)
     # task (rewards.py)
-    task: str = "pairs"             # pairs | arithmetic | countdown | gsm8k
+    task: str = "pairs"             # pairs | arithmetic | gsm8k
     numbers: int = 4                # pairs: how many numbers to search for the two that sum to the target
     max_number: int = 9             # pairs: the numbers are drawn from 1..max_number
     quit_max: float = 0.6           # pairs: the cold start gives up after its k-th wrong attempt w.p. min(quit_max, k/4)
     digits: int = 4                 # arithmetic: digits of each operand (difficulty)
     data_path: str = ""             # gsm8k: a JSONL file with "question" and "answer" per line
-    cold_start: str = ""            # style of the SFT traces (pairs: search | unchecked | direct); "" = the task's default
-    scratch_frac: float = 0.3       # arithmetic: share of cold-start traces that think step by step (the rest answer directly)
+    cold_start: str = ""            # style of the SFT traces (pairs: search | unchecked | direct); "" = task default
+    scratch_frac: float = 0.3       # arithmetic: share of cold-start traces that work step by step (the rest: direct)
     # model
     init_from: str = "scratch"      # scratch | resume | gpt2 (or gpt2-medium, ...) | a local Hugging Face directory
     tokenizer: str = "auto"         # char | gpt2; auto = char from scratch, gpt2 for pretrained weights
@@ -82,9 +77,8 @@ class TrainConfig:
     rl_lr: float = 1e-4             # constant after warm-up, so a resumed run may extend rl_steps
     wrong_reward: float = 0.0       # reward of a wrong or unparsable answer: 0, or -1 to penalise errors
     baseline: str = "group"         # none | batch | group | rloo (reinforce.compute_advantages)
-    # the loss normaliser. seq-mean (GRPO) weighs every completion the same, so a short one's tokens weigh
-    # more: a length bias, which the variants token-mean (DAPO) and const (Dr. GRPO) remove. It stays
-    # the default (here and in reinforce_loss) because the default run and the README's numbers use it.
+    # the loss normaliser: seq-mean (GRPO) has a length bias that the variants token-mean (DAPO) and
+    # const (Dr. GRPO) remove; it stays the default because the README's numbers were measured with it
     aggregation: str = "seq-mean"   # seq-mean | token-mean | const
     weight_decay: float = 0.0       # AdamW decay on the blocks' matrices
     grad_clip: float = 1.0          # clip the global gradient norm (0 = off)
@@ -110,77 +104,68 @@ class TrainConfig:
 # config checks (the --key=value parser is sample.parse_config)
 
 def check_config(cfg):
+    """Refuse every value that cannot work, by name, before any work."""
     choices = {"dtype": ("auto", "float32", "bfloat16"), "baseline": BASELINES, "aggregation": AGGREGATIONS,
                "loss_type": LOSS_TYPES, "tokenizer": ("auto", "char", "gpt2")}
     for key, allowed in choices.items():
         if getattr(cfg, key) not in allowed:
             raise ValueError(f"--{key}={getattr(cfg, key)} is not one of {', '.join(allowed)}")
-    for f in fields(cfg):  # inf and nan parse as floats, and would only show up as NaN weights later
-        if isinstance(getattr(cfg, f.name), float) and not math.isfinite(getattr(cfg, f.name)):
-            raise ValueError(f"--{f.name} must be a finite number, got {getattr(cfg, f.name)}")
+    for key, value in asdict(cfg).items():  # inf and nan parse as floats, and would only show as NaN weights later
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"--{key} must be a finite number, got {value}")
     for key in ("sft_steps", "rl_steps", "eval_every", "ckpt_every", "threads", "sft_lr", "rl_lr", "weight_decay",
                 "grad_clip", "dropout", "kl_coef", "clip_eps", "length_penalty"):
         if getattr(cfg, key) < 0:
             raise ValueError(f"--{key} must be >= 0")
-    if cfg.dropout >= 1:
-        raise ValueError("--dropout must be < 1 (it is the share of activations zeroed)")
-    if cfg.temperature <= 0:  # at 0 the G samples of a problem are identical: equal rewards, zero advantages
-        raise ValueError(f"--temperature={cfg.temperature}: RL needs a temperature > 0 (below 0 it samples from "
-                         f"the inverted distribution; at 0 the {cfg.samples_per_prompt} samples of a problem are "
-                         "all the same, so their advantages are 0 and nothing is learnt)")
     for key in ("warmup_steps", "updates_per_batch", "prompts_per_step", "samples_per_prompt", "pass_k",
                 "max_new_tokens", "sft_batch_size", "eval_problems"):
         if getattr(cfg, key) < 1:
             raise ValueError(f"--{key} must be >= 1")
-    if cfg.task == "gsm8k" and not cfg.data_path:
-        raise ValueError("--task=gsm8k needs --data_path=a JSONL file with 'question' and 'answer' per line")
-    if cfg.task == "gsm8k" and not os.path.isfile(cfg.data_path):
-        raise ValueError(f"--data_path={cfg.data_path} is not a file (missing, or a directory)")
+    rules = [  # (broken, why), then the paper variants' and the fused update's cross-field rules
+        (cfg.dropout >= 1, "--dropout must be < 1 (it is the share of activations zeroed)"),
+        (cfg.temperature <= 0, f"--temperature={cfg.temperature}: RL needs a temperature > 0 (below 0 it samples "
+         "from the inverted distribution; at 0 a problem's samples are all the same, so their advantages are 0)"),
+        (cfg.task == "gsm8k" and not cfg.data_path,
+         "--task=gsm8k needs --data_path=a JSONL file with 'question' and 'answer' per line"),
+        (cfg.task == "gsm8k" and not os.path.isfile(cfg.data_path),
+         f"--data_path={cfg.data_path} is not a file (missing, or a directory)"),
+        (cfg.fused_update and (cfg.loss_type != "reinforce" or cfg.clip_eps or cfg.kl_coef
+                               or cfg.updates_per_batch > 1), "--fused_update needs the plain on-policy loss: "
+         "loss_type=reinforce, no clip_eps, no kl_coef, updates_per_batch=1"),
+        (cfg.loss_type == "mirror" and cfg.tau <= 0, "--loss_type=mirror needs --tau > 0 (the loss divides by it)"),
+        (cfg.prioritized and cfg.problem_pool < 1, "--prioritized=true needs --problem_pool >= 1 (its problems)"),
+        (cfg.updates_per_batch > 1 and cfg.clip_eps == 0 and cfg.loss_type != "mirror",
+         "--updates_per_batch > 1 re-uses samples from an older policy: set --clip_eps or --loss_type=mirror"),
+    ]
+    for broken, why in rules:
+        if broken:
+            raise ValueError(why)
     pick_device(cfg.device)  # a typo or a missing GPU fails here, before any work
-    # the paper variants' and the fused update's cross-field rules
-    if cfg.fused_update and (cfg.loss_type != "reinforce" or cfg.clip_eps or cfg.kl_coef or cfg.updates_per_batch > 1):
-        raise ValueError("--fused_update needs the plain on-policy loss: loss_type=reinforce, no clip_eps, "
-                         "no kl_coef, updates_per_batch=1")
-    if cfg.loss_type == "mirror" and cfg.tau <= 0:
-        raise ValueError("--loss_type=mirror needs --tau > 0 (the loss divides by it)")
-    if cfg.prioritized and cfg.problem_pool < 1:
-        raise ValueError("--prioritized=true needs --problem_pool >= 1 (the problems it draws from)")
-    if cfg.updates_per_batch > 1 and cfg.clip_eps == 0 and cfg.loss_type != "mirror":
-        raise ValueError("--updates_per_batch > 1 re-uses samples from an older policy: set --clip_eps "
-                         "or --loss_type=mirror")
-
 
 def check_out_dir(cfg, ckpt):
-    """Never lose a run by accident: a fresh run refuses an out_dir that holds one (its log would be
-    emptied and a Ctrl-C would replace its checkpoint), and a resumed run may not end before the
-    step its checkpoint has reached (it would save the finished model under a smaller step)."""
-    if ckpt is not None:
-        total = cfg.sft_steps + cfg.rl_steps
-        if total < ckpt["step"]:
-            raise ValueError(f"--init_from=resume: the checkpoint in {cfg.out_dir} has done {ckpt['step']} steps, "
-                             f"more than sft_steps + rl_steps = {total}; ask for at least {ckpt['step']}")
-    elif not cfg.overwrite:
-        # (an empty log is what a run that failed before its first step leaves: nothing to lose)
-        found = [f for f in ("ckpt.pt", "metrics.jsonl") if os.path.exists(os.path.join(cfg.out_dir, f))
-                 and os.path.getsize(os.path.join(cfg.out_dir, f)) > 0]
-        if found:
-            raise ValueError(f"{cfg.out_dir} already holds a run ({', '.join(found)}): continue it with "
-                             "--init_from=resume, replace it with --overwrite=true, or choose another --out_dir")
-
+    """Never lose a run by accident: a fresh run refuses an out_dir that holds one, and a resumed run
+    may not end before the step its checkpoint has reached (it would save under a smaller step)."""
+    total = cfg.sft_steps + cfg.rl_steps
+    if ckpt is not None and total < ckpt["step"]:
+        raise ValueError(f"--init_from=resume: the checkpoint in {cfg.out_dir} has done {ckpt['step']} steps, "
+                         f"more than sft_steps + rl_steps = {total}; ask for at least {ckpt['step']}")
+    paths = [os.path.join(cfg.out_dir, f) for f in ("ckpt.pt", "metrics.jsonl")]
+    # an empty log is what a run that failed before its first step leaves: nothing to lose
+    found = [os.path.basename(p) for p in paths if os.path.exists(p) and os.path.getsize(p) > 0]
+    if ckpt is None and not cfg.overwrite and found:
+        raise ValueError(f"{cfg.out_dir} already holds a run ({', '.join(found)}): continue it with "
+                         "--init_from=resume, replace it with --overwrite=true, or choose another --out_dir")
 
 STOP = {"requested": False}  # set by Ctrl-C (see the end of the file): finish the step, save, exit
-
 
 def autocast_context(dtype, device_type):
     """-> (dtype name, context): bfloat16 autocast on CUDA by default, a no-op in float32."""
     dtype = dtype if dtype != "auto" else ("bfloat16" if device_type == "cuda" else "float32")
     return dtype, nullcontext() if dtype == "float32" else torch.autocast(device_type, dtype=torch.bfloat16)
 
-
 def make_task(cfg):
     task_args = {"pairs": {"n_numbers": cfg.numbers, "max_number": cfg.max_number, "quit_max": cfg.quit_max},
-                 "arithmetic": {"digits": cfg.digits},
-                 "gsm8k": {"path": cfg.data_path}}.get(cfg.task, {})
+                 "arithmetic": {"digits": cfg.digits}, "gsm8k": {"path": cfg.data_path}}.get(cfg.task, {})
     task = get_task(cfg.task, **task_args)
     if cfg.cold_start and cfg.cold_start not in task.styles:
         raise ValueError(f"--cold_start={cfg.cold_start} is not a style of --task={cfg.task}: {', '.join(task.styles)}")
@@ -194,25 +179,20 @@ def step_rng(cfg, step, rank, what):
     exactly what the uninterrupted one would have, with no generator state to carry over."""
     return random.Random(f"{cfg.seed}/{what}/{step}/{rank}")
 
-
 def pad_batch(prompts, completions, pad_id=0):
     """Token lists -> idx (B, T) inputs, targets (B, T) next tokens with -1 except on completion
     tokens, and completion_mask (B, T). Right-padded: causal attention never looks ahead at pads."""
-    seqs = [p + c for p, c in zip(prompts, completions)]
-    T = max(len(s) for s in seqs) - 1
-    idx = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    targets = torch.full((len(seqs), T), -1, dtype=torch.long)
+    T = max(len(p) + len(c) for p, c in zip(prompts, completions)) - 1
+    idx = torch.full((len(prompts), T), pad_id, dtype=torch.long)
+    targets = torch.full((len(prompts), T), -1, dtype=torch.long)
     for i, (p, c) in enumerate(zip(prompts, completions)):
-        seq = p + c
-        idx[i, :len(seq) - 1] = torch.tensor(seq[:-1])
-        targets[i, len(p) - 1:len(seq) - 1] = torch.tensor(c)  # position t predicts token t+1
+        idx[i, :len(p) + len(c) - 1] = torch.tensor((p + c)[:-1])
+        targets[i, len(p) - 1:len(p) + len(c) - 1] = torch.tensor(c)  # position t predicts token t+1
     return idx, targets, targets >= 0
 
-
 def sft_batch(task, tokenizer, rng, cfg, block_size):
-    """Cold-start batch: worked traces of the task. With cold_start set, all in that style; else
-    pairs writes searches, and arithmetic answers directly with probability 1 - scratch_frac and
-    in a scratchpad otherwise."""
+    """Cold-start batch: worked traces of the task, in the cold_start style if set; else the task's
+    first style, except that arithmetic uses a scratchpad with probability scratch_frac."""
     prompts, completions = [], []
     for _ in range(cfg.sft_batch_size):
         problem = task.sample("train", rng)
@@ -226,13 +206,10 @@ def sft_batch(task, tokenizer, rng, cfg, block_size):
         raise ValueError(f"a training trace of {longest} tokens exceeds the model's block_size={block_size}")
     return pad_batch(prompts, completions)
 
-
 def sampling_weights(success, floor=0.05):
-    """Kimi k1.5 prioritized sampling: draw problem i with probability proportional to
-    1 - success_i, so compute goes to what the policy gets wrong; the floor keeps solved
-    problems coming back now and then (a policy can forget)."""
+    """Kimi k1.5 prioritized sampling: draw problem i with probability proportional to 1 - success_i,
+    so compute goes to what the policy gets wrong; the floor keeps solved problems coming back."""
     return (1 - success).clamp(min=floor)
-
 
 # -----------------------------------------------------------------------------
 # the RL update
@@ -244,11 +221,9 @@ def completion_logprobs(net, head, idx, targets, ctx, **kw):
         hidden = net(idx, return_hidden=True)  # (B, T, C)
         return token_logprobs(hidden, head.lm_head.weight, targets, **kw)  # (B, T)
 
-
 def policy_update(model, optimizer, idx, targets, mask, rewards, group_ids, cfg, ctx, ref_model=None):
-    """One batch of completions -> cfg.updates_per_batch optimizer steps of the REINFORCE loss.
-    idx, targets, mask (B, T) from pad_batch; rewards, group_ids (B,).
-    Returns (metrics, number of steps skipped because the gradient was not finite)."""
+    """idx, targets, mask (B, T) from pad_batch, rewards, group_ids (B,) -> cfg.updates_per_batch optimizer
+    steps of the REINFORCE loss. Returns (metrics, number of steps skipped: a gradient not finite)."""
     raw = model.module if isinstance(model, DDP) else model
     with torch.no_grad():
         # log pi_old (B, T): only needed when the policy moves between updates of one batch
@@ -266,13 +241,12 @@ def policy_update(model, optimizer, idx, targets, mask, rewards, group_ids, cfg,
                 loss, metrics = fused_reinforce_loss(hidden, raw.lm_head.weight, targets, rewards, group_ids,
                                                      mask, **options)
         else:
-            logprobs, entropy = completion_logprobs(model, raw, idx, targets, ctx, return_entropy=True)  # (B, T) each
+            logprobs, entropy = completion_logprobs(model, raw, idx, targets, ctx, return_entropy=True)  # (B, T)
             loss, metrics = reinforce_loss(logprobs, logprobs.detach() if old is None else old, rewards,
                                            group_ids, mask, **options)
             metrics["entropy"] = (entropy.sum() / mask.sum()).item()
         if isinstance(model, DDP):
-            # each rank divided its sum by its own normaliser (tokens or sequences) and DDP averages
-            # the ranks' gradients; rescale so the result is the sum over all ranks / global normaliser
+            # each rank divided by its own normaliser and DDP averages: rescale to Σ over all ranks / Σ normalisers
             total = torch.tensor(metrics["normaliser"], device=loss.device)
             dist.all_reduce(total)
             loss = loss * (metrics["normaliser"] * dist.get_world_size() / total.item())
@@ -280,13 +254,11 @@ def policy_update(model, optimizer, idx, targets, mask, rewards, group_ids, cfg,
     metrics["loss"] = loss.item()
     return metrics, int(skipped)
 
-
 def optimizer_step(model, optimizer, loss, cfg):
-    """backward, clip, step. A non-finite gradient norm (a NaN or inf loss makes one) skips the
-    step and leaves the weights and the optimizer's state untouched. Returns 1 if skipped, else 0,
-    as a 0-dim float tensor on the device: the fused AdamW (CUDA) takes the flag as its `found_inf`
-    (the way GradScaler skips steps) and skips on the device, so the host never waits for the norm.
-    Under DDP the norm is of the averaged gradients, the same on every rank: all ranks skip together."""
+    """backward, clip, step -> 1 (a 0-dim float tensor) if the step was skipped because the gradient
+    norm is not finite (weights and optimizer state untouched), else 0. The fused AdamW (CUDA) takes
+    the flag as its `found_inf`, as GradScaler does, so the host never waits for the norm. Under DDP
+    the norm is of the averaged gradients, the same on every rank: all ranks skip together."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
@@ -300,26 +272,21 @@ def optimizer_step(model, optimizer, loss, cfg):
         optimizer.zero_grad(set_to_none=True)
     return skip
 
-
 def to_device(tensor, device):
-    """A CPU batch -> the device without stopping the host: a plain .to("cuda") of pageable memory
-    waits until the GPU has run everything queued before it; from pinned memory the copy is queued."""
+    """A CPU batch -> the device without making the host wait for the GPU (pinned memory: a queued copy)."""
     return tensor.pin_memory().to(device, non_blocking=True) if "cuda" in str(device) else tensor.to(device)
-
 
 def set_lr(optimizer, lr):
     for group in optimizer.param_groups:
         group["lr"] = lr
     return lr
 
-
 def fast_path(cfg):
     return None if cfg.cuda_graphs else False  # None: the fast path wherever it is on by default (CUDA)
 
-
 def rollout(model, task, tokenizer, problems, cfg, generator, ctx):
-    """Steps 1-3 of RL: each problem's prompt G times -> completions (KV-cached sampler) ->
-    exact rewards. Returns prompts and completions (token lists) and texts, correct (B,)."""
+    """Each problem's prompt G times -> completions (KV-cached sampler) -> exact rewards.
+    Returns prompts and completions (token lists), texts, and correct (B,)."""
     G = cfg.samples_per_prompt
     prompts = [encode(tokenizer, p.prompt) for p in problems for _ in range(G)]
     with ctx:
@@ -333,9 +300,8 @@ def rollout(model, task, tokenizer, problems, cfg, generator, ctx):
 # evaluation on the held-out split
 
 def search_stats(task, texts, problems):
-    """How the completions searched (tasks with self-checks only, else {}): mean attempts per
-    completion, the share of answers given right after the model's own ✗ ("ignores its own
-    critique"), and the share of its checks that are true ("honest self-check"; nan if none)."""
+    """How the completions searched (tasks with self-checks only, else {}): attempts per completion, the
+    share of answers given right after the model's own ✗, and the share of honest checks (nan if none)."""
     if not hasattr(task, "self_check_stats"):
         return {}
     stats = [task.self_check_stats(t, p) for t, p in zip(texts, problems)]
@@ -344,28 +310,24 @@ def search_stats(task, texts, problems):
             "after_fail_share": total["after_fail"] / max(1, total["answered"]),
             "honest_check_share": total["honest"] / total["checks"] if total["checks"] else float("nan")}
 
-
 @torch.no_grad()
 def evaluate(model, task, tokenizer, problems, cfg, ctx):
     """On held-out test problems: greedy accuracy, pass@k (k samples at the RL temperature), the
     sampled accuracy, length and search statistics of greedy and of sampled completions."""
-    eot = tokenizer.eot_token
+    k, eot = cfg.pass_k, tokenizer.eot_token
     prompts = [encode(tokenizer, p.prompt) for p in problems]
     with ctx:
         greedy = generate(model, prompts, cfg.max_new_tokens, temperature=0, stop_tokens=(eot,), fast=fast_path(cfg))
         gen = torch.Generator(device=model.transformer.wte.weight.device).manual_seed(cfg.seed)
-        sampled = generate(model, [p for p in prompts for _ in range(cfg.pass_k)], cfg.max_new_tokens, fast=fast_path(cfg),
+        sampled = generate(model, [p for p in prompts for _ in range(k)], cfg.max_new_tokens, fast=fast_path(cfg),
                            temperature=cfg.temperature, stop_tokens=(eot,), generator=gen)
-    greedy_text = [decode(tokenizer, c) for c in greedy]
+    greedy_text, sampled_text = [decode(tokenizer, c) for c in greedy], [decode(tokenizer, c) for c in sampled]
+    sampled_problems = [p for p in problems for _ in range(k)]
     correct = [task.reward(t, p) for t, p in zip(greedy_text, problems)]
-    sampled_text = [decode(tokenizer, c) for c in sampled]
-    sampled_problems = [p for p in problems for _ in range(cfg.pass_k)]
     sampled_correct = [task.reward(t, p) for t, p in zip(sampled_text, sampled_problems)]
-    k = cfg.pass_k
     right_of_k = [int(sum(sampled_correct[i:i + k])) for i in range(0, len(sampled_correct), k)]  # c of k per problem
     return {
-        "accuracy": sum(correct) / len(problems),
-        f"pass@{k}": sum(c > 0 for c in right_of_k) / len(problems),
+        "accuracy": sum(correct) / len(problems), f"pass@{k}": sum(c > 0 for c in right_of_k) / len(problems),
         # pass@n for n = 1..k from the same k samples, unbiased: 1 - C(k - c, n) / C(k, n) (Chen et al. 2021)
         "pass_at": [sum(1 - math.comb(k - c, n) / math.comb(k, n) for c in right_of_k) / len(problems)
                     for n in range(1, k + 1)],
@@ -381,7 +343,7 @@ def evaluate(model, task, tokenizer, problems, cfg, ctx):
     }
 
 # -----------------------------------------------------------------------------
-# checkpoints
+# set-up and checkpoints
 
 def save_checkpoint(path, model, optimizer, cfg, step, extra):
     """Atomic: write a temp file, then rename over the old one (a crash leaves one or the other)."""
@@ -400,11 +362,9 @@ def save_checkpoint(path, model, optimizer, cfg, step, extra):
                       "The previous checkpoint, if any, is intact") from e
     os.replace(tmp, path)
 
-
 def check_completion_room(task, tokenizer, problems, cfg, block_size):
-    """Refuse a max_new_tokens that the longest prompt leaves no room for now, not after SFT has
-    run: over the given problems and the training ones (all of them where the task keeps them in
-    a list, as GSM8K does; else a sample of 256, and generate's own check stays the backstop)."""
+    """Refuse now, not after SFT, a max_new_tokens that the longest prompt leaves no room for (over the
+    given problems and the training ones: all, as for GSM8K, or a sample of 256)."""
     train = getattr(task, "splits", {}).get("train") or [
         task.sample("train", random.Random(f"{cfg.seed}/lengths/{i}")) for i in range(256)]
     longest = max(len(encode(tokenizer, p.prompt)) for p in problems + train)
@@ -415,7 +375,6 @@ def check_completion_room(task, tokenizer, problems, cfg, block_size):
         need = longest + len(encode(tokenizer, task.longest_trace())) + 1  # + end-of-text
         if need > block_size:
             raise ValueError(f"the task's longest cold-start trace needs --block_size >= {need} (it is {block_size})")
-
 
 def build_model(cfg, device, ckpt=None):
     """-> (model, tokenizer name): from a checkpoint (resume), from scratch, or from GPT-2 weights."""
@@ -438,9 +397,8 @@ def build_model(cfg, device, ckpt=None):
 
 def main(argv):
     """The method: set up, cold start (SFT), then RL. -> the summary (None if interrupted, or not rank 0)."""
-    cfg, ckpt = configure(argv)
-    run = set_up(cfg, ckpt)  # processes and devices, task, model, optimizer, out_dir and its log
-    model, task, tokenizer, ctx = run.model, run.task, run.tokenizer, run.ctx
+    run = set_up(argv)  # config, processes and devices, task, model, optimizer, out_dir and its log
+    cfg, model, task, tokenizer, ctx = run.cfg, run.model, run.task, run.tokenizer, run.ctx
 
     # ---- phase 1: cold start, supervised fine-tuning on the task's worked traces -------------
     for step in progress_bar(run, "sft"):
@@ -516,8 +474,6 @@ class Run:
     success: torch.Tensor           # (len(pool),) the last success rate of each pool problem
     start: int                      # the step this process starts at (> 0 when resuming)
     state: dict                     # the after-SFT eval, skipped steps, wall times: saved in checkpoints
-    ckpt_path: str
-    metrics_path: str
     ref_model: GPT | None = None    # with kl_coef > 0: the frozen policy that RL starts from
     sft_pending: list = field(default_factory=list)  # (step, lr, loss, skip) still on the device
     bar: object = None              # the current phase's progress bar
@@ -526,19 +482,8 @@ class Run:
     def master(self):
         return self.rank == 0
 
-
-def configure(argv):
-    """--key=value flags -> (checked config, checkpoint or None). Resuming: the saved config,
-    updated by what this command line says."""
-    cfg = parse_config(TrainConfig, argv)
-    ckpt = None
-    if cfg.init_from == "resume":
-        ckpt = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))
-        cfg = parse_config(TrainConfig, argv, base={**ckpt["config"], "init_from": "resume"})
-    check_config(cfg)
-    check_out_dir(cfg, ckpt)  # before any rank writes there
-    return cfg, ckpt
-
+    def path(self, name):
+        return os.path.join(self.cfg.out_dir, name)
 
 def init_processes(cfg):
     """-> (ddp, rank, device). Under torchrun every rank runs this same script: one process
@@ -556,24 +501,27 @@ def init_processes(cfg):
         torch.cuda.set_device(device)
     return True, dist.get_rank(), device
 
-
 def held_out_problems(task, cfg):
     """cfg.eval_problems distinct test problems (a repeat would count twice), each drawn from its own
     seeded generator; a test split smaller than that (a small GSM8K file) is used whole."""
-    problems, prompts = [], set()
+    problems = {}  # prompt -> problem, in the order drawn
     for i in range(20 * cfg.eval_problems):
-        problem = task.sample("test", random.Random(f"{cfg.seed}/eval/{i}"))
-        if problem.prompt not in prompts:
-            problems.append(problem)
-            prompts.add(problem.prompt)
         if len(problems) == cfg.eval_problems:
             break
-    return problems
+        problem = task.sample("test", random.Random(f"{cfg.seed}/eval/{i}"))
+        problems.setdefault(problem.prompt, problem)
+    return list(problems.values())
 
-
-def set_up(cfg, ckpt):
-    """Everything before the first step -> Run: processes and devices, the task and its held-out
-    problems, the model and optimizer (restored when resuming), out_dir and its metrics log."""
+def set_up(argv):
+    """Everything before the first step -> Run: the checked config (resuming: the saved one, updated by
+    argv), processes and devices, the task and its held-out problems, the model and optimizer
+    (restored when resuming), out_dir and its metrics log."""
+    cfg, ckpt = parse_config(TrainConfig, argv), None
+    if cfg.init_from == "resume":
+        ckpt = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))
+        cfg = parse_config(TrainConfig, argv, base={**ckpt["config"], "init_from": "resume"})
+    check_config(cfg)
+    check_out_dir(cfg, ckpt)  # before any rank writes there
     ddp, rank, device = init_processes(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -603,39 +551,28 @@ def set_up(cfg, ckpt):
     if ddp:
         train_model = DDP(train_model, device_ids=[device] if device_type == "cuda" else None)
     run = Run(cfg, ckpt, ddp, rank, device, ctx, task, tokenizer, tokenizer_name, model, train_model, optimizer,
-              eval_problems, pool, success, start, state, os.path.join(cfg.out_dir, "ckpt.pt"),
-              os.path.join(cfg.out_dir, "metrics.jsonl"))
-    open_metrics_log(run)
-    return run
-
-
-def open_metrics_log(run):
-    """Create out_dir; a resumed run rewrites the log from its restart point (keeping the eval made there)."""
-    os.makedirs(run.cfg.out_dir, exist_ok=True)
-    if run.master:
-        path = run.metrics_path
-        lines = open(path).read().splitlines() if run.start and os.path.exists(path) else []
-        records = [json.loads(line) for line in lines]
+              eval_problems, pool, success, start, state)
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    if run.master:  # a resumed run rewrites the log from its restart point (keeping the eval made there)
+        path = run.path("metrics.jsonl")
+        records = [json.loads(line) for line in open(path)] if start and os.path.exists(path) else []
         with open(path, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in records
-                         if r["step"] < run.start or (r["step"] == run.start and r["phase"] == "eval"))
-
+                         if r["step"] < start or (r["step"] == start and r["phase"] == "eval"))
+    return run
 
 def log(run, record):
     if run.master:
-        with open(run.metrics_path, "a") as f:
+        with open(run.path("metrics.jsonl"), "a") as f:
             f.write(json.dumps(record) + "\n")
 
-
 def progress_bar(run, phase):
-    """The steps of one phase ("sft" or "rl") still to run, under a tqdm bar (a resumed run starts
-    where it stopped)."""
+    """The steps of one phase ("sft" or "rl") still to run (a resumed run starts where it stopped)."""
     cfg = run.cfg
     first, last = (0, cfg.sft_steps) if phase == "sft" else (cfg.sft_steps, cfg.sft_steps + cfg.rl_steps)
     run.bar = tqdm(range(max(run.start, first), last), desc=phase, disable=not run.master,
                    initial=max(0, run.start - first), total=last - first)
     return run.bar
-
 
 def learning_rate(cfg, step):
     """SFT: linear warm-up, then cosine decay to a tenth of the peak. RL: linear warm-up, then
@@ -645,14 +582,12 @@ def learning_rate(cfg, step):
         return cfg.sft_lr * min(1.0, (step + 1) / cfg.warmup_steps) * (0.1 + 0.9 * decay)
     return cfg.rl_lr * min(1.0, (step - cfg.sft_steps + 1) / cfg.warmup_steps)
 
-
 def log_sft_step(run, step, lr, loss, skip):
     """Keep the step's loss and skip flag on the device; read them 50 steps at a time (and at
     every checkpoint), so that SFT does not wait for the host after every step."""
     run.sft_pending.append((step, lr, loss.detach(), skip))
     if len(run.sft_pending) == 50 or step + 1 == run.cfg.sft_steps:
         flush_sft_log(run)
-
 
 def flush_sft_log(run):
     """Read the pending SFT losses and skip flags in one host sync (not one per step); log them."""
@@ -665,15 +600,13 @@ def flush_sft_log(run):
         run.bar.set_postfix(loss=f"{numbers[-1][0]:.3f}")
         run.sft_pending.clear()
 
-
 def evaluate_before_rl(run):
     """The "after SFT" column of the summary; saved with the checkpoints."""
-    before = evaluate(run.model, run.task, run.tokenizer, run.eval_problems, run.cfg, run.ctx) if run.master else {}
-    run.state["before"] = before
+    run.state["before"] = evaluate(run.model, run.task, run.tokenizer, run.eval_problems, run.cfg,
+                                   run.ctx) if run.master else {}
     log(run, {"step": run.cfg.sft_steps, "phase": "eval", **run.state["before"]})
     if run.master:
-        print(f"after SFT: {fmt(run.state['before'])}")
-
+        print("after SFT: " + ", ".join(f"{k} {v:.3f}" for k, v in run.state["before"].items() if isinstance(v, float)))
 
 def start_rl(run):
     if run.state["before"] is None:  # no SFT steps at all (e.g. RL straight from GPT-2 weights)
@@ -683,7 +616,6 @@ def start_rl(run):
         if run.ckpt is not None and "ref_model" in run.ckpt:
             run.ref_model.load_state_dict(run.ckpt["ref_model"])
 
-
 def choose_problems(run, rng):
     """-> (indices into the pool, P training problems): fresh ones, drawn uniformly; or, prioritized
     (Kimi k1.5), drawn from the fixed pool in proportion to 1 - success rate."""
@@ -692,7 +624,6 @@ def choose_problems(run, rng):
         return [], [run.task.sample("train", rng) for _ in range(P)]
     chosen = rng.choices(range(len(run.pool)), weights=sampling_weights(run.success).tolist(), k=P)
     return chosen, [run.pool[i] for i in chosen]
-
 
 def remember_success(run, chosen, correct):
     """Prioritized: each chosen pool problem's success rate this step (all ranks' problems, so ranks agree)."""
@@ -706,14 +637,12 @@ def remember_success(run, chosen, correct):
         dist.all_reduce(seen)
     run.success = torch.where(seen > 0, update / seen.clamp(min=1), run.success)
 
-
 def length_reward(cfg, step, completions, correct, group_ids):
     """(B,) the Kimi k1.5 length reward, scaled by cfg.length_penalty; 0 when off or in its warm-up."""
     if cfg.length_penalty > 0 and step - cfg.sft_steps >= cfg.length_penalty_warmup:
         lengths = torch.tensor([len(c) for c in completions], dtype=torch.float)  # (B,)
         return cfg.length_penalty * length_penalty(lengths, correct, group_ids)
     return torch.zeros(len(completions))
-
 
 def log_rl_step(run, step, lr, problems, texts, correct, len_reward, metrics, t_sample, t_update):
     """One line of metrics.jsonl per RL step: the batch's accuracy, length and search, the loss's metrics."""
@@ -729,18 +658,15 @@ def log_rl_step(run, step, lr, problems, texts, correct, len_reward, metrics, t_
     run.bar.set_postfix(acc=f"{record['accuracy']:.2f}", len=f"{metrics['len_mean']:.0f}",
                         think=f"{record['step_by_step']:.2f}")
 
-
 def eval_due(cfg, step):
     """A held-out evaluation every eval_every RL steps (the last one is finish's)."""
     return cfg.eval_every and (step - cfg.sft_steps) % cfg.eval_every == 0 and step < cfg.sft_steps + cfg.rl_steps
 
-
 def checkpoint(run, step):
     flush_sft_log(run)
     ref = {"ref_model": run.ref_model.state_dict()} if run.ref_model is not None else {}
-    save_checkpoint(run.ckpt_path, run.model, run.optimizer, run.cfg, step,
+    save_checkpoint(run.path("ckpt.pt"), run.model, run.optimizer, run.cfg, step,
                     {**run.state, "tokenizer": run.tokenizer_name, "success": run.success, **ref})
-
 
 def end_of_step(run, step):
     """Checkpoint when due or when Ctrl-C was pressed (on any rank); True means stop now."""
@@ -752,24 +678,23 @@ def end_of_step(run, step):
     if run.master and (stop or (run.cfg.ckpt_every and step % run.cfg.ckpt_every == 0)):
         checkpoint(run, step)
         if stop:
-            print(f"interrupted: saved {run.ckpt_path} at step {step}")
+            print(f"interrupted: saved {run.path('ckpt.pt')} at step {step}")
     return stop
-
 
 def finish(run):
     """After the last step: the final held-out eval and checkpoint, summary.json, the printed
     before/after table and curves.png. -> the summary (None on other ranks than 0)."""
-    cfg, total, summary = run.cfg, run.cfg.sft_steps + run.cfg.rl_steps, None
+    cfg, summary = run.cfg, None
     if run.master:
         after = evaluate(run.model, run.task, run.tokenizer, run.eval_problems, cfg, run.ctx)
-        log(run, {"step": total, "phase": "eval", **after})
-        checkpoint(run, total)
+        log(run, {"step": cfg.sft_steps + cfg.rl_steps, "phase": "eval", **after})
+        checkpoint(run, cfg.sft_steps + cfg.rl_steps)
         summary = {"before": run.state["before"], "after": after, "sft_time": run.state["sft_time"],
                    "rl_time": run.state["rl_time"], "skipped_steps": run.state["skipped"], "config": asdict(cfg)}
-        with open(os.path.join(cfg.out_dir, "summary.json"), "w") as f:
+        with open(run.path("summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
-        print_summary(summary, cfg, run.metrics_path)
-        plot_curves(run.metrics_path, os.path.join(cfg.out_dir, "curves.png"))
+        print_summary(summary, cfg, run.path("metrics.jsonl"))
+        plot_curves(run.path("metrics.jsonl"), run.path("curves.png"))
     if run.ddp:
         dist.destroy_process_group()
     return summary
@@ -777,47 +702,37 @@ def finish(run):
 # -----------------------------------------------------------------------------
 # the summary: before vs after RL
 
-def fmt(result):
-    return ", ".join(f"{k} {v:.3f}" for k, v in result.items() if isinstance(v, float))
-
-
-SUMMARY_ROWS = [  # (label, key in an eval record); rows whose key a task does not report are left out
-    ("greedy accuracy", "accuracy"), ("pass@k", "pass@k"), ("sampled accuracy", "sample_accuracy"),
-    ("length (tokens), greedy", "length"), ("length (tokens), sampled", "sample_length"),
-    ("attempts, greedy", "attempts"), ("attempts, sampled", "sample_attempts"),
-    ("answers after own ✗, greedy", "after_fail_share"), ("answers after own ✗, sampled", "sample_after_fail_share"),
-    ("honest checks, greedy", "honest_check_share"), ("honest checks, sampled", "sample_honest_check_share"),
-    ("step-by-step share, greedy", "step_by_step"), ("step-by-step share, sampled", "sample_step_by_step"),
-]
-
+# (label, key in an eval record); rows whose key a task does not report are left out
+SUMMARY_ROWS = [("greedy accuracy", "accuracy"), ("pass@k", "pass@k"), ("sampled accuracy", "sample_accuracy")] + [
+    (f"{name}, {how}", prefix + key) for name, key in (
+        ("length (tokens)", "length"), ("attempts", "attempts"), ("answers after own ✗", "after_fail_share"),
+        ("honest checks", "honest_check_share"), ("step-by-step share", "step_by_step"))
+    for how, prefix in (("greedy", ""), ("sampled", "sample_"))]
 
 def print_summary(summary, cfg, metrics_path):
     """The before/after table, then the held-out curve: how accuracy, length and the search moved
     together during RL (one column per evaluation)."""
-    before, after = summary["before"], summary["after"]
-    rows = [(name.replace("pass@k", f"pass@{cfg.pass_k}"), key.replace("pass@k", f"pass@{cfg.pass_k}"))
-            for name, key in SUMMARY_ROWS if key.replace("pass@k", f"pass@{cfg.pass_k}") in after]
+    before, after, k = summary["before"], summary["after"], f"pass@{cfg.pass_k}"
+    rows = [(name.replace("pass@k", k), key.replace("pass@k", k)) for name, key in SUMMARY_ROWS]
+    rows = [(name, key) for name, key in rows if key in after]
     print(f"\n{'held-out (' + str(cfg.eval_problems) + ' problems)':<32}{'after SFT':>12}{'after RL':>12}")
     for name, key in rows:
         print(f"{name:<32}{before[key]:>12.3f}{after[key]:>12.3f}")
     print(f"{'wall time (s)':<32}{summary['sft_time']:>12.0f}{summary['rl_time']:>12.0f}")
     # the same held-out problem before and after RL: the first one that RL turned from wrong to right
     pairs = list(zip(before["examples"], after["examples"]))
-    (text_before, _), (text_after, _) = next((b, a) for b, a in pairs if a[1] > b[1]) if any(
-        a[1] > b[1] for b, a in pairs) else pairs[0]
+    (text_before, _), (text_after, _) = next(((b, a) for b, a in pairs if a[1] > b[1]), pairs[0])
     print(f"a held-out problem after SFT: {text_before!r}")
     print(f"the same problem after RL:    {text_after!r}")
     evals = [json.loads(line) for line in open(metrics_path) if '"eval"' in line]
     print(f"\n{'RL step':<32}" + "".join(f"{r['step'] - cfg.sft_steps:>6}" for r in evals))
     for name, key in rows:
-        if key.startswith("pass@"):
-            continue
         digits = 1 if "length" in key or "attempts" in key else 2
-        print(f"{name:<32}" + "".join(f"{r[key]:>6.{digits}f}" for r in evals))
+        if key != k:  # (pass@k has no curve)
+            print(f"{name:<32}" + "".join(f"{r[key]:>6.{digits}f}" for r in evals))
     for key in ("attempts", "sample_attempts", "length", "sample_length"):
         if key in after and len(evals) > 2:
             print(f"{key}: {rise_profile([r[key] for r in evals])}")
-
 
 def rise_profile(values):
     """Was the rise gradual? The total change from first to last value, the largest share of it that
@@ -830,10 +745,9 @@ def rise_profile(values):
     return (f"{values[0]:.2f} -> {values[-1]:.2f}, the largest single interval carries {largest / rise:.0%} "
             f"of the rise, {distinct} distinct values in between")
 
-
 def plot_curves(metrics_path, png_path):
-    """If matplotlib is installed (optional): held-out accuracy, length and attempts on one figure
-    (do they rise together?), and the training reward and length on a second panel."""
+    """If matplotlib is installed (optional): held-out accuracy with length or attempts (do they rise
+    together?), and the training batches' reward and length."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -841,29 +755,24 @@ def plot_curves(metrics_path, png_path):
     except ImportError:
         return
     records = [json.loads(line) for line in open(metrics_path)]
-    rl = [r for r in records if r["phase"] == "rl"]
-    ev = [r for r in records if r["phase"] == "eval"]
+    rl, ev = ([r for r in records if r["phase"] == phase] for phase in ("rl", "eval"))
     step0 = ev[0]["step"] if ev else 0
+    x, xr = [r["step"] - step0 for r in ev], [r["step"] - step0 for r in rl]
+    key = "attempts" if "attempts" in ev[0] else "length"
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4))
-    x = [r["step"] - step0 for r in ev]
     left.plot(x, [r["accuracy"] for r in ev], "o-", color="C0", label="accuracy, greedy")
     left.plot(x, [r["sample_accuracy"] for r in ev], "o--", color="C0", alpha=0.6, label="accuracy, sampled")
     if "after_fail_share" in ev[0]:
         left.plot(x, [r["after_fail_share"] for r in ev], "s-", color="C3", label="answers after own ✗, greedy")
-    left.set_ylim(0, 1)
-    left.set_xlabel("RL step")
-    left.set_title("held-out: accuracy vs thinking")
+    left.set(ylim=(0, 1), xlabel="RL step", title="held-out: accuracy vs thinking")
     twin = left.twinx()
-    key = "attempts" if "attempts" in ev[0] else "length"
     twin.plot(x, [r[key] for r in ev], "^-", color="C2", label=f"{key}, greedy")
     twin.plot(x, [r[f"sample_{key}"] for r in ev], "^--", color="C2", alpha=0.6, label=f"{key}, sampled")
     twin.set_ylabel(key)
     lines = left.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
     left.legend(lines, [h.get_label() for h in lines], loc="center right", fontsize=8)
-    xr = [r["step"] - step0 for r in rl]
     right.plot(xr, [r["reward_mean"] for r in rl], color="C0", label="mean reward")
-    right.set_xlabel("RL step")
-    right.set_title("training batches: reward and length (tokens)")
+    right.set(xlabel="RL step", title="training batches: reward and length (tokens)")
     twin = right.twinx()
     twin.plot(xr, [r["len_mean"] for r in rl], color="C2", label="length")
     right.legend(loc="upper left")
@@ -871,7 +780,6 @@ def plot_curves(metrics_path, png_path):
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
     plt.close(fig)
-
 
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, lambda *_: STOP.update(requested=True))

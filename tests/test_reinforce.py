@@ -43,6 +43,12 @@ def test_default_chunk_keeps_two_float32_chunk_matrices_within_the_memory_budget
     assert default_chunk_size(257) == 1024 and default_chunk_size(10**12) == 1  # capped, never 0
 
 
+def test_default_chunk_on_cuda_has_twice_the_budget():
+    from reinforce import default_chunk_size
+    assert default_chunk_size(50257, device_type="cuda") == 1024  # 2x the budget: 1043 rows, capped at 1024
+    assert (default_chunk_size(200_000, device_type="cuda"), default_chunk_size(200_000)) == (262, 131)
+
+
 def test_token_logprobs_without_a_chunk_size_uses_the_budget_chunk(monkeypatch):
     import reinforce
     used = []

@@ -1,5 +1,5 @@
 """
-Tests for rewards.py: answer extraction, exact comparison, the countdown parser, robustness
+Tests for rewards.py: answer extraction, exact comparison, robustness
 against hostile completions, and the tasks' splits and traces.
 
     python -m pytest -q tests/test_rewards.py
@@ -17,18 +17,16 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from rewards import (  # noqa: E402
-    ArithmeticTask, CountdownTask, GSM8KTask, PairsTask, Problem, answers_match, countdown_reward, evaluate_expression,
-    exact_match, extract_answer, format_reward, get_task, load_gsm8k, normalize_answer, pair_sum,
+    ArithmeticTask, GSM8KTask, PairsTask, Problem, answers_match, exact_match, extract_answer, format_reward, get_task,
+    load_gsm8k, normalize_answer, pair_sum,
 )
 
 GSM8K_TINY = Path(__file__).parent / "data" / "gsm8k_tiny.jsonl"
 HUGE_NUMBER = "7" * 10_000
-TOWER_OF_99S = "*".join(["99"] * 39)
 
 
 def all_tasks():
-    return [ArithmeticTask(), ArithmeticTask(digits=1), CountdownTask(), CountdownTask(n_numbers=3),
-            GSM8KTask(GSM8K_TINY), PairsTask(), PairsTask(n_numbers=8, max_number=99)]
+    return [ArithmeticTask(), ArithmeticTask(digits=1), GSM8KTask(GSM8K_TINY), PairsTask(), PairsTask(n_numbers=8, max_number=99)]
 
 
 # -----------------------------------------------------------------------------
@@ -140,81 +138,9 @@ def test_extraction_is_fast_on_100kb_of_garbage():
     start = time.perf_counter()
     for _ in range(20):
         for text in texts:
-            exact_match(text, "5"), format_reward(text), countdown_reward(text, [1, 2], 3)
-    per_call = (time.perf_counter() - start) / (20 * len(texts) * 3)
+            exact_match(text, "5"), format_reward(text)
+    per_call = (time.perf_counter() - start) / (20 * len(texts) * 2)
     assert per_call < 0.005  # typically ~0.3 ms; the bound is loose for busy machines
-
-
-# -----------------------------------------------------------------------------
-# Countdown
-
-@pytest.mark.parametrize("expr, numbers, target", [
-    ("(3+4)*5", [3, 4, 5], 35),
-    ("25*4-50/2", [2, 4, 25, 50], 75),
-    ("50/(7-5)", [5, 7, 50], 25),
-    (" 8 * ( 9 - 3 ) ", [3, 8, 9], 48),
-    ("-3+10", [3, 10], 7),
-    ("99", [1, 99, 2], 99),  # numbers may be left unused
-    ("3*3", [3, 3, 4], 9),  # a repeated number may be used as often as it is given
-    ("(1+2)/3*6", [1, 2, 3, 6], 6),  # intermediate fractions are exact
-    ("+".join(["1"] * 60), [1] * 60, 60),  # long but flat: only nesting depth is limited
-])
-def test_countdown_accepts_correct_expressions(expr, numbers, target):
-    assert countdown_reward(f"<answer>{expr}</answer>", numbers, target) == 1.0
-
-
-@pytest.mark.parametrize("completion", [
-    "<answer>(3+4)*6</answer>",       # wrong value
-    "<answer>5*5+5+5</answer>",       # reuses a number
-    "<answer>(3+4)*5+0</answer>",     # foreign number
-    "<answer>7*5.0</answer>",         # non-integer literal
-    "<answer>35/(3-3)</answer>",      # division by zero
-    "<answer>3+4)*5</answer>",        # unbalanced
-    "<answer>(3+4)*</answer>",        # incomplete
-    "<answer></answer>",              # empty
-    "(3+4)*5",                        # not in tags
-    "<answer>(3+4)*5</answer> no: <answer>3+4+5</answer>",  # the last answer counts
-])
-def test_countdown_rejects_wrong_or_invalid_answers(completion):
-    assert countdown_reward(completion, [3, 4, 5], 35) == 0.0
-
-
-def test_countdown_reward_reads_the_last_answer():
-    assert countdown_reward("<answer>3+4+5</answer> no: <answer>(3+4)*5</answer>", [3, 4, 5], 35) == 1.0
-
-
-def test_countdown_never_runs_model_output_as_code(tmp_path):
-    marker = tmp_path / "pwned"
-    completion = f"<answer>__import__('os').system('touch {marker}')</answer>"
-    assert countdown_reward(completion, [1, 2, 3], 6) == 0.0
-    assert not marker.exists()
-
-
-@pytest.mark.parametrize("expr", [
-    "9**9**9**9",
-    "(" * 5000 + "1" + ")" * 5000,
-    "(" * 60 + "1" + ")" * 60,   # short enough, but nested too deeply
-    "-" * 100 + "1",
-    TOWER_OF_99S,  # short, but its value needs 259 bits
-    "9" * 10_000,
-    "1" * 1_000_000,
-])
-def test_countdown_returns_zero_quickly_on_hostile_input(expr):
-    start = time.perf_counter()
-    assert countdown_reward(f"<answer>{expr}</answer>", [1, 9, 99], 1) == 0.0
-    assert time.perf_counter() - start < 0.1
-
-
-def test_countdown_bounds_intermediate_values():
-    with pytest.raises(ValueError, match="too large"):
-        evaluate_expression(TOWER_OF_99S)
-
-
-def test_countdown_reward_on_a_1mb_string_is_quick():
-    text = "<answer>" + "1+" * 500_000 + "1</answer>"
-    start = time.perf_counter()
-    assert countdown_reward(text, [1, 1], 2) == 0.0
-    assert time.perf_counter() - start < 0.1
 
 
 # -----------------------------------------------------------------------------
@@ -238,8 +164,7 @@ def test_fuzz_rewards_never_raise_and_return_zero_or_one():
     problems = [(task, task.sample("train", rng)) for task in tasks]
     for _ in range(3_000):
         text = random_completion(rng)
-        rewards = [exact_match(text, "1032"), exact_match(text, "1/2"), format_reward(text),
-                   countdown_reward(text, [1, 2, 3, 9], 6)]
+        rewards = [exact_match(text, "1032"), exact_match(text, "1/2"), format_reward(text)]
         rewards += [task.reward(text, problem) for task, problem in problems]
         assert all(r in (0.0, 1.0) for r in rewards), (text, rewards)
         for task, _ in problems:
@@ -267,7 +192,7 @@ def test_pairs_splits_share_no_problem_even_reordered():
     assert len(test) > 100 and not train & test  # (4 digits: a few thousand problems up to reordering)
 
 
-@pytest.mark.parametrize("task", [ArithmeticTask(), CountdownTask(), PairsTask()], ids=lambda t: t.name)
+@pytest.mark.parametrize("task", [ArithmeticTask(), PairsTask()], ids=lambda t: t.name)
 def test_train_and_test_splits_share_no_prompt(task):
     rng = random.Random(0)
     train = {task.sample("train", rng).prompt for _ in range(2_000)}
@@ -312,24 +237,11 @@ def test_scratch_traces_are_step_by_step_and_direct_ones_are_not():
     assert not task.is_step_by_step("no answer = given")
 
 
-def test_countdown_and_gsm8k_step_by_step():
-    countdown, gsm8k = CountdownTask(), GSM8KTask(GSM8K_TINY)
-    problem = countdown.sample("train", random.Random(0))
-    assert not countdown.is_step_by_step(countdown.trace(problem, "direct"))
-    assert countdown.is_step_by_step("3+4=7, 7*5=35 " + countdown.trace(problem, "direct"))
+def test_gsm8k_step_by_step():
+    gsm8k = GSM8KTask(GSM8K_TINY)
     problem = gsm8k.sample("train", random.Random(0))
     assert gsm8k.is_step_by_step(gsm8k.trace(problem, "cot"))
     assert not gsm8k.is_step_by_step(" #### 4")
-
-
-def test_countdown_problems_are_solvable_by_their_own_solution():
-    task = CountdownTask(n_numbers=4, max_number=99, max_target=100)
-    rng = random.Random(3)
-    for _ in range(100):
-        problem = task.sample("train", rng)
-        value, used = evaluate_expression(problem.info["solution"])
-        assert value == problem.info["target"] == int(problem.answer)
-        assert sorted(used) == problem.info["numbers"] and 1 <= value <= 100
 
 
 def test_gsm8k_problem_format():
@@ -385,9 +297,8 @@ def test_gsm8k_directory_names_the_path(tmp_path):
 
 def test_get_task_builds_each_task_and_refuses_unknown_names():
     assert get_task("arithmetic", digits=2).name == "arithmetic"
-    assert get_task("countdown").name == "countdown"
     assert get_task("gsm8k", path=GSM8K_TINY).name == "gsm8k"
-    with pytest.raises(ValueError, match="arithmetic, countdown, gsm8k"):
+    with pytest.raises(ValueError, match="arithmetic, gsm8k"):
         get_task("chess")
 
 
