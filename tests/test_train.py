@@ -254,6 +254,7 @@ def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes_exactly(tmp_path):
 
 
 def _ddp_worker(rank, init_file, half_batches, out_path, options):
+    torch.set_num_threads(1)  # one thread, as the reference below: a multi-threaded sum may differ in its last bits
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     model, optimizer, cfg = _tiny_policy(options)
     ddp_model = torch.nn.parallel.DistributedDataParallel(model)
@@ -304,7 +305,12 @@ def test_ddp_step_on_two_processes_equals_one_process_on_the_union_of_their_batc
     rewards = torch.cat([h[3] for h in halves])
     group_ids = torch.cat([halves[0][4], halves[1][4] + groups[0]])
     model, optimizer, cfg = _tiny_policy(options)
-    train.policy_update(model, optimizer, idx, targets, mask, rewards, group_ids, cfg, train.nullcontext())
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train.policy_update(model, optimizer, idx, targets, mask, rewards, group_ids, cfg, train.nullcontext())
+    finally:
+        torch.set_num_threads(threads)
     ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)
     for k, v in model.state_dict().items():
         torch.testing.assert_close(ddp[k], v, rtol=1e-5, atol=1e-6)
