@@ -141,12 +141,15 @@ def prefill(model, prompts, size, cache=None):
         dtype = (torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type)
                  else model.transformer.wte.weight.dtype)
         cache = KVCache(model.config, len(prompts), size, device, dtype)
-    cache.valid.zero_()  # (a reused cache: the earlier call's slots are no longer visible)
+    else:  # reused: the earlier call's slots are no longer visible, and hold no NaN a masked product could spread
+        cache.valid.zero_(), cache.k.zero_(), cache.v.zero_()
     cache.length, slot, cache.slot = 0, cache.slot, None  # the prompts are written in dynamic mode
     cache.valid[:, :longest] = torch.arange(longest, device=device)[None] >= pad[:, None]  # real prompt tokens
-    hidden = model(idx, cache=cache, positions=positions, return_hidden=True)  # (B, T, C): all rows at once
+    try:
+        hidden = model(idx, cache=cache, positions=positions, return_hidden=True)  # (B, T, C): all rows at once
+    finally:  # (also after an error: a kept cache must keep its slot tensor, which its graph reads)
+        cache.slot = slot
     logits = model.lm_head(hidden[:, -1])  # (B, V): only the last position is needed, not (B, T, V)
-    cache.slot = slot
     return cache, logits, positions[:, -1] + 1
 
 
@@ -158,13 +161,17 @@ def static_decoder(model, B, size):
     pos_in, step). step() decodes token_in (B, 1) at pos_in (B, 1) for all B rows, finished ones too,
     and returns logits (B, V): on CUDA by replaying a CUDA graph of decode_step, elsewhere by running it
     eagerly. Capturing a graph costs as much as dozens of steps, so the graph and its cache are kept
-    (the last four shapes) and reused by later calls: an RL run captures once per batch shape."""
+    (the four shapes used last; release_decoders() frees them) and reused by later calls: an RL run
+    captures once per batch shape. Under autocast the graph casts the weights at every replay."""
     weight = model.transformer.wte.weight
     amp = torch.is_autocast_enabled(weight.device.type) and torch.get_autocast_dtype(weight.device.type)
-    key = (id(model), tuple(p.data_ptr() for p in model.parameters()), B, size, amp)  # same model, weights, shape
-    if key not in _decoders:
+    key = (id(model), tuple(p.data_ptr() for p in model.parameters()), weight.dtype, B, size, amp,
+           torch.is_inference_mode_enabled())  # the same model and weights, shape and modes
+    if key in _decoders:
+        _decoders[key] = _decoders.pop(key)  # now the one used last
+    else:
         if len(_decoders) == 4:
-            del _decoders[next(iter(_decoders))]  # the oldest
+            del _decoders[next(iter(_decoders))]  # the one used longest ago
         cache = KVCache(model.config, B, size, weight.device, amp or weight.dtype)
         cache.slot = torch.zeros(1, dtype=torch.long, device=weight.device)
         token_in = torch.zeros(B, 1, dtype=torch.long, device=weight.device)  # (B, 1)
@@ -172,8 +179,13 @@ def static_decoder(model, B, size):
         step = lambda: decode_step(model, cache, token_in, pos_in)  # (B, V)
         if weight.device.type == "cuda":
             step = cuda_graph(step, [cache.slot, cache.valid, pos_in])
-        _decoders[key] = cache, token_in, pos_in, step
-    return _decoders[key]
+        _decoders[key] = model, cache, token_in, pos_in, step  # (the model too: its id stays its own)
+    return _decoders[key][1:]
+
+
+def release_decoders():
+    """Free the kept caches and CUDA graphs (their memory), e.g. after an evaluation's large batch."""
+    _decoders.clear()
 
 
 @torch.no_grad()

@@ -31,7 +31,7 @@ from reinforce import (AGGREGATIONS, BASELINES, LOSS_TYPES, fused_reinforce_loss
                        sft_loss, shape_rewards, token_logprobs)
 from rewards import get_task
 from sample import (decode, encode, generate, get_tokenizer, load_checkpoint, model_from_checkpoint, parse_config,
-                    pick_device)
+                    pick_device, release_decoders)
 
 @dataclass
 class TrainConfig:
@@ -321,6 +321,7 @@ def evaluate(model, task, tokenizer, problems, cfg, ctx):
         gen = torch.Generator(device=model.transformer.wte.weight.device).manual_seed(cfg.seed)
         sampled = generate(model, [p for p in prompts for _ in range(k)], cfg.max_new_tokens, fast=fast_path(cfg),
                            temperature=cfg.temperature, stop_tokens=(eot,), generator=gen)
+    release_decoders()  # the eval batches' kept caches (k times the problems) would hold memory through RL
     greedy_text, sampled_text = [decode(tokenizer, c) for c in greedy], [decode(tokenizer, c) for c in sampled]
     sampled_problems = [p for p in problems for _ in range(k)]
     correct = [task.reward(t, p) for t, p in zip(greedy_text, problems)]

@@ -255,3 +255,29 @@ def test_fast_path_reuses_its_kept_cache_across_calls_and_still_equals_the_plain
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_kept_cuda_graph_reads_the_current_weights_under_autocast(dtype):
     reuse_across_calls("cuda", torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32))
+
+
+def test_a_kept_decoder_survives_an_error_during_prefill(monkeypatch):
+    model, prompts = tiny_model(), [[1, 2, 3], [4]]
+    sample.release_decoders()
+    first = generate(model, prompts, 6, temperature=0, fast=True)
+    monkeypatch.setattr(model.transformer.ln_f, "forward", lambda x: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        generate(model, prompts, 6, temperature=0, fast=True)
+    monkeypatch.undo()
+    assert generate(model, prompts, 6, temperature=0, fast=True) == first
+
+
+def test_fast_path_under_inference_mode_does_not_spoil_later_calls():
+    model, prompts = tiny_model(), [[1, 2, 3], [4]]
+    sample.release_decoders()
+    with torch.inference_mode():
+        inside = generate(model, prompts, 6, temperature=0, fast=True)
+    assert generate(model, prompts, 6, temperature=0, fast=True) == inside
+
+
+def test_release_decoders_frees_every_kept_cache():
+    generate(tiny_model(), [[1, 2, 3]], 4, temperature=0, fast=True)
+    assert sample._decoders
+    sample.release_decoders()
+    assert not sample._decoders
