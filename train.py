@@ -123,6 +123,7 @@ def check_config(cfg):
             raise ValueError(f"--{key} must be >= 1")
     rules = [  # (broken, why), then the paper variants' and the fused update's cross-field rules
         (cfg.dropout >= 1, "--dropout must be < 1 (it is the share of activations zeroed)"),
+        (not 0 <= cfg.quit_max <= 1, f"--quit_max must be a probability in [0, 1], got {cfg.quit_max}"),
         (cfg.temperature <= 0, f"--temperature={cfg.temperature}: RL needs a temperature > 0 (below 0 it samples "
          "from the inverted distribution; at 0 a problem's samples are all the same, so their advantages are 0)"),
         (cfg.task == "gsm8k" and not cfg.data_path,

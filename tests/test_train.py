@@ -176,7 +176,8 @@ def test_unknown_config_key_is_refused_by_name():
                                           ("rl_steps=3", "look like --key=value"),
                                           ("--task=gsm8k", "needs --data_path"),
                                           ("--device=gpu0", "--device=gpu0 is not a device"),
-                                          ("--eval_problems=0", "--eval_problems must be >= 1")])
+                                          ("--eval_problems=0", "--eval_problems must be >= 1"),
+                                          ("--quit_max=1.5", "--quit_max must be a probability")])
 def test_bad_values_name_the_key(arg, message):
     with pytest.raises(ValueError, match=message):
         train.check_config(train.parse_config(train.TrainConfig, [arg]))
