@@ -49,6 +49,17 @@ def test_default_chunk_on_cuda_has_twice_the_budget():
     assert (default_chunk_size(200_000, device_type="cuda"), default_chunk_size(200_000)) == (262, 131)
 
 
+def test_log_prob_ops_ask_for_the_chunk_of_their_inputs_device(monkeypatch):
+    import reinforce
+    asked = []
+    record = lambda V, budget=None, device_type="?": asked.append(device_type) or 8  # (a legal chunk)
+    monkeypatch.setattr(reinforce, "default_chunk_size", record)
+    h, W, t = random_problem()
+    reinforce.token_logprobs(h, W, t)
+    reinforce.weighted_logprob_sum(h, W, t, torch.ones(t.shape, dtype=h.dtype))
+    assert asked == ["cpu", "cpu"]
+
+
 def test_token_logprobs_without_a_chunk_size_uses_the_budget_chunk(monkeypatch):
     import reinforce
     used = []
