@@ -544,3 +544,16 @@ def test_held_out_problems_are_distinct():
     cfg = train.parse_config(train.TrainConfig, ["--eval_problems=200"])
     problems = train.held_out_problems(train.make_task(cfg), cfg)
     assert len(problems) == 200 and len({p.prompt for p in problems}) == 200
+
+
+def test_the_readmes_gpu_preset_command_runs_end_to_end_when_shrunk(tmp_path):
+    """The preset's flags, read from the README (so that the documented command cannot rot), on a
+    tiny model and a few steps: every flag exists, the task fits the block, SFT, RL and eval run."""
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    block = readme.split("### A preset that needs a GPU")[1].split("```")[1]
+    flags = block.replace("\\\n", " ").split()
+    assert flags[:2] == ["python", "train.py"] and "--numbers=6" in flags
+    shrink = ["--n_layer=1", "--n_head=2", "--n_embd=16", "--sft_steps=2", "--sft_batch_size=4", "--rl_steps=1",
+              "--prompts_per_step=2", "--samples_per_prompt=2", "--eval_problems=3", "--pass_k=2"]
+    summary = train.main(flags[2:] + shrink + [f"--out_dir={tmp_path / 'preset'}"])
+    assert summary["config"]["numbers"] == 6 and summary["config"]["quit_max"] == 0.3
