@@ -142,7 +142,8 @@ def prefill(model, prompts, size, cache=None):
                  else model.transformer.wte.weight.dtype)
         cache = KVCache(model.config, len(prompts), size, device, dtype)
     else:  # reused: the earlier call's slots are no longer visible, and hold no NaN a masked product could spread
-        cache.valid.zero_(), cache.k.zero_(), cache.v.zero_()
+        for t in (cache.valid, cache.k, cache.v):
+            t.zero_()
     cache.length, slot, cache.slot = 0, cache.slot, None  # the prompts are written in dynamic mode
     cache.valid[:, :longest] = torch.arange(longest, device=device)[None] >= pad[:, None]  # real prompt tokens
     try:
