@@ -140,12 +140,13 @@ def _draw(split: str, rng: random.Random, make_problem) -> Problem:
     raise RuntimeError(f"no {split} problem found in 100,000 draws: is the problem space tiny?")
 
 class ArithmeticTask:
-    """a+b with `digits`-digit operands: "347+685=" -> "1032". Small enough for a char-level
-    model, and its scratch traces show RL what working-before-answering looks like."""
+    """a+b with `digits`-digit operands (4 by default, as train.py's --digits): "2294+8515=" -> "10809".
+    Small enough for a char-level model, and its scratch traces show RL what working-before-answering
+    looks like."""
     name = "arithmetic"
     styles = ("direct", "scratch")
 
-    def __init__(self, digits: int = 3):
+    def __init__(self, digits: int = 4):
         if not (isinstance(digits, int) and 1 <= digits <= 9):
             raise ValueError(f"digits must be in 1..9, got {digits!r}")
         self.digits = digits

@@ -217,7 +217,7 @@ def test_every_sft_trace_earns_full_reward(task):  # (a pairs search may give up
 
 
 def test_arithmetic_problem_and_trace_formats():
-    task = ArithmeticTask()
+    task = ArithmeticTask(digits=3)
     problem = task.sample("train", random.Random(0))
     a, b = problem.info["a"], problem.info["b"]
     assert problem.prompt == f"{a}+{b}=" and problem.answer == str(a + b)
@@ -230,7 +230,7 @@ def test_arithmetic_problem_and_trace_formats():
 
 
 def test_scratch_traces_are_step_by_step_and_direct_ones_are_not():
-    task = ArithmeticTask()
+    task = ArithmeticTask(digits=3)
     problem = task.sample("train", random.Random(0))
     assert task.is_step_by_step(task.trace(problem, "scratch"))
     assert not task.is_step_by_step(task.trace(problem, "direct"))
@@ -451,3 +451,8 @@ def test_pairs_settings_without_unique_solutions_are_a_clear_error_not_a_hang():
             return 1
     with pytest.raises(ValueError, match="fewer numbers or a larger max_number"):
         PairsTask().sample("train", AllOnes(0))
+
+
+def test_arithmetic_task_default_is_the_configs_default():
+    import train
+    assert ArithmeticTask().digits == train.TrainConfig().digits == 4
