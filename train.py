@@ -697,7 +697,8 @@ def finish(run):
             json.dump(summary, f, indent=2)
         print_summary(summary, cfg, run.path("metrics.jsonl"))
         plot_curves(run.path("metrics.jsonl"), run.path("curves.png"))
-    if run.ddp:
+    if run.ddp:  # leave together: a rank that tears down gloo while rank 0 still evaluates can abort (SIGABRT)
+        dist.barrier()
         dist.destroy_process_group()
     return summary
 
@@ -789,3 +790,6 @@ if __name__ == "__main__":
         main(sys.argv[1:])
     except (ValueError, OSError) as e:  # bad input, a missing file, a full disk: one line, no traceback
         sys.exit(f"train.py: error: {e}")
+    if "LOCAL_RANK" in os.environ:  # under torchrun: all is saved and closed; skip the interpreter's teardown,
+        sys.stdout.flush(), sys.stderr.flush()  # where gloo's threads sometimes abort the process (SIGABRT)
+        os._exit(0)
