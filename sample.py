@@ -129,6 +129,13 @@ def check_prompts(prompts, max_new_tokens, block_size):
     return longest
 
 
+def cache_dtype(model):
+    """The dtype the keys and values come out in: autocast's (bf16) when it is on, else the weights'."""
+    device_type = model.transformer.wte.weight.device.type
+    return (torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type)
+            else model.transformer.wte.weight.dtype)
+
+
 def prefill(model, prompts, size, cache=None):
     """Left-pad the prompts into one (B, T) batch and run it through the model at once, filling a
     KV cache of `size` slots (a new one, or `cache` reused from an earlier call). -> (cache, logits
@@ -138,9 +145,7 @@ def prefill(model, prompts, size, cache=None):
     idx = torch.tensor([[0] * (longest - len(p)) + list(p) for p in prompts], device=device)  # (B, T)
     positions = (torch.arange(longest, device=device)[None] - pad[:, None]).clamp(min=0)  # (B, T)
     if cache is None:
-        dtype = (torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type)
-                 else model.transformer.wte.weight.dtype)
-        cache = KVCache(model.config, len(prompts), size, device, dtype)
+        cache = KVCache(model.config, len(prompts), size, device, cache_dtype(model))
     else:  # reused: the earlier call's slots are no longer visible, and hold no NaN a masked product could spread
         for t in (cache.valid, cache.k, cache.v):
             t.zero_()
@@ -164,16 +169,15 @@ def static_decoder(model, B, size):
     eagerly. Capturing a graph costs as much as dozens of steps, so the graph and its cache are kept
     (the four shapes used last; release_decoders() frees them) and reused by later calls: an RL run
     captures once per batch shape. Under autocast the graph casts the weights at every replay."""
-    weight = model.transformer.wte.weight
-    amp = torch.is_autocast_enabled(weight.device.type) and torch.get_autocast_dtype(weight.device.type)
-    key = (id(model), tuple(p.data_ptr() for p in model.parameters()), weight.dtype, B, size, amp,
-           torch.is_inference_mode_enabled())  # the same model and weights, shape and modes
+    weight, dtype = model.transformer.wte.weight, cache_dtype(model)
+    key = (id(model), tuple(p.data_ptr() for p in model.parameters()), weight.dtype, B, size, dtype,
+           torch.is_autocast_enabled(weight.device.type), torch.is_inference_mode_enabled())  # model, shape, modes
     if key in _decoders:
         _decoders[key] = _decoders.pop(key)  # now the one used last
     else:
         if len(_decoders) == 4:
             del _decoders[next(iter(_decoders))]  # the one used longest ago
-        cache = KVCache(model.config, B, size, weight.device, amp or weight.dtype)
+        cache = KVCache(model.config, B, size, weight.device, dtype)
         cache.slot = torch.zeros(1, dtype=torch.long, device=weight.device)
         token_in = torch.zeros(B, 1, dtype=torch.long, device=weight.device)  # (B, 1)
         pos_in = torch.zeros(B, 1, dtype=torch.long, device=weight.device)    # (B, 1)
