@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import train
-from sample import parse_config
+from common import check_numbers, parse_config
 
 # name -> (cold-start trace style, train.py RL options on top of the default config)
 COLD_START = {
@@ -112,8 +112,7 @@ def main(argv):
     cfg = parse_config(AblationConfig, argv)
     if cfg.table not in TABLES:
         raise ValueError(f"--table={cfg.table} is not one of {', '.join(TABLES)}")
-    if cfg.jobs < 1 or cfg.seeds < 1:
-        raise ValueError("--jobs and --seeds must be >= 1")
+    check_numbers(cfg, positive=("jobs", "seeds"))
     defaults = train.TrainConfig()
     cfg.rl_steps, cfg.sft_steps = cfg.rl_steps or defaults.rl_steps, cfg.sft_steps or defaults.sft_steps
     variants = TABLES[cfg.table]

@@ -35,9 +35,11 @@ import torch.nn.functional as F
 import rewards
 from model import GPT
 from reinforce import default_chunk_size, sft_loss, shape_rewards, token_logprobs, weighted_logprob_sum
-from sample import decode, encode, generate, get_tokenizer, load_checkpoint, load_model, parse_config, pick_device
-from train import (TrainConfig, autocast_context, build_model, check_config, fast_path, make_task, optimizer_step,
-                   pad_batch, policy_update, set_lr, sft_batch, step_rng, to_device)
+from common import (autocast_context, build_model, decode, encode, get_tokenizer, load_checkpoint, load_model,
+                    parse_config, pick_device, to_device)
+from sample import generate
+from train import (TrainConfig, check_config, fast_path, make_task, optimizer_step, pad_batch, policy_update, set_lr,
+                   sft_batch, step_rng)
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 HAS_LINEAR_CROSS_ENTROPY = hasattr(F, "linear_cross_entropy")  # torch >= 2.13

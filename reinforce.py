@@ -343,9 +343,7 @@ class WeightedLogprobSum(torch.autograd.Function):
 
 def weighted_logprob_sum(hidden, weight, targets, coef, chunk_size=None):
     """hidden (N, C), weight (V, C), targets (N,), coef (N,) no grad -> (Σ_n coef_n · log p(targets_n),
-    logprobs (N,) detached). The gradient is computed in the forward pass (see WeightedLogprobSum):
-    use it where the coefficients are known up front, as in on-policy REINFORCE. chunk_size: rows
-    per chunk (None: from the memory budget, default_chunk_size)."""
+    logprobs (N,) detached), the gradient made in the forward pass (WeightedLogprobSum)."""
     return WeightedLogprobSum.apply(hidden.reshape(-1, hidden.shape[-1]), weight, targets.reshape(-1),
                                     coef.reshape(-1).detach(),
                                     chunk_size or default_chunk_size(weight.shape[0], device_type=hidden.device.type))

@@ -1,7 +1,6 @@
 """
 The rollout engine: turn a model and a batch of prompts into completions, fast. RL spends most
-of its time here. Also the tokenizers (text <-> token ids), since this is where text meets tokens,
-and the --key=value parser that every command line of the repository shares.
+of its time here (the tokenizers that turn text into prompts are in common.py).
 
     python sample.py --ckpt=out/ckpt.pt --prompt="5 4 8 3->11:" --num_samples=4
 
@@ -10,56 +9,19 @@ batched forward pass ("prefill") fills a preallocated KV cache; then each step f
 newest token of every unfinished row. Rows that hit a stop token are dropped from the batch (and
 from the cache) once they are a quarter of it, so finished rows soon cost nothing more.
 
-On CUDA a step of a small model is a few hundred tiny kernel launches, and launching them takes
-longer than running them. So there (fast=None means "on when CUDA") each step is instead one replay
-of a CUDA graph of `decode_step`, a step with static shapes: the batch never shrinks (finished rows
-decode on and are not read), the cache is written at a slot held in a tensor, attention covers the
-whole preallocated cache under its `valid` mask. The graph and its cache are kept for the next
-call of the same shape (capturing costs dozens of steps). Sampling stays outside the graph, on exactly the
-rows the plain loop would sample, so both paths draw the same tokens from the same generator.
+On CUDA a small model's step is hundreds of tiny kernels that take longer to launch than to run.
+There (fast=None: on when CUDA) each step is one replay of a CUDA graph of `decode_step`, a step with
+static shapes: the batch never shrinks (finished rows decode on, unread), the cache is written at a
+slot held in a tensor, attention covers the whole cache under its `valid` mask. Sampling stays
+outside the graph, on the rows the plain loop samples: both paths draw the same tokens.
 """
-import os
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
-import tiktoken
 import torch
-import torch.nn.functional as F
 
-from model import GPT, GPTConfig, KVCache
-
-# -----------------------------------------------------------------------------
-# Tokenizers (both are tiktoken encodings)
-
-def get_tokenizer(name):
-    """"char": one token per byte, plus one each for the verdicts ✓ and ✗ and <|endoftext|>, built
-    in code (works offline; the built-in tasks are short strings of digits and symbols). "gpt2":
-    GPT-2's BPE (tiktoken fetches its files once, so it needs network or a filled TIKTOKEN_CACHE_DIR)."""
-    if name == "char":
-        ranks = {bytes([i]): i for i in range(256)}
-        # ✓ and ✗ are 3 UTF-8 bytes, E2 9C 93 / E2 9C 97: two merges make each one token
-        ranks.update({b"\xe2\x9c": 257, "✓".encode(): 258, "✗".encode(): 259})
-        return tiktoken.Encoding(
-            name="char",
-            pat_str=r"[\s\S]",  # every character is its own piece: only ✓ and ✗ have merges
-            mergeable_ranks=ranks,
-            special_tokens={"<|endoftext|>": 256},
-        )
-    if name == "gpt2":
-        try:
-            return tiktoken.get_encoding("gpt2")
-        except Exception as e:  # offline: a requests/connection error from deep inside tiktoken
-            raise RuntimeError("the 'gpt2' tokenizer needs its files: connect to the network once, or "
-                               f"point TIKTOKEN_CACHE_DIR at a cache that has them ({e})") from e
-    raise ValueError(f"unknown tokenizer {name!r}: choose 'char' or 'gpt2'")
-
-
-def encode(tokenizer, text):
-    return tokenizer.encode(text, disallowed_special=())  # model text never becomes a special token
-
-
-def decode(tokenizer, tokens):
-    return tokenizer.decode([t for t in tokens if t != tokenizer.eot_token])  # without end-of-text
+from common import check_numbers, decode, encode, load_model, parse_config, pick_device
+from model import KVCache
 
 # -----------------------------------------------------------------------------
 # Sampling
@@ -83,7 +45,6 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
     probs = logits.softmax(dim=-1)  # (B, V)
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
-
 def decode_step(model, cache, token, pos):
     """One new token for each of the B rows, with static shapes: token (B, 1) and pos (B, 1) are
     the inputs, cache.slot (1,) the slot they go to; pos and slot are advanced in place (the caller
@@ -94,7 +55,6 @@ def decode_step(model, cache, token, pos):
     pos.add_(1)
     cache.slot.add_(1)
     return logits
-
 
 def cuda_graph(fn, state):
     """Capture fn() (which reads and writes only tensors that stay alive) as a CUDA graph; return a
@@ -117,7 +77,6 @@ def cuda_graph(fn, state):
         out = fn()
     return lambda: (graph.replay(), out)[1]
 
-
 def check_prompts(prompts, max_new_tokens, block_size):
     """-> the longest prompt's length; a clear error for no prompts, an empty one, or no room."""
     if not prompts or any(len(p) == 0 for p in prompts):
@@ -128,13 +87,11 @@ def check_prompts(prompts, max_new_tokens, block_size):
                          f"{longest + max_new_tokens} exceeds the model's block_size={block_size}")
     return longest
 
-
 def cache_dtype(model):
     """The dtype the keys and values come out in: autocast's (bf16) when it is on, else the weights'."""
     device_type = model.transformer.wte.weight.device.type
     return (torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type)
             else model.transformer.wte.weight.dtype)
-
 
 def prefill(model, prompts, size, cache=None):
     """Left-pad the prompts into one (B, T) batch and run it through the model at once, filling a
@@ -158,17 +115,13 @@ def prefill(model, prompts, size, cache=None):
     logits = model.lm_head(hidden[:, -1])  # (B, V): only the last position is needed, not (B, T, V)
     return cache, logits, positions[:, -1] + 1
 
-
 _decoders = {}  # the fast path's caches and CUDA graphs, kept for the next call of the same shape
 
-
 def static_decoder(model, B, size):
-    """The fast path's state for B rows and a cache of `size` slots, in static mode: (cache, token_in,
-    pos_in, step). step() decodes token_in (B, 1) at pos_in (B, 1) for all B rows, finished ones too,
-    and returns logits (B, V): on CUDA by replaying a CUDA graph of decode_step, elsewhere by running it
-    eagerly. Capturing a graph costs as much as dozens of steps, so the graph and its cache are kept
-    (the four shapes used last; release_decoders() frees them) and reused by later calls: an RL run
-    captures once per batch shape. Under autocast the graph casts the weights at every replay."""
+    """The fast path's (cache, token_in, pos_in, step) for B rows and `size` slots. step() decodes token_in
+    (B, 1) at pos_in (B, 1) for all B rows -> logits (B, V): on CUDA a CUDA graph of decode_step, else eagerly.
+    A capture costs dozens of steps, so graphs and caches are kept for later calls (the four shapes used
+    last, until release_decoders()): an RL run captures once per batch shape."""
     weight, dtype = model.transformer.wte.weight, cache_dtype(model)
     key = (id(model), tuple(p.data_ptr() for p in model.parameters()), weight.dtype, B, size, dtype,
            torch.is_autocast_enabled(weight.device.type), torch.is_inference_mode_enabled())  # model, shape, modes
@@ -187,21 +140,16 @@ def static_decoder(model, B, size):
         _decoders[key] = model, cache, token_in, pos_in, step  # (the model too: its id stays its own)
     return _decoders[key][1:]
 
-
 def release_decoders():
     """Free the kept caches and CUDA graphs (their memory), e.g. after an evaluation's large batch."""
     _decoders.clear()
 
-
 @torch.no_grad()
 def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
-             stop_tokens=(), generator=None, return_logprobs=False, fast=None):
-    """prompts: a list of token lists (any lengths). Returns one list of new tokens per prompt,
-    ending at (and including) the first stop token. With return_logprobs, also each sampled
-    token's log-prob under the model at temperature 1 (log pi_old of the sampling policy; train.py
-    recomputes it with the training forward pass instead, so that the first ratio is exactly 1).
-    fast: decode with the static-shape `decode_step`, replayed as a CUDA graph on CUDA (None = on
-    when the model is on CUDA; on CPU it runs the same step eagerly, which is for tests)."""
+             stop_tokens=(), generator=None, fast=None):
+    """prompts: a list of token lists (any lengths) -> one list of new tokens per prompt, ending at (and
+    including) the first stop token. fast: decode with the static-shape `decode_step`, a CUDA graph on
+    CUDA (None = on when the model is on CUDA; on CPU the same step runs eagerly, for tests)."""
     longest = check_prompts(prompts, max_new_tokens, model.config.block_size)
     device, B = model.transformer.wte.weight.device, len(prompts)
     was_training = model.training
@@ -216,7 +164,6 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=
         pos_in.copy_(next_pos[:, None])
 
     new_tokens = torch.zeros(B, max_new_tokens, dtype=torch.long, device=device)  # (B, max_new_tokens)
-    new_logprobs = torch.zeros(B, max_new_tokens, device=device)                    # (B, max_new_tokens)
     lengths = torch.full((B,), max_new_tokens, device=device)  # (B,) tokens up to and including the stop
     active = torch.arange(B, device=device)  # (b,) the original row of each row still in the batch
     finished = torch.zeros(B, dtype=torch.bool, device=device)  # (b,) rows that already hit a stop token
@@ -224,8 +171,6 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=
     for t in range(max_new_tokens):
         token = sample_next(logits, temperature, top_k, top_p, generator)  # (b,)
         new_tokens[active, t] = token  # what a finished row adds is cut off by its length
-        if return_logprobs:
-            new_logprobs[active, t] = F.log_softmax(logits.float(), dim=-1).gather(1, token[:, None]).squeeze(1)
         newly_done = torch.isin(token, stop) & ~finished
         lengths[active] = torch.where(newly_done, t + 1, lengths[active])
         finished |= newly_done
@@ -249,60 +194,7 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=
         next_pos = next_pos + 1
 
     model.train(was_training)
-    lengths = lengths.tolist()
-    completions = [row[:n] for row, n in zip(new_tokens.tolist(), lengths)]
-    if return_logprobs:
-        return completions, [row[:n] for row, n in zip(new_logprobs.tolist(), lengths)]
-    return completions
-
-# -----------------------------------------------------------------------------
-# Command lines: the one --key=value parser and the device, shared by train.py, bench.py and ablate.py
-# (here, the lowest file with a command line, so that nothing imports the trainer to parse flags)
-
-def _parse_value(text, typ, key):
-    if typ is bool:
-        if text.lower() in ("1", "true", "yes", "on"):
-            return True
-        if text.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"--{key} expects true or false, got {text!r}")
-    try:
-        return typ(text)
-    except ValueError:
-        raise ValueError(f"--{key} expects a {typ.__name__}, got {text!r}") from None
-
-
-def parse_config(cls, argv, base=None):
-    """`--key=value` arguments -> a `cls` dataclass; each value is parsed with the type of the
-    field's default, unknown keys are refused by name. base: field values to start from (the
-    saved config when resuming)."""
-    types = {f.name: type(f.default) for f in fields(cls)}
-    values = {k: v for k, v in (base or {}).items() if k in types}
-    for arg in argv:
-        if not arg.startswith("--") or "=" not in arg:
-            raise ValueError(f"arguments look like --key=value, got {arg!r}")
-        key, text = arg[2:].split("=", 1)
-        if key not in types:
-            raise ValueError(f"unknown config key {key!r}; known keys: {', '.join(types)}")
-        values[key] = _parse_value(text, types[key], key)
-    return cls(**values)
-
-
-def pick_device(name):
-    """"auto" -> cuda if available, else cpu. Any other name is checked here, before any work, so
-    that a typo or a GPU this machine does not have is one clear error."""
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"--device={name} is not a device (auto, cpu, cuda, cuda:1, ...)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device={name}, but torch {torch.__version__} sees no CUDA GPU here: use --device=cpu")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ValueError(f"--device={name}, but there are {torch.cuda.device_count()} CUDA GPUs (cuda:0, ...)")
-    return name
-
+    return [row[:n] for row, n in zip(new_tokens.tolist(), lengths.tolist())]
 
 # -----------------------------------------------------------------------------
 # Command line: sample from a checkpoint written by train.py
@@ -319,44 +211,9 @@ class SampleConfig:
     seed: int = 1337
     device: str = "auto"       # auto = cuda if available, else cpu
 
-
-def model_from_checkpoint(ckpt, device):
-    """The GPT saved in a train.py checkpoint dict."""
-    model = GPT(GPTConfig(**ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"])
-    return model.to(device)
-
-
-def load_checkpoint(path, map_location="cpu"):
-    """A train.py checkpoint dict, or one ValueError naming the file. weights_only: loading never
-    runs code from the file, so a corrupt or hostile file can only fail, never act."""
-    if not os.path.isfile(path):
-        raise ValueError(f"checkpoint {path} not found (train.py writes <out_dir>/ckpt.pt)")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # cut short, empty or random bytes: zip, pickle and EOF errors. torch's own
-        # message can advise weights_only=False, which would run the file's code: never pass it on
-        raise ValueError(f"{path} is not a train.py checkpoint, or is corrupt ({type(e).__name__})") from None
-    if not (isinstance(ckpt, dict) and {"model", "model_config", "config", "step", "tokenizer"} <= ckpt.keys()):
-        raise ValueError(f"{path} is not a train.py checkpoint, or is corrupt (keys missing)")
-    return ckpt
-
-
-def load_model(path, device):
-    """Rebuild the model and tokenizer from a train.py checkpoint."""
-    ckpt = load_checkpoint(path, map_location=device)
-    return model_from_checkpoint(ckpt, device), get_tokenizer(ckpt["tokenizer"])
-
-
 def main(argv):
     cfg = parse_config(SampleConfig, argv)
-    for key in ("num_samples", "max_new_tokens"):
-        if getattr(cfg, key) < 1:
-            raise ValueError(f"--{key} must be >= 1")
-    if not 0 <= cfg.temperature < float("inf"):  # (also refuses nan)
-        raise ValueError(f"--temperature must be a finite number >= 0 (0 = greedy), got {cfg.temperature}")
-    if cfg.top_k < 0:
-        raise ValueError(f"--top_k must be >= 0 (0 = off), got {cfg.top_k}")
+    check_numbers(cfg, nonnegative=("temperature", "top_k"), positive=("num_samples", "max_new_tokens"))
     if not 0 <= cfg.top_p <= 1:
         raise ValueError(f"--top_p must be in [0, 1] (1 = off, 0 = only the best token), got {cfg.top_p}")
     device = pick_device(cfg.device)
@@ -368,7 +225,6 @@ def main(argv):
                            stop_tokens=(tokenizer.eot_token,), generator=generator)
     for completion in completions:
         print(f"{cfg.prompt}{decode(tokenizer, completion)}\n---")
-
 
 if __name__ == "__main__":
     try:

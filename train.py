@@ -18,7 +18,6 @@ import random
 import signal
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -26,12 +25,15 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from model import GPT, GPTConfig
+from common import (append_record, autocast_context, build_model, check_numbers, check_out_dir, decode, encode,
+                    get_tokenizer, init_processes, load_checkpoint, parse_config, pick_device, save_checkpoint,
+                    start_metrics_log, to_device)
+from model import GPT
 from reinforce import (AGGREGATIONS, BASELINES, LOSS_TYPES, fused_reinforce_loss, length_penalty, reinforce_loss,
                        sft_loss, shape_rewards, token_logprobs)
+from report import plot_curves, print_summary
 from rewards import get_task
-from sample import (decode, encode, generate, get_tokenizer, load_checkpoint, model_from_checkpoint, parse_config,
-                    pick_device, release_decoders)
+from sample import generate, release_decoders
 
 @dataclass
 class TrainConfig:
@@ -101,7 +103,7 @@ class TrainConfig:
     problem_pool: int = 2000        # prioritized: size of the fixed pool of training problems
 
 # -----------------------------------------------------------------------------
-# config checks (the --key=value parser is sample.parse_config)
+# config checks (the --key=value parser is common.parse_config)
 
 def check_config(cfg):
     """Refuse every value that cannot work, by name, before any work."""
@@ -110,17 +112,10 @@ def check_config(cfg):
     for key, allowed in choices.items():
         if getattr(cfg, key) not in allowed:
             raise ValueError(f"--{key}={getattr(cfg, key)} is not one of {', '.join(allowed)}")
-    for key, value in asdict(cfg).items():  # inf and nan parse as floats, and would only show as NaN weights later
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"--{key} must be a finite number, got {value}")
-    for key in ("sft_steps", "rl_steps", "eval_every", "ckpt_every", "threads", "sft_lr", "rl_lr", "weight_decay",
-                "grad_clip", "dropout", "kl_coef", "clip_eps", "length_penalty"):
-        if getattr(cfg, key) < 0:
-            raise ValueError(f"--{key} must be >= 0")
-    for key in ("warmup_steps", "updates_per_batch", "prompts_per_step", "samples_per_prompt", "pass_k",
-                "max_new_tokens", "sft_batch_size", "eval_problems"):
-        if getattr(cfg, key) < 1:
-            raise ValueError(f"--{key} must be >= 1")
+    check_numbers(cfg, nonnegative=("sft_steps", "rl_steps", "eval_every", "ckpt_every", "threads", "sft_lr", "rl_lr",
+                                    "weight_decay", "grad_clip", "dropout", "kl_coef", "clip_eps", "length_penalty"),
+                  positive=("warmup_steps", "updates_per_batch", "prompts_per_step", "samples_per_prompt", "pass_k",
+                            "max_new_tokens", "sft_batch_size", "eval_problems"))
     rules = [  # (broken, why), then the paper variants' and the fused update's cross-field rules
         (cfg.dropout >= 1, "--dropout must be < 1 (it is the share of activations zeroed)"),
         (not 0 <= cfg.quit_max <= 1, f"--quit_max must be a probability in [0, 1], got {cfg.quit_max}"),
@@ -143,26 +138,7 @@ def check_config(cfg):
             raise ValueError(why)
     pick_device(cfg.device)  # a typo or a missing GPU fails here, before any work
 
-def check_out_dir(cfg, ckpt):
-    """Never lose a run by accident: a fresh run refuses an out_dir that holds one, and a resumed run
-    may not end before the step its checkpoint has reached (it would save under a smaller step)."""
-    total = cfg.sft_steps + cfg.rl_steps
-    if ckpt is not None and total < ckpt["step"]:
-        raise ValueError(f"--init_from=resume: the checkpoint in {cfg.out_dir} has done {ckpt['step']} steps, "
-                         f"more than sft_steps + rl_steps = {total}; ask for at least {ckpt['step']}")
-    paths = [os.path.join(cfg.out_dir, f) for f in ("ckpt.pt", "metrics.jsonl")]
-    # an empty log is what a run that failed before its first step leaves: nothing to lose
-    found = [os.path.basename(p) for p in paths if os.path.exists(p) and os.path.getsize(p) > 0]
-    if ckpt is None and not cfg.overwrite and found:
-        raise ValueError(f"{cfg.out_dir} already holds a run ({', '.join(found)}): continue it with "
-                         "--init_from=resume, replace it with --overwrite=true, or choose another --out_dir")
-
 STOP = {"requested": False}  # set by Ctrl-C (see the end of the file): finish the step, save, exit
-
-def autocast_context(dtype, device_type):
-    """-> (dtype name, context): bfloat16 autocast on CUDA by default, a no-op in float32."""
-    dtype = dtype if dtype != "auto" else ("bfloat16" if device_type == "cuda" else "float32")
-    return dtype, nullcontext() if dtype == "float32" else torch.autocast(device_type, dtype=torch.bfloat16)
 
 def make_task(cfg):
     task_args = {"pairs": {"n_numbers": cfg.numbers, "max_number": cfg.max_number, "quit_max": cfg.quit_max},
@@ -273,10 +249,6 @@ def optimizer_step(model, optimizer, loss, cfg):
         optimizer.zero_grad(set_to_none=True)
     return skip
 
-def to_device(tensor, device):
-    """A CPU batch -> the device without making the host wait for the GPU (pinned memory: a queued copy)."""
-    return tensor.pin_memory().to(device, non_blocking=True) if "cuda" in str(device) else tensor.to(device)
-
 def set_lr(optimizer, lr):
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -347,23 +319,6 @@ def evaluate(model, task, tokenizer, problems, cfg, ctx):
 # -----------------------------------------------------------------------------
 # set-up and checkpoints
 
-def save_checkpoint(path, model, optimizer, cfg, step, extra):
-    """Atomic: write a temp file, then rename over the old one (a crash leaves one or the other)."""
-    ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "config": asdict(cfg),
-            "model_config": asdict(model.config), "step": step, "torch_rng": torch.get_rng_state(), **extra}
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(ckpt, f)
-            f.flush()
-            os.fsync(f.fileno())  # on disk before the rename, or a power cut could leave an empty ckpt.pt
-    except (OSError, RuntimeError) as e:  # a full disk surfaces as either (torch's zip writer: "unexpected pos")
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise OSError(f"could not save the checkpoint {path} ({e}); is the disk full? "
-                      "The previous checkpoint, if any, is intact") from e
-    os.replace(tmp, path)
-
 def check_completion_room(task, tokenizer, problems, cfg, block_size):
     """Refuse now, not after SFT, a max_new_tokens that the longest prompt leaves no room for (over the
     given problems and the training ones: all, as for GSM8K, or a sample of 256)."""
@@ -377,22 +332,6 @@ def check_completion_room(task, tokenizer, problems, cfg, block_size):
         need = longest + len(encode(tokenizer, task.longest_trace())) + 1  # + end-of-text
         if need > block_size:
             raise ValueError(f"the task's longest cold-start trace needs --block_size >= {need} (it is {block_size})")
-
-def build_model(cfg, device, ckpt=None):
-    """-> (model, tokenizer name): from a checkpoint (resume), from scratch, or from GPT-2 weights."""
-    if ckpt is not None:
-        return model_from_checkpoint(ckpt, device), ckpt["tokenizer"]
-    if cfg.init_from == "scratch":
-        tokenizer_name = "char" if cfg.tokenizer == "auto" else cfg.tokenizer
-        vocab_size = get_tokenizer(tokenizer_name).n_vocab
-        model = GPT(GPTConfig(vocab_size=vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer,
-                              n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=False))
-    else:  # pretrained GPT-2: a hub name or a local Hugging Face directory
-        tokenizer_name = "gpt2" if cfg.tokenizer == "auto" else cfg.tokenizer
-        model = GPT.from_pretrained(cfg.init_from, dropout=cfg.dropout)
-        if get_tokenizer(tokenizer_name).n_vocab > model.config.vocab_size:
-            raise ValueError(f"tokenizer {tokenizer_name!r} has more tokens than the model's vocab_size")
-    return model.to(device), tokenizer_name
 
 # -----------------------------------------------------------------------------
 # the method, one step at a time (the bookkeeping is in the helpers below)
@@ -487,22 +426,6 @@ class Run:
     def path(self, name):
         return os.path.join(self.cfg.out_dir, name)
 
-def init_processes(cfg):
-    """-> (ddp, rank, device). Under torchrun every rank runs this same script: one process
-    group (nccl on CUDA, gloo on CPU), one GPU per rank."""
-    if "RANK" not in os.environ:
-        return False, 0, pick_device(cfg.device)
-    use_cuda = torch.cuda.is_available() and cfg.device != "cpu"
-    ranks, gpus = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])), torch.cuda.device_count()
-    if use_cuda and ranks > gpus:  # rank `gpus` would find no device of its own
-        raise ValueError(f"torchrun started {ranks} processes on this machine but it has {gpus} GPU(s): "
-                         f"use --nproc_per_node={gpus}, or --device=cpu to run every process on the CPU")
-    dist.init_process_group("nccl" if use_cuda else "gloo")
-    device = f"cuda:{int(os.environ['LOCAL_RANK'])}" if use_cuda else "cpu"
-    if use_cuda:
-        torch.cuda.set_device(device)
-    return True, dist.get_rank(), device
-
 def held_out_problems(task, cfg):
     """cfg.eval_problems distinct test problems (a repeat would count twice), each drawn from its own
     seeded generator; a test split smaller than that (a small GSM8K file) is used whole."""
@@ -523,7 +446,7 @@ def set_up(argv):
         ckpt = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))
         cfg = parse_config(TrainConfig, argv, base={**ckpt["config"], "init_from": "resume"})
     check_config(cfg)
-    check_out_dir(cfg, ckpt)  # before any rank writes there
+    check_out_dir(cfg.out_dir, ckpt, cfg.sft_steps + cfg.rl_steps, cfg.overwrite)  # before any rank writes there
     ddp, rank, device = init_processes(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -555,18 +478,13 @@ def set_up(argv):
     run = Run(cfg, ckpt, ddp, rank, device, ctx, task, tokenizer, tokenizer_name, model, train_model, optimizer,
               eval_problems, pool, success, start, state)
     os.makedirs(cfg.out_dir, exist_ok=True)
-    if run.master:  # a resumed run rewrites the log from its restart point (keeping the eval made there)
-        path = run.path("metrics.jsonl")
-        records = [json.loads(line) for line in open(path)] if start and os.path.exists(path) else []
-        with open(path, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in records
-                         if r["step"] < start or (r["step"] == start and r["phase"] == "eval"))
+    if run.master:
+        start_metrics_log(run.path("metrics.jsonl"), start)
     return run
 
 def log(run, record):
     if run.master:
-        with open(run.path("metrics.jsonl"), "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_record(run.path("metrics.jsonl"), record)
 
 def progress_bar(run, phase):
     """The steps of one phase ("sft" or "rl") still to run (a resumed run starts where it stopped)."""
@@ -695,94 +613,12 @@ def finish(run):
                    "rl_time": run.state["rl_time"], "skipped_steps": run.state["skipped"], "config": asdict(cfg)}
         with open(run.path("summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
-        print_summary(summary, cfg, run.path("metrics.jsonl"))
+        print_summary(summary, run.path("metrics.jsonl"))
         plot_curves(run.path("metrics.jsonl"), run.path("curves.png"))
     if run.ddp:  # leave together: a rank that tears down gloo while rank 0 still evaluates can abort (SIGABRT)
         dist.barrier()
         dist.destroy_process_group()
     return summary
-
-# -----------------------------------------------------------------------------
-# the summary: before vs after RL
-
-# (label, key in an eval record); rows whose key a task does not report are left out
-SUMMARY_ROWS = [("greedy accuracy", "accuracy"), ("pass@k", "pass@k"), ("sampled accuracy", "sample_accuracy")] + [
-    (f"{name}, {how}", prefix + key) for name, key in (
-        ("length (tokens)", "length"), ("attempts", "attempts"), ("answers after own ✗", "after_fail_share"),
-        ("honest checks", "honest_check_share"), ("step-by-step share", "step_by_step"))
-    for how, prefix in (("greedy", ""), ("sampled", "sample_"))]
-
-def print_summary(summary, cfg, metrics_path):
-    """The before/after table, then the held-out curve: how accuracy, length and the search moved
-    together during RL (one column per evaluation)."""
-    before, after, k = summary["before"], summary["after"], f"pass@{cfg.pass_k}"
-    rows = [(name.replace("pass@k", k), key.replace("pass@k", k)) for name, key in SUMMARY_ROWS]
-    rows = [(name, key) for name, key in rows if key in after]
-    print(f"\n{'held-out (' + str(cfg.eval_problems) + ' problems)':<32}{'after SFT':>12}{'after RL':>12}")
-    for name, key in rows:
-        print(f"{name:<32}{before[key]:>12.3f}{after[key]:>12.3f}")
-    print(f"{'wall time (s)':<32}{summary['sft_time']:>12.0f}{summary['rl_time']:>12.0f}")
-    # the same held-out problem before and after RL: the first one that RL turned from wrong to right
-    pairs = list(zip(before["examples"], after["examples"]))
-    (text_before, _), (text_after, _) = next(((b, a) for b, a in pairs if a[1] > b[1]), pairs[0])
-    print(f"a held-out problem after SFT: {text_before!r}")
-    print(f"the same problem after RL:    {text_after!r}")
-    evals = [json.loads(line) for line in open(metrics_path) if '"eval"' in line]
-    print(f"\n{'RL step':<32}" + "".join(f"{r['step'] - cfg.sft_steps:>6}" for r in evals))
-    for name, key in rows:
-        digits = 1 if "length" in key or "attempts" in key else 2
-        if key != k:  # (pass@k has no curve)
-            print(f"{name:<32}" + "".join(f"{r[key]:>6.{digits}f}" for r in evals))
-    for key in ("attempts", "sample_attempts", "length", "sample_length"):
-        if key in after and len(evals) > 2:
-            print(f"{key}: {rise_profile([r[key] for r in evals])}")
-
-def rise_profile(values):
-    """Was the rise gradual? The total change from first to last value, the largest share of it that
-    one interval between two evals carries, and how many distinct values lie in between."""
-    rise = values[-1] - values[0]
-    if rise <= 0:
-        return f"no rise ({values[0]:.2f} -> {values[-1]:.2f})"
-    largest = max(b - a for a, b in zip(values, values[1:]))
-    distinct = len({round(v, 2) for v in values[1:-1]} - {round(values[0], 2), round(values[-1], 2)})
-    return (f"{values[0]:.2f} -> {values[-1]:.2f}, the largest single interval carries {largest / rise:.0%} "
-            f"of the rise, {distinct} distinct values in between")
-
-def plot_curves(metrics_path, png_path):
-    """If matplotlib is installed (optional): held-out accuracy with length or attempts (do they rise
-    together?), and the training batches' reward and length."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
-    records = [json.loads(line) for line in open(metrics_path)]
-    rl, ev = ([r for r in records if r["phase"] == phase] for phase in ("rl", "eval"))
-    step0 = ev[0]["step"] if ev else 0
-    x, xr = [r["step"] - step0 for r in ev], [r["step"] - step0 for r in rl]
-    key = "attempts" if "attempts" in ev[0] else "length"
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4))
-    left.plot(x, [r["accuracy"] for r in ev], "o-", color="C0", label="accuracy, greedy")
-    left.plot(x, [r["sample_accuracy"] for r in ev], "o--", color="C0", alpha=0.6, label="accuracy, sampled")
-    if "after_fail_share" in ev[0]:
-        left.plot(x, [r["after_fail_share"] for r in ev], "s-", color="C3", label="answers after own ✗, greedy")
-    left.set(ylim=(0, 1), xlabel="RL step", title="held-out: accuracy vs thinking")
-    twin = left.twinx()
-    twin.plot(x, [r[key] for r in ev], "^-", color="C2", label=f"{key}, greedy")
-    twin.plot(x, [r[f"sample_{key}"] for r in ev], "^--", color="C2", alpha=0.6, label=f"{key}, sampled")
-    twin.set_ylabel(key)
-    lines = left.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
-    left.legend(lines, [h.get_label() for h in lines], loc="center right", fontsize=8)
-    right.plot(xr, [r["reward_mean"] for r in rl], color="C0", label="mean reward")
-    right.set(xlabel="RL step", title="training batches: reward and length (tokens)")
-    twin = right.twinx()
-    twin.plot(xr, [r["len_mean"] for r in rl], color="C2", label="length")
-    right.legend(loc="upper left")
-    twin.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
-    plt.close(fig)
 
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, lambda *_: STOP.update(requested=True))

@@ -10,9 +10,9 @@ import torch
 if not torch.cuda.is_available():
     sys.exit("docs/sft_breakdown.py profiles CUDA kernels: it needs a CUDA GPU")
 from torch.profiler import profile, ProfilerActivity
-from train import TrainConfig, build_model, make_task, sft_batch, step_rng, to_device, optimizer_step, autocast_context
+from common import autocast_context, build_model, get_tokenizer, to_device
 from reinforce import sft_loss
-from sample import get_tokenizer
+from train import TrainConfig, make_task, optimizer_step, sft_batch, step_rng
 cfg = TrainConfig()
 model, tk = build_model(cfg, "cuda"); tok = get_tokenizer(tk); task = make_task(cfg)
 opt = model.configure_optimizer(cfg.sft_lr, device_type="cuda")

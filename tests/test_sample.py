@@ -4,7 +4,8 @@ import torch
 
 from model import GPT, GPTConfig
 import sample
-from sample import generate, get_tokenizer, sample_next
+from common import get_tokenizer
+from sample import generate, sample_next
 
 
 def tiny_model(vocab_size=50, seed=0, sharpen=20.0):
@@ -48,20 +49,6 @@ def test_completions_end_at_the_first_stop_token():
     for completion in out:
         stops = [i for i, t in enumerate(completion) if t in (7, 11)]
         assert stops == [] and len(completion) == 30 or stops == [len(completion) - 1]
-
-
-def test_returned_logprobs_equal_the_models_full_forward_logprobs():
-    model = tiny_model(sharpen=3.0)
-    prompts = [[3, 4, 5], [9], [1, 2, 3, 4, 5, 6]]
-    g = torch.Generator().manual_seed(1)
-    completions, logprobs = generate(model, prompts * 4, 10, stop_tokens=range(0, 50, 4), generator=g,
-                                     return_logprobs=True)  # rows stop at different steps: the batch shrinks
-    assert len({len(c) for c in completions}) > 2
-    prompts = prompts * 4
-    for p, c, lp in zip(prompts, completions, logprobs):
-        full = torch.log_softmax(model(torch.tensor([p + c]))[0], dim=-1)  # (T, V)
-        expected = full[len(p) - 1:-1].gather(1, torch.tensor(c)[:, None]).squeeze(1)
-        torch.testing.assert_close(torch.tensor(lp), expected, atol=1e-5, rtol=0)
 
 
 def test_same_generator_seed_gives_the_same_samples():
@@ -198,16 +185,14 @@ def test_static_shape_fast_path_greedy_equals_the_plain_loop_token_for_token():
     assert any(len(c) < 20 for c in fast) and any(len(c) == 20 for c in fast)  # early and full-length rows
 
 
-def test_static_shape_fast_path_samples_the_same_tokens_and_logprobs_from_the_same_seed():
+def test_static_shape_fast_path_samples_the_same_tokens_from_the_same_seed():
     model = tiny_model(sharpen=3.0)
     prompts = [[3, 4, 5], [9], [1, 2, 3, 4, 5, 6]] * 8
-    draw = lambda fast: generate(model, prompts, 12, stop_tokens=range(0, 50, 4), return_logprobs=True,
+    draw = lambda fast: generate(model, prompts, 12, stop_tokens=range(0, 50, 4),
                                  generator=torch.Generator().manual_seed(5), fast=fast)
-    (fast, fast_lp), (plain, plain_lp) = draw(True), draw(False)
+    fast, plain = draw(True), draw(False)
     assert len({len(c) for c in plain}) > 2  # rows stop at different steps: the plain batch shrinks
     assert fast == plain
-    for a, b in zip(fast_lp, plain_lp):
-        torch.testing.assert_close(torch.tensor(a), torch.tensor(b), atol=1e-5, rtol=0)
 
 
 def test_static_shape_fast_path_runs_under_bfloat16_autocast():

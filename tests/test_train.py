@@ -7,10 +7,12 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 
 import pytest
 import torch
 
+import common
 import sample
 import train
 from model import GPT, GPTConfig
@@ -162,7 +164,7 @@ def test_a_full_disk_while_saving_names_the_path_removes_the_tmp_and_keeps_the_o
         train.save_checkpoint(path, model, optimizer, cfg, 8, {"tokenizer": "char"})
     assert path in str(err.value)
     assert not os.path.exists(path + ".tmp")
-    assert open(path, "rb").read() == old and sample.load_checkpoint(path)["step"] == 7
+    assert open(path, "rb").read() == old and common.load_checkpoint(path)["step"] == 7
 
 
 def test_unknown_config_key_is_refused_by_name():
@@ -259,7 +261,7 @@ def _ddp_worker(rank, init_file, half_batches, out_path, options):
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     model, optimizer, cfg = _tiny_policy(options)
     ddp_model = torch.nn.parallel.DistributedDataParallel(model)
-    train.policy_update(ddp_model, optimizer, *half_batches[rank], cfg, train.nullcontext())
+    train.policy_update(ddp_model, optimizer, *half_batches[rank], cfg, nullcontext())
     if rank == 0:
         torch.save(model.state_dict(), out_path)
     torch.distributed.barrier()  # both ranks are done with every collective
@@ -312,7 +314,7 @@ def test_ddp_step_on_two_processes_equals_one_process_on_the_union_of_their_batc
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        train.policy_update(model, optimizer, idx, targets, mask, rewards, group_ids, cfg, train.nullcontext())
+        train.policy_update(model, optimizer, idx, targets, mask, rewards, group_ids, cfg, nullcontext())
     finally:
         torch.set_num_threads(threads)
     ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)
@@ -434,7 +436,7 @@ def test_fused_update_takes_the_same_step_as_the_plain_one(options):
     results = []
     for fused in ("false", "true"):
         model, optimizer, cfg = _tiny_policy(options + [f"--fused_update={fused}"])
-        metrics, _ = train.policy_update(model, optimizer, *batch, cfg, train.nullcontext())
+        metrics, _ = train.policy_update(model, optimizer, *batch, cfg, nullcontext())
         grads = {n: p.grad.clone() for n, p in model.named_parameters()}  # left by the step (clipped)
         results.append((model.state_dict(), grads, metrics["loss"]))
     (plain, plain_grads, plain_loss), (fused, fused_grads, fused_loss) = results
@@ -490,7 +492,7 @@ def test_search_stats_average_attempts_and_count_only_answers_and_checks():
 
 def test_cold_start_style_is_chosen_by_config():
     cfg = train.parse_config(train.TrainConfig, ["--cold_start=direct", "--sft_batch_size=16"])
-    task, tokenizer = train.make_task(cfg), train.get_tokenizer("char")
+    task, tokenizer = train.make_task(cfg), common.get_tokenizer("char")
     idx, targets, _ = train.sft_batch(task, tokenizer, train.step_rng(cfg, 0, 0, "sft"), cfg, 128)
     texts = [tokenizer.decode([t for t in row.tolist() if t >= 0 and t != tokenizer.eot_token]) for row in targets]
     assert all(text.startswith("#### ") and "✗" not in text for text in texts)
@@ -504,12 +506,6 @@ def test_quit_max_sets_how_often_the_cold_start_gives_up():
         return sum(task.reward(task.trace(p, "search", rng), p) for p in problems) / len(problems)
     assert right_share(0.0) == 1.0  # never gives up: every search reaches the right pair
     assert 0.19 < right_share(0.3) < 0.28 and 0.11 < right_share(0.6) < 0.2  # 0.233 and 0.158 in theory
-
-
-def test_rise_profile_tells_a_step_from_a_gradual_rise():
-    assert "carries 100% of the rise, 0 distinct" in train.rise_profile([2.0, 2.0, 4.0, 4.0])
-    assert "carries 25% of the rise, 3 distinct" in train.rise_profile([1.0, 1.5, 2.0, 2.5, 3.0])
-    assert train.rise_profile([3.0, 2.0]).startswith("no rise")
 
 
 def test_cuda_graphs_flag_turns_the_fast_decoding_path_off(tmp_path, monkeypatch):

@@ -1,0 +1,221 @@
+"""
+The plumbing that every command here shares (train.py, sample.py, bench.py, ablate.py, report.py),
+and none of it the method: the --key=value parser, the tokenizers, the device and the torchrun
+processes, and a run's files (checkpoints saved atomically and loaded without running code, an
+out_dir that is never overwritten by accident). It sits below the method's files, so that nothing
+has to import the trainer to parse a flag or read a checkpoint.
+"""
+import json
+import math
+import os
+from contextlib import nullcontext
+from dataclasses import asdict, fields
+
+import tiktoken
+import torch
+import torch.distributed as dist
+
+from model import GPT, GPTConfig
+
+# -----------------------------------------------------------------------------
+# the command line: --key=value into a config dataclass
+
+def _parse_value(text, typ, key):
+    if typ is bool:
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"--{key} expects true or false, got {text!r}")
+    try:
+        return typ(text)
+    except ValueError:
+        raise ValueError(f"--{key} expects a {typ.__name__}, got {text!r}") from None
+
+def parse_config(cls, argv, base=None):
+    """`--key=value` arguments -> a `cls` dataclass; each value is parsed with the type of the
+    field's default, unknown keys are refused by name. base: field values to start from (the
+    saved config when resuming)."""
+    types = {f.name: type(f.default) for f in fields(cls)}
+    values = {k: v for k, v in (base or {}).items() if k in types}
+    for arg in argv:
+        if not arg.startswith("--") or "=" not in arg:
+            raise ValueError(f"arguments look like --key=value, got {arg!r}")
+        key, text = arg[2:].split("=", 1)
+        if key not in types:
+            raise ValueError(f"unknown config key {key!r}; known keys: {', '.join(types)}")
+        values[key] = _parse_value(text, types[key], key)
+    return cls(**values)
+
+def check_numbers(cfg, nonnegative=(), positive=()):
+    """Refuse, by name, a number that cannot work: inf or nan in any field (they parse as floats and
+    would show only later, as NaN weights), a negative value among `nonnegative`, one below 1 among
+    `positive`."""
+    for key, value in asdict(cfg).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"--{key} must be a finite number, got {value}")
+    for keys, low in ((nonnegative, 0), (positive, 1)):
+        for key in keys:
+            if getattr(cfg, key) < low:
+                raise ValueError(f"--{key} must be >= {low}, got {getattr(cfg, key)}")
+
+# -----------------------------------------------------------------------------
+# tokenizers: text <-> token ids (both are tiktoken encodings)
+
+def get_tokenizer(name):
+    """"char": one token per byte, plus one each for the verdicts ✓ and ✗ and <|endoftext|>, built
+    in code (works offline; the built-in tasks are short strings of digits and symbols). "gpt2":
+    GPT-2's BPE (tiktoken fetches its files once, so it needs network or a filled TIKTOKEN_CACHE_DIR)."""
+    if name == "char":
+        ranks = {bytes([i]): i for i in range(256)}
+        # ✓ and ✗ are 3 UTF-8 bytes, E2 9C 93 / E2 9C 97: two merges make each one token
+        ranks.update({b"\xe2\x9c": 257, "✓".encode(): 258, "✗".encode(): 259})
+        return tiktoken.Encoding(
+            name="char",
+            pat_str=r"[\s\S]",  # every character is its own piece: only ✓ and ✗ have merges
+            mergeable_ranks=ranks,
+            special_tokens={"<|endoftext|>": 256},
+        )
+    if name == "gpt2":
+        try:
+            return tiktoken.get_encoding("gpt2")
+        except Exception as e:  # offline: a requests/connection error from deep inside tiktoken
+            raise RuntimeError("the 'gpt2' tokenizer needs its files: connect to the network once, or "
+                               f"point TIKTOKEN_CACHE_DIR at a cache that has them ({e})") from e
+    raise ValueError(f"unknown tokenizer {name!r}: choose 'char' or 'gpt2'")
+
+def encode(tokenizer, text):
+    return tokenizer.encode(text, disallowed_special=())  # model text never becomes a special token
+
+def decode(tokenizer, tokens):
+    return tokenizer.decode([t for t in tokens if t != tokenizer.eot_token])  # without end-of-text
+
+# -----------------------------------------------------------------------------
+# devices and processes
+
+def pick_device(name):
+    """"auto" -> cuda if available, else cpu. Any other name is checked here, before any work, so
+    that a typo or a GPU this machine does not have is one clear error."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device={name} is not a device (auto, cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device={name}, but torch {torch.__version__} sees no CUDA GPU here: use --device=cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device={name}, but there are {torch.cuda.device_count()} CUDA GPUs (cuda:0, ...)")
+    return name
+
+def init_processes(cfg):
+    """-> (ddp, rank, device). Under torchrun every rank runs this same script: one process
+    group (nccl on CUDA, gloo on CPU), one GPU per rank."""
+    if "RANK" not in os.environ:
+        return False, 0, pick_device(cfg.device)
+    use_cuda = torch.cuda.is_available() and cfg.device != "cpu"
+    ranks, gpus = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])), torch.cuda.device_count()
+    if use_cuda and ranks > gpus:  # rank `gpus` would find no device of its own
+        raise ValueError(f"torchrun started {ranks} processes on this machine but it has {gpus} GPU(s): "
+                         f"use --nproc_per_node={gpus}, or --device=cpu to run every process on the CPU")
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    device = f"cuda:{int(os.environ['LOCAL_RANK'])}" if use_cuda else "cpu"
+    if use_cuda:
+        torch.cuda.set_device(device)
+    return True, dist.get_rank(), device
+
+def autocast_context(dtype, device_type):
+    """-> (dtype name, context): bfloat16 autocast on CUDA by default, a no-op in float32."""
+    dtype = dtype if dtype != "auto" else ("bfloat16" if device_type == "cuda" else "float32")
+    return dtype, nullcontext() if dtype == "float32" else torch.autocast(device_type, dtype=torch.bfloat16)
+
+def to_device(tensor, device):
+    """A CPU batch -> the device without making the host wait for the GPU (pinned memory: a queued copy)."""
+    return tensor.pin_memory().to(device, non_blocking=True) if "cuda" in str(device) else tensor.to(device)
+
+# -----------------------------------------------------------------------------
+# a run's files (a crash or a hostile file never costs a run) and the model it starts from
+
+def check_out_dir(out_dir, ckpt, total_steps, overwrite):
+    """Never lose a run by accident: a fresh run refuses an out_dir that holds one (unless told to
+    overwrite it), and a resumed run (ckpt) may not end before the step its checkpoint has reached
+    (it would save under a smaller step)."""
+    if ckpt is not None and total_steps < ckpt["step"]:
+        raise ValueError(f"--init_from=resume: the checkpoint in {out_dir} has done {ckpt['step']} steps, "
+                         f"more than sft_steps + rl_steps = {total_steps}; ask for at least {ckpt['step']}")
+    paths = [os.path.join(out_dir, f) for f in ("ckpt.pt", "metrics.jsonl")]
+    # an empty log is what a run that failed before its first step leaves: nothing to lose
+    found = [os.path.basename(p) for p in paths if os.path.exists(p) and os.path.getsize(p) > 0]
+    if ckpt is None and not overwrite and found:
+        raise ValueError(f"{out_dir} already holds a run ({', '.join(found)}): continue it with "
+                         "--init_from=resume, replace it with --overwrite=true, or choose another --out_dir")
+
+def start_metrics_log(path, start):
+    """metrics.jsonl (one JSON record per line) for a run that starts at step `start`: empty for a fresh
+    run; a resumed one keeps what came before its restart point, and the eval made there."""
+    records = [json.loads(line) for line in open(path)] if start and os.path.exists(path) else []
+    with open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records
+                     if r["step"] < start or (r["step"] == start and r["phase"] == "eval"))
+
+def append_record(path, record):
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+def save_checkpoint(path, model, optimizer, cfg, step, extra):
+    """Atomic: write a temp file, then rename over the old one (a crash leaves one or the other)."""
+    ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "config": asdict(cfg),
+            "model_config": asdict(model.config), "step": step, "torch_rng": torch.get_rng_state(), **extra}
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename, or a power cut could leave an empty ckpt.pt
+    except (OSError, RuntimeError) as e:  # a full disk surfaces as either (torch's zip writer: "unexpected pos")
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise OSError(f"could not save the checkpoint {path} ({e}); is the disk full? "
+                      "The previous checkpoint, if any, is intact") from e
+    os.replace(tmp, path)
+
+def load_checkpoint(path, map_location="cpu"):
+    """A train.py checkpoint dict, or one ValueError naming the file. weights_only: loading never
+    runs code from the file, so a corrupt or hostile file can only fail, never act."""
+    if not os.path.isfile(path):
+        raise ValueError(f"checkpoint {path} not found (train.py writes <out_dir>/ckpt.pt)")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # cut short, empty or random bytes: zip, pickle and EOF errors. torch's own
+        # message can advise weights_only=False, which would run the file's code: never pass it on
+        raise ValueError(f"{path} is not a train.py checkpoint, or is corrupt ({type(e).__name__})") from None
+    if not (isinstance(ckpt, dict) and {"model", "model_config", "config", "step", "tokenizer"} <= ckpt.keys()):
+        raise ValueError(f"{path} is not a train.py checkpoint, or is corrupt (keys missing)")
+    return ckpt
+
+def model_from_checkpoint(ckpt, device):
+    """The GPT saved in a train.py checkpoint dict."""
+    model = GPT(GPTConfig(**ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    return model.to(device)
+
+def load_model(path, device):
+    """Rebuild the model and tokenizer from a train.py checkpoint."""
+    ckpt = load_checkpoint(path, map_location=device)
+    return model_from_checkpoint(ckpt, device), get_tokenizer(ckpt["tokenizer"])
+
+def build_model(cfg, device, ckpt=None):
+    """-> (model, tokenizer name): from a checkpoint (resume), from scratch, or from GPT-2 weights."""
+    if ckpt is not None:
+        return model_from_checkpoint(ckpt, device), ckpt["tokenizer"]
+    if cfg.init_from == "scratch":
+        tokenizer_name = "char" if cfg.tokenizer == "auto" else cfg.tokenizer
+        vocab_size = get_tokenizer(tokenizer_name).n_vocab
+        model = GPT(GPTConfig(vocab_size=vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer,
+                              n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=False))
+    else:  # pretrained GPT-2: a hub name or a local Hugging Face directory
+        tokenizer_name = "gpt2" if cfg.tokenizer == "auto" else cfg.tokenizer
+        model = GPT.from_pretrained(cfg.init_from, dropout=cfg.dropout)
+        if get_tokenizer(tokenizer_name).n_vocab > model.config.vocab_size:
+            raise ValueError(f"tokenizer {tokenizer_name!r} has more tokens than the model's vocab_size")
+    return model.to(device), tokenizer_name
