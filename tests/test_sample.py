@@ -4,7 +4,6 @@ import torch
 
 from model import GPT, GPTConfig
 import sample
-from common import get_tokenizer
 from sample import generate, sample_next
 
 
@@ -132,42 +131,11 @@ def test_empty_prompts_are_an_error():
         generate(tiny_model(), [[1], []], 5)
 
 
-def test_char_tokenizer_round_trips_text_and_has_end_of_text():
-    tok = get_tokenizer("char")
-    text = "347+685=0+7+5=12 #### 1032\n"
-    assert tok.decode(tok.encode(text)) == text
-    assert len(tok.encode(text)) == len(text)
-    assert tok.eot_token == 256 and tok.n_vocab == 260  # 256 bytes, end-of-text, a merge, ✓, ✗
-
-
-def test_char_tokenizer_writes_each_verdict_as_one_token():
-    tok = get_tokenizer("char")
-    text = "7+3+5+2=17✗,7+3+5-2=13✓ #### 7+3+5-2"
-    tokens = tok.encode(text)
-    assert len(tokens) == len(text) and tok.decode(tokens) == text  # one token per character
-    assert tok.encode("✓") != tok.encode("✗") and len(tok.encode("✗✓")) == 2
-
-
-def test_unknown_tokenizer_is_an_error():
-    with pytest.raises(ValueError, match="unknown tokenizer 'bpe9'"):
-        get_tokenizer("bpe9")
-
-
 def test_generate_runs_under_bfloat16_autocast_with_a_bfloat16_cache():
     model = tiny_model()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = generate(model, [[1, 2, 3], [4]], 6, temperature=0)
     assert [len(c) for c in out] == [6, 6] and all(0 <= t < 50 for c in out for t in c)
-
-
-def test_gpt2_tokenizer_offline_is_a_clear_error(monkeypatch):
-    import tiktoken
-
-    def offline(name):
-        raise ConnectionError("no network")
-    monkeypatch.setattr(tiktoken, "get_encoding", offline)
-    with pytest.raises(RuntimeError, match="'gpt2' tokenizer needs its files"):
-        get_tokenizer("gpt2")
 
 
 def mixed_prompts_and_a_common_stop(model):

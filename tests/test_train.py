@@ -129,7 +129,7 @@ def test_a_damaged_or_missing_checkpoint_is_one_clear_error_naming_the_file(tmp_
     out.mkdir()
     path = str(out / "ckpt.pt")
     model, optimizer, cfg = _tiny_policy([])
-    train.save_checkpoint(path, model, optimizer, cfg, 7, {"tokenizer": "char"})
+    common.save_checkpoint(path, model, optimizer, cfg, 7, {"tokenizer": "char"})
     data = open(path, "rb").read()
     if damage == "missing":
         os.remove(path)
@@ -153,7 +153,7 @@ def test_a_full_disk_while_saving_names_the_path_removes_the_tmp_and_keeps_the_o
         tmp_path, monkeypatch, error):
     path = str(tmp_path / "ckpt.pt")
     model, optimizer, cfg = _tiny_policy([])
-    train.save_checkpoint(path, model, optimizer, cfg, 7, {"tokenizer": "char"})
+    common.save_checkpoint(path, model, optimizer, cfg, 7, {"tokenizer": "char"})
     old = open(path, "rb").read()
 
     def save_half_then_fail(obj, f):
@@ -161,7 +161,7 @@ def test_a_full_disk_while_saving_names_the_path_removes_the_tmp_and_keeps_the_o
         raise error
     monkeypatch.setattr(torch, "save", save_half_then_fail)
     with pytest.raises(OSError, match="is the disk full") as err:
-        train.save_checkpoint(path, model, optimizer, cfg, 8, {"tokenizer": "char"})
+        common.save_checkpoint(path, model, optimizer, cfg, 8, {"tokenizer": "char"})
     assert path in str(err.value)
     assert not os.path.exists(path + ".tmp")
     assert open(path, "rb").read() == old and common.load_checkpoint(path)["step"] == 7
@@ -249,7 +249,7 @@ def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes_exactly(tmp_path):
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, output
     step = torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)["step"]
-    assert 3 <= step < 400 and f"interrupted: saved" in output
+    assert 3 <= step < 400 and "interrupted: saved" in output
     train.main([f"--out_dir={out}", "--init_from=resume"])
     full = str(tmp_path / "full")
     train.main([f"--out_dir={full}", *args])
