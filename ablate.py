@@ -80,17 +80,17 @@ def run_all(commands, jobs):
         list(pool.map(run, commands))
 
 
-def run_variants(cfg, variants, common):
+def run_variants(cfg, variants, shared_args):
     """-> {cold-start style: [summary of its SFT run per seed]}, {variant: [summary per seed]}"""
     seeds, styles = range(1, cfg.seeds + 1), dict.fromkeys(style for style, _ in variants.values())
     # a cold start is kept for reuse only under the same options: they are part of its folder's name
-    key = hashlib.sha256(repr((cfg.sft_steps, common)).encode()).hexdigest()[:8]
+    key = hashlib.sha256(repr((cfg.sft_steps, shared_args)).encode()).hexdigest()[:8]
     sft_dir = lambda style, seed: os.path.join(cfg.out_dir, f"sft-{style or 'default'}-{key}-seed{seed}")
     run_dir = lambda name, seed: os.path.join(cfg.out_dir, f"{cfg.table}{list(variants).index(name)}-seed{seed}")
     # 1. one cold start per (style, seed), kept from an earlier call if it finished
     run_all([[f"--out_dir={sft_dir(style, seed)}", f"--seed={seed}", f"--sft_steps={cfg.sft_steps}",
               "--rl_steps=0", "--eval_every=0", "--overwrite=true", *([f"--cold_start={style}"] if style else []),
-              *common]
+              *shared_args]
              for seed in seeds for style in styles
              if not os.path.exists(os.path.join(sft_dir(style, seed), "summary.json"))], cfg.jobs)
     # 2. every variant continues a copy of its cold start for the same RL budget
@@ -101,7 +101,7 @@ def run_variants(cfg, variants, common):
             for f in ("ckpt.pt", "metrics.jsonl"):
                 shutil.copy(os.path.join(sft_dir(style, seed), f), run_dir(name, seed))
     run_all([[f"--out_dir={run_dir(name, seed)}", "--init_from=resume", f"--rl_steps={cfg.rl_steps}",
-              "--eval_every=0", *common, *options] for seed in seeds for name, (_, options) in variants.items()],
+              "--eval_every=0", *shared_args, *options] for seed in seeds for name, (_, options) in variants.items()],
             cfg.jobs)
     summary = lambda out: json.load(open(os.path.join(out, "summary.json")))
     return ({style: [summary(sft_dir(style, seed)) for seed in seeds] for style in styles},
@@ -112,7 +112,7 @@ def main(argv):
     cfg = parse_config(AblationConfig, argv)
     if cfg.table not in TABLES:
         raise ValueError(f"--table={cfg.table} is not one of {', '.join(TABLES)}")
-    check_numbers(cfg, positive=("jobs", "seeds"))
+    check_numbers(cfg, at_least_one=("jobs", "seeds"))
     defaults = train.TrainConfig()
     cfg.rl_steps, cfg.sft_steps = cfg.rl_steps or defaults.rl_steps, cfg.sft_steps or defaults.sft_steps
     variants = TABLES[cfg.table]

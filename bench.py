@@ -33,10 +33,10 @@ import torch
 import torch.nn.functional as F
 
 import rewards
+from common import (autocast_context, build_model, check_numbers, decode, encode, get_tokenizer, load_checkpoint,
+                    load_model, parse_config, pick_device, to_device)
 from model import GPT
 from reinforce import default_chunk_size, sft_loss, shape_rewards, token_logprobs, weighted_logprob_sum
-from common import (autocast_context, build_model, decode, encode, get_tokenizer, load_checkpoint, load_model,
-                    parse_config, pick_device, to_device)
 from sample import generate
 from train import (TrainConfig, check_config, fast_path, make_task, optimizer_step, pad_batch, policy_update, set_lr,
                    sft_batch, step_rng)
@@ -107,9 +107,18 @@ class SampleBench:
     seed: int = 1337
 
 
+def parse_bench(cls, argv):
+    """A bench's --key=value flags, refusing by name a size, repeat or step count below 1 and a float that
+    is not finite (threads, seed and chunk may be 0: torch's default, a seed, the default chunk)."""
+    cfg = parse_config(cls, argv)
+    check_numbers(cfg, at_least_one=[f.name for f in fields(cls) if type(f.default) is int
+                                     and f.name not in ("threads", "seed", "chunk", "warmup")])
+    return cfg
+
+
 def sample_sizes(argv):
     """The SampleBench of a command line, with --gpt2_small's sizes applied."""
-    cfg = parse_config(SampleBench, argv)
+    cfg = parse_bench(SampleBench, argv)
     if cfg.gpt2_small:
         cfg = replace(cfg, n_layer=12, n_head=12, n_embd=768, vocab_size=50257, dtype="bfloat16")
     if cfg.dtype not in ("float32", "bfloat16"):
@@ -230,7 +239,7 @@ def logprobs_worker(argv):
     the current size). peak: the high-water mark over the warm-up and timed runs. grads: the bytes
     of dL/dh and dL/dW, which every implementation returns. So extra is what an implementation
     builds or keeps on top: logits, softmax, temporaries."""
-    cfg = parse_config(LogprobsBench, argv)
+    cfg = parse_bench(LogprobsBench, argv)
     device = setup(cfg.threads, cfg.device)
     torch.manual_seed(cfg.seed)
     fn = {"naive": naive_logprobs, "ours": lambda h, W, t: token_logprobs(h, W, t, chunk_size=cfg.chunk),
@@ -269,7 +278,7 @@ LOGPROB_IMPLS = {"naive": "naive `log_softmax(h @ W.T).gather`", "ours": "ours `
 
 
 def bench_logprobs(argv):
-    cfg = parse_config(LogprobsBench, argv)
+    cfg = parse_bench(LogprobsBench, argv)
     device = setup(cfg.threads, cfg.device)
     chunks = [int(c) for c in cfg.chunks.split(",")]
     variants = [("naive", 0)] + [("ours", c) for c in chunks] + [("fused", c) for c in chunks]
@@ -339,7 +348,7 @@ def fuzz_corpus(n, seed):
 
 
 def bench_rewards(argv):
-    cfg = parse_config(RewardsBench, argv)
+    cfg = parse_bench(RewardsBench, argv)
     corpus = fuzz_corpus(cfg.n, cfg.seed)
     arithmetic, pairs = rewards.get_task("arithmetic", digits=4), rewards.get_task("pairs")
     rng = random.Random(cfg.seed)
@@ -384,7 +393,7 @@ def bench_and_train_configs(cls, argv):
     """-> (the bench's own cls config, train.TrainConfig from the other flags; with a --ckpt, on top
     of the checkpoint's saved config)."""
     own = [arg for arg in argv if arg[2:].split("=", 1)[0] in {f.name for f in fields(cls)}]
-    bench = parse_config(cls, own)
+    bench = parse_bench(cls, own)
     ckpt = getattr(bench, "ckpt", "")
     saved = load_checkpoint(ckpt)["config"] if ckpt else None
     try:

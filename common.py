@@ -1,9 +1,9 @@
 """
-The plumbing that every command here shares (train.py, sample.py, bench.py, ablate.py, report.py),
-and none of it the method: the --key=value parser, the tokenizers, the device and the torchrun
-processes, and a run's files (checkpoints saved atomically and loaded without running code, an
-out_dir that is never overwritten by accident). It sits below the method's files, so that nothing
-has to import the trainer to parse a flag or read a checkpoint.
+What the commands here share, and train.py's bookkeeping, kept out of the method's files: the
+--key=value parser and its number checks, the tokenizers, the device and the torchrun processes, and
+a run's files (an out_dir never overwritten by accident, the metrics log, checkpoints saved atomically
+and loaded without running code) with the model a run starts from. It sits below the method's files,
+so that nothing imports the trainer to parse a flag or read a checkpoint.
 """
 import json
 import math
@@ -47,14 +47,14 @@ def parse_config(cls, argv, base=None):
         values[key] = _parse_value(text, types[key], key)
     return cls(**values)
 
-def check_numbers(cfg, nonnegative=(), positive=()):
+def check_numbers(cfg, nonnegative=(), at_least_one=()):
     """Refuse, by name, a number that cannot work: inf or nan in any field (they parse as floats and
-    would show only later, as NaN weights), a negative value among `nonnegative`, one below 1 among
-    `positive`."""
+    would show only later, as NaN weights), a negative value among `nonnegative`, a count below 1 among
+    `at_least_one`."""
     for key, value in asdict(cfg).items():
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"--{key} must be a finite number, got {value}")
-    for keys, low in ((nonnegative, 0), (positive, 1)):
+    for keys, low in ((nonnegative, 0), (at_least_one, 1)):
         for key in keys:
             if getattr(cfg, key) < low:
                 raise ValueError(f"--{key} must be >= {low}, got {getattr(cfg, key)}")

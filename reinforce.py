@@ -343,7 +343,8 @@ class WeightedLogprobSum(torch.autograd.Function):
 
 def weighted_logprob_sum(hidden, weight, targets, coef, chunk_size=None):
     """hidden (N, C), weight (V, C), targets (N,), coef (N,) no grad -> (Σ_n coef_n · log p(targets_n),
-    logprobs (N,) detached), the gradient made in the forward pass (WeightedLogprobSum)."""
+    logprobs (N,) detached), the gradient made in the forward pass (WeightedLogprobSum). chunk_size: rows
+    per chunk (None: default_chunk_size, from the memory budget)."""
     return WeightedLogprobSum.apply(hidden.reshape(-1, hidden.shape[-1]), weight, targets.reshape(-1),
                                     coef.reshape(-1).detach(),
                                     chunk_size or default_chunk_size(weight.shape[0], device_type=hidden.device.type))

@@ -2,8 +2,8 @@
 What a finished run did, read back from its out_dir: the held-out evaluation after SFT and after
 RL side by side, the held-out curve during RL (one column per evaluation), how gradual each rise
 was, and curves.png. train.py prints this at the end of every run; this file prints it again for
-any finished run, e.g. to compare forks. It only reads summary.json and metrics.jsonl: nothing
-here is the method.
+any finished run, e.g. to compare forks: it reads summary.json and metrics.jsonl and redraws
+curves.png. Nothing here is the method.
 
     python report.py --out_dir=out
 """
@@ -20,7 +20,6 @@ SUMMARY_ROWS = [("greedy accuracy", "accuracy"), ("pass@k", "pass@k"), ("sampled
         ("length (tokens)", "length"), ("attempts", "attempts"), ("answers after own ✗", "after_fail_share"),
         ("honest checks", "honest_check_share"), ("step-by-step share", "step_by_step"))
     for how, prefix in (("greedy", ""), ("sampled", "sample_"))]
-
 
 def print_summary(summary, metrics_path):
     """The before/after table, then the held-out curve: how accuracy, length and the search moved
@@ -48,7 +47,6 @@ def print_summary(summary, metrics_path):
         if key in after and len(evals) > 2:
             print(f"{key}: {rise_profile([r[key] for r in evals])}")
 
-
 def rise_profile(values):
     """Was the rise gradual? The total change from first to last value, the largest share of it that
     one interval between two evals carries, and how many distinct values lie in between."""
@@ -59,7 +57,6 @@ def rise_profile(values):
     distinct = len({round(v, 2) for v in values[1:-1]} - {round(values[0], 2), round(values[-1], 2)})
     return (f"{values[0]:.2f} -> {values[-1]:.2f}, the largest single interval carries {largest / rise:.0%} "
             f"of the rise, {distinct} distinct values in between")
-
 
 def plot_curves(metrics_path, png_path):
     """If matplotlib is installed (optional): held-out accuracy with length or attempts (do they rise
@@ -72,6 +69,8 @@ def plot_curves(metrics_path, png_path):
         return
     records = [json.loads(line) for line in open(metrics_path)]
     rl, ev = ([r for r in records if r["phase"] == phase] for phase in ("rl", "eval"))
+    if not ev:  # (a run cut short before its first evaluation)
+        return
     step0 = ev[0]["step"] if ev else 0
     x, xr = [r["step"] - step0 for r in ev], [r["step"] - step0 for r in rl]
     key = "attempts" if "attempts" in ev[0] else "length"
@@ -97,27 +96,31 @@ def plot_curves(metrics_path, png_path):
     fig.savefig(png_path, dpi=100)
     plt.close(fig)
 
-
 @dataclass
 class ReportConfig:
     out_dir: str = "out"  # a finished train.py run: its summary.json and metrics.jsonl
 
-
 def main(argv):
     cfg = parse_config(ReportConfig, argv)
-    paths = [os.path.join(cfg.out_dir, name) for name in ("summary.json", "metrics.jsonl")]
-    for path in paths:
+    summary_path, log_path = (os.path.join(cfg.out_dir, name) for name in ("summary.json", "metrics.jsonl"))
+    for path in (summary_path, log_path):
         if not os.path.isfile(path):
             raise ValueError(f"{path} not found: train.py writes it into out_dir (summary.json when the run ends)")
-    try:
-        summary = json.load(open(paths[0]))
-    except ValueError as e:
-        raise ValueError(f"{paths[0]} is not a train.py summary ({e})") from None
+    with open(summary_path) as f:
+        try:
+            summary = json.load(f)
+        except ValueError as e:
+            raise ValueError(f"{summary_path} is not a train.py summary ({e})") from None
     if not (isinstance(summary, dict) and {"before", "after", "config", "sft_time", "rl_time"} <= summary.keys()):
-        raise ValueError(f"{paths[0]} is not a train.py summary (keys missing)")
-    print_summary(summary, paths[1])
-    plot_curves(paths[1], os.path.join(cfg.out_dir, "curves.png"))
-
+        raise ValueError(f"{summary_path} is not a train.py summary (keys missing)")
+    with open(log_path) as f:  # a damaged line would stop the tables half-way: name it first
+        for lineno, line in enumerate(f, start=1):
+            try:
+                json.loads(line)
+            except ValueError:
+                raise ValueError(f"{log_path}:{lineno} is not a JSON record") from None
+    print_summary(summary, log_path)
+    plot_curves(log_path, os.path.join(cfg.out_dir, "curves.png"))
 
 if __name__ == "__main__":
     try:

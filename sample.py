@@ -213,7 +213,7 @@ class SampleConfig:
 
 def main(argv):
     cfg = parse_config(SampleConfig, argv)
-    check_numbers(cfg, nonnegative=("temperature", "top_k"), positive=("num_samples", "max_new_tokens"))
+    check_numbers(cfg, nonnegative=("temperature", "top_k"), at_least_one=("num_samples", "max_new_tokens"))
     if not 0 <= cfg.top_p <= 1:
         raise ValueError(f"--top_p must be in [0, 1] (1 = off, 0 = only the best token), got {cfg.top_p}")
     device = pick_device(cfg.device)

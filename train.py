@@ -114,8 +114,8 @@ def check_config(cfg):
             raise ValueError(f"--{key}={getattr(cfg, key)} is not one of {', '.join(allowed)}")
     check_numbers(cfg, nonnegative=("sft_steps", "rl_steps", "eval_every", "ckpt_every", "threads", "sft_lr", "rl_lr",
                                     "weight_decay", "grad_clip", "dropout", "kl_coef", "clip_eps", "length_penalty"),
-                  positive=("warmup_steps", "updates_per_batch", "prompts_per_step", "samples_per_prompt", "pass_k",
-                            "max_new_tokens", "sft_batch_size", "eval_problems"))
+                  at_least_one=("warmup_steps", "updates_per_batch", "prompts_per_step", "samples_per_prompt",
+                                "pass_k", "max_new_tokens", "sft_batch_size", "eval_problems"))
     rules = [  # (broken, why), then the paper variants' and the fused update's cross-field rules
         (cfg.dropout >= 1, "--dropout must be < 1 (it is the share of activations zeroed)"),
         (not 0 <= cfg.quit_max <= 1, f"--quit_max must be a probability in [0, 1], got {cfg.quit_max}"),
@@ -317,7 +317,7 @@ def evaluate(model, task, tokenizer, problems, cfg, ctx):
     }
 
 # -----------------------------------------------------------------------------
-# set-up and checkpoints
+# the last set-up check: room for the completions
 
 def check_completion_room(task, tokenizer, problems, cfg, block_size):
     """Refuse now, not after SFT, a max_new_tokens that the longest prompt leaves no room for (over the
@@ -393,7 +393,7 @@ def main(argv):
     return finish(run)  # the last eval and checkpoint; summary.json, the before/after table, curves.png
 
 # -----------------------------------------------------------------------------
-# the run's bookkeeping: set-up, logs, checkpoints, the stop flag, the summary
+# the run's bookkeeping: set-up, logs, checkpoints, summary.json
 
 @dataclass
 class Run:

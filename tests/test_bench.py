@@ -82,6 +82,15 @@ def test_unknown_command_or_flag_is_refused_by_name():
         bench.main(["nope"])
 
 
+@pytest.mark.parametrize("args, message", [(["rewards", "--repeats=0"], "--repeats must be >= 1"),
+                                           (["sample", "--batch_size=0"], "--batch_size must be >= 1"),
+                                           (["rl", "--steps=-1"], "--steps must be >= 1"),
+                                           (["sample", "--bandwidth=inf"], "--bandwidth must be a finite number")])
+def test_a_count_below_one_or_a_non_finite_number_is_refused_by_name(args, message):
+    with pytest.raises(ValueError, match=message):
+        bench.main(args)
+
+
 def table_of(args):
     done = subprocess.run([sys.executable, "bench.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

@@ -1,5 +1,5 @@
-"""common.py: the plumbing every script shares. The tokenizers here; the parser, device checks and
-checkpoint files are tested through the commands that use them (tests/test_train.py, test_sample.py)."""
+"""common.py: the tokenizers and the number checks here; the parser, device checks, run files and
+checkpoints are tested through the commands that use them (tests/test_train.py, test_sample.py)."""
 from dataclasses import dataclass
 
 import pytest
@@ -50,5 +50,5 @@ class Flags:
                                              ({"steps": 0}, "--steps must be >= 1")])
 def test_check_numbers_refuses_by_name_a_value_that_cannot_work(values, message):
     with pytest.raises(ValueError, match=message):
-        check_numbers(Flags(**values), nonnegative=("lr",), positive=("steps",))
-    check_numbers(Flags(), nonnegative=("lr",), positive=("steps",))  # the defaults pass
+        check_numbers(Flags(**values), nonnegative=("lr",), at_least_one=("steps",))
+    check_numbers(Flags(), nonnegative=("lr",), at_least_one=("steps",))  # the defaults pass

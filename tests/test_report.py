@@ -45,3 +45,12 @@ def test_rise_profile_tells_a_step_from_a_gradual_rise():
     assert "carries 100% of the rise, 0 distinct" in report.rise_profile([2.0, 2.0, 4.0, 4.0])
     assert "carries 25% of the rise, 3 distinct" in report.rise_profile([1.0, 1.5, 2.0, 2.5, 3.0])
     assert report.rise_profile([3.0, 2.0]).startswith("no rise")
+
+
+def test_report_names_the_line_of_a_damaged_log(tmp_path):
+    out = run(tmp_path)
+    with open(os.path.join(out, "metrics.jsonl"), "a") as f:
+        f.write('{"step": 9, "pha\n')  # what a crash mid-write could leave
+    lines = sum(1 for _ in open(os.path.join(out, "metrics.jsonl")))
+    with pytest.raises(ValueError, match=f"metrics.jsonl:{lines} is not a JSON record"):
+        report.main([f"--out_dir={out}"])

@@ -108,7 +108,9 @@ def test_top_p_zero_keeps_only_the_best_token():
                                           ("--max_new_tokens=-1", "--max_new_tokens must be >= 1"),
                                           ("--num_samples=0", "--num_samples must be >= 1"),
                                           ("--temperature=-1", "--temperature must be"),
-                                          ("--temperature=nan", "--temperature must be")])
+                                          ("--temperature=nan", "--temperature must be"),
+                                          ("--temperature=inf", "--temperature must be a finite number"),
+                                          ("--top_p=nan", "--top_p must be")])
 def test_sample_cli_refuses_bad_sampling_options_by_name_before_loading(tmp_path, arg, message):
     with pytest.raises(ValueError, match=message):
         sample.main([f"--ckpt={tmp_path / 'none.pt'}", arg])  # refused before the checkpoint is read

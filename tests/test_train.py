@@ -169,7 +169,7 @@ def test_a_full_disk_while_saving_names_the_path_removes_the_tmp_and_keeps_the_o
 
 def test_unknown_config_key_is_refused_by_name():
     with pytest.raises(ValueError, match="unknown config key 'lr'"):
-        train.parse_config(train.TrainConfig, ["--lr=3"])
+        common.parse_config(train.TrainConfig, ["--lr=3"])
 
 
 @pytest.mark.parametrize("arg, message", [("--rl_steps=many", "--rl_steps expects a int"),
@@ -182,7 +182,7 @@ def test_unknown_config_key_is_refused_by_name():
                                           ("--quit_max=1.5", "--quit_max must be a probability")])
 def test_bad_values_name_the_key(arg, message):
     with pytest.raises(ValueError, match=message):
-        train.check_config(train.parse_config(train.TrainConfig, [arg]))
+        train.check_config(common.parse_config(train.TrainConfig, [arg]))
 
 
 @pytest.mark.parametrize("arg", ["--temperature=-1", "--temperature=0"])
@@ -273,7 +273,7 @@ def _ddp_worker(rank, init_file, half_batches, out_path, options):
 def _tiny_policy(options):
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=20, block_size=32, n_layer=1, n_head=2, n_embd=16))
-    cfg = train.parse_config(train.TrainConfig, options)
+    cfg = common.parse_config(train.TrainConfig, options)
     return model, model.configure_optimizer(lr=1e-2), cfg
 
 
@@ -409,7 +409,7 @@ def test_kl_penalty_is_zero_while_the_policy_equals_the_reference(tmp_path):
 
 def test_several_updates_per_batch_need_a_clip_or_the_mirror_loss():
     with pytest.raises(ValueError, match="updates_per_batch"):
-        train.check_config(train.parse_config(train.TrainConfig, ["--updates_per_batch=2"]))
+        train.check_config(common.parse_config(train.TrainConfig, ["--updates_per_batch=2"]))
 
 
 def test_sample_cli_completes_a_prompt_from_a_train_checkpoint(tmp_path, capsys):
@@ -449,7 +449,7 @@ def test_fused_update_takes_the_same_step_as_the_plain_one(options):
 
 def test_fused_update_refuses_losses_that_are_not_linear_in_the_log_probs():
     with pytest.raises(ValueError, match="fused_update"):
-        train.check_config(train.parse_config(train.TrainConfig, ["--fused_update=true", "--loss_type=mirror"]))
+        train.check_config(common.parse_config(train.TrainConfig, ["--fused_update=true", "--loss_type=mirror"]))
 
 
 # -----------------------------------------------------------------------------
@@ -486,12 +486,12 @@ def test_search_stats_average_attempts_and_count_only_answers_and_checks():
     assert stats["attempts"] == pytest.approx(4 / 3)
     assert stats["after_fail_share"] == pytest.approx(1 / 2)  # 1 of the 2 answers
     assert stats["honest_check_share"] == pytest.approx(3 / 4)  # 12 is not 3+8
-    assert train.search_stats(train.make_task(train.parse_config(train.TrainConfig, ["--task=arithmetic"])),
+    assert train.search_stats(train.make_task(common.parse_config(train.TrainConfig, ["--task=arithmetic"])),
                               ["#### 5"], [None]) == {}
 
 
 def test_cold_start_style_is_chosen_by_config():
-    cfg = train.parse_config(train.TrainConfig, ["--cold_start=direct", "--sft_batch_size=16"])
+    cfg = common.parse_config(train.TrainConfig, ["--cold_start=direct", "--sft_batch_size=16"])
     task, tokenizer = train.make_task(cfg), common.get_tokenizer("char")
     idx, targets, _ = train.sft_batch(task, tokenizer, train.step_rng(cfg, 0, 0, "sft"), cfg, 128)
     texts = [tokenizer.decode([t for t in row.tolist() if t >= 0 and t != tokenizer.eot_token]) for row in targets]
@@ -500,7 +500,7 @@ def test_cold_start_style_is_chosen_by_config():
 
 def test_quit_max_sets_how_often_the_cold_start_gives_up():
     def right_share(quit_max):
-        cfg = train.parse_config(train.TrainConfig, [f"--quit_max={quit_max}", "--numbers=6", "--max_number=20"])
+        cfg = common.parse_config(train.TrainConfig, [f"--quit_max={quit_max}", "--numbers=6", "--max_number=20"])
         task, rng = train.make_task(cfg), random.Random(0)
         problems = [task.sample("train", rng) for _ in range(1000)]
         return sum(task.reward(task.trace(p, "search", rng), p) for p in problems) / len(problems)
@@ -540,7 +540,7 @@ def test_a_run_that_failed_before_its_first_step_does_not_block_the_next(tmp_pat
 
 
 def test_held_out_problems_are_distinct():
-    cfg = train.parse_config(train.TrainConfig, ["--eval_problems=200"])
+    cfg = common.parse_config(train.TrainConfig, ["--eval_problems=200"])
     problems = train.held_out_problems(train.make_task(cfg), cfg)
     assert len(problems) == 200 and len({p.prompt for p in problems}) == 200
 
