@@ -519,6 +519,17 @@ def test_cuda_graphs_flag_turns_the_fast_decoding_path_off(tmp_path, monkeypatch
     assert seen and set(seen) == {None}  # None: sample.generate decides (on for CUDA, off on CPU)
 
 
+def test_compiled_training_takes_the_same_steps_as_eager(tmp_path):
+    # --compile=true runs the same forward and backward through torch.compile (here the CPU's inductor)
+    losses = {}
+    for flag in ("false", "true"):
+        out = run(tmp_path, "--rl_steps=2", f"--compile={flag}", name=flag)
+        records = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+        losses[flag] = [r["loss"] for r in records if r["phase"] in ("sft", "rl")]
+    assert len(losses["true"]) == 6
+    assert losses["true"] == pytest.approx(losses["false"], rel=1e-4, abs=1e-5)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--cold_start=search", "--task=arithmetic"], "not a style of --task=arithmetic"),
     (["--numbers=6", "--block_size=64", "--max_new_tokens=40"], "longest cold-start trace needs --block_size >= "),
