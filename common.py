@@ -5,6 +5,7 @@ a run's files (an out_dir never overwritten by accident, the metrics log, checkp
 and loaded without running code) with the model a run starts from. It sits below the method's files,
 so that nothing imports the trainer to parse a flag or read a checkpoint.
 """
+import inspect
 import json
 import math
 import os
@@ -35,7 +36,11 @@ def _parse_value(text, typ, key):
 def parse_config(cls, argv, base=None):
     """`--key=value` arguments -> a `cls` dataclass; each value is parsed with the type of the
     field's default, unknown keys are refused by name. base: field values to start from (the
-    saved config when resuming)."""
+    saved config when resuming). -h or --help prints the dataclass itself (each field, its default and
+    what it does, as written in the source) and exits."""
+    if {"-h", "--help"} & set(argv):
+        print(f"every field below is a --key=value flag\n\n{inspect.getsource(cls)}")
+        raise SystemExit(0)
     types = {f.name: type(f.default) for f in fields(cls)}
     values = {k: v for k, v in (base or {}).items() if k in types}
     for arg in argv:

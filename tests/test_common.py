@@ -4,6 +4,7 @@ from dataclasses import dataclass
 
 import pytest
 
+import train
 from common import check_numbers, get_tokenizer
 
 
@@ -52,3 +53,12 @@ def test_check_numbers_refuses_by_name_a_value_that_cannot_work(values, message)
     with pytest.raises(ValueError, match=message):
         check_numbers(Flags(**values), nonnegative=("lr",), at_least_one=("steps",))
     check_numbers(Flags(), nonnegative=("lr",), at_least_one=("steps",))  # the defaults pass
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_prints_every_field_with_its_default_and_comment(flag, capsys):
+    with pytest.raises(SystemExit) as done:
+        train.main(["--rl_steps=3", flag])
+    printed = capsys.readouterr().out
+    assert done.value.code == 0
+    assert "class TrainConfig" in printed and "rl_lr: float = 1e-4" in printed and "# optimizer steps of the cold start" in printed
