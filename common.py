@@ -1,9 +1,11 @@
 """
-What the commands here share, and train.py's bookkeeping, kept out of the method's files: the
---key=value parser and its number checks, the tokenizers, the device and the torchrun processes, and
-a run's files (an out_dir never overwritten by accident, the metrics log, checkpoints saved atomically
-and loaded without running code) with the model a run starts from. It sits below the method's files,
-so that nothing imports the trainer to parse a flag or read a checkpoint.
+What the commands here share, and the run-file helpers train.py's bookkeeping calls, kept out of the
+method's files: the --key=value parser and its number checks, the tokenizers, the device and the
+torchrun processes, and a run's files (an out_dir never overwritten by accident, the metrics log,
+checkpoints saved atomically and loaded without running code) with the model a run starts from. It
+sits below the method's files, so that nothing imports the trainer to parse a flag or read a checkpoint.
+
+    python -m pytest -q tests/test_common.py
 """
 import inspect
 import json
@@ -68,7 +70,7 @@ def check_numbers(cfg, nonnegative=(), at_least_one=()):
 # tokenizers: text <-> token ids (both are tiktoken encodings)
 
 def get_tokenizer(name):
-    """"char": one token per byte, plus one each for the verdicts ✓ and ✗ and <|endoftext|>, built
+    """"char": 256 byte tokens, <|endoftext|> (256), a merge (257) and the verdicts ✓, ✗ (258, 259), built
     in code (works offline; the built-in tasks are short strings of digits and symbols). "gpt2":
     GPT-2's BPE (tiktoken fetches its files once, so it needs network or a filled TIKTOKEN_CACHE_DIR)."""
     if name == "char":
@@ -155,9 +157,13 @@ def check_out_dir(out_dir, ckpt, total_steps, overwrite):
         raise ValueError(f"{out_dir} already holds a run ({', '.join(found)}): continue it with "
                          "--init_from=resume, replace it with --overwrite=true, or choose another --out_dir")
 
-def start_metrics_log(path, start):
-    """metrics.jsonl (one JSON record per line) for a run that starts at step `start`: empty for a fresh
-    run; a resumed one keeps what came before its restart point, and the eval made there."""
+def start_metrics_log(out_dir, start):
+    """out_dir/metrics.jsonl (one JSON record per line) for a run that starts at step `start`: empty for a
+    fresh run; a resumed one keeps what came before its restart point, and the eval made there. An old
+    summary.json goes: it described the run being replaced or extended, and is written anew at its end."""
+    path, summary = os.path.join(out_dir, "metrics.jsonl"), os.path.join(out_dir, "summary.json")
+    if os.path.exists(summary):
+        os.remove(summary)
     records = [json.loads(line) for line in open(path)] if start and os.path.exists(path) else []
     with open(path, "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in records

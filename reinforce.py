@@ -3,8 +3,8 @@ The math of the RL update: rewards, advantages, the policy-gradient loss, and th
 log-probs it is computed on. torch only, no I/O; train.py calls these functions, and
 `python -m pytest -q tests/test_reinforce.py` checks them.
 
-Letters: B sequences (completions), T completion time steps, G samples per prompt (a "group"),
-N tokens (rows of hidden states), C channels, V vocabulary.
+Letters: B sequences, T time steps (prompt + completion; completion_mask marks the trained ones),
+G samples per prompt (a "group"), N tokens (rows of hidden states), C channels, V vocabulary.
 
 The objective is the expected exact reward of a sampled completion y ~ π_θ(·|x):
     J(θ) = E_y[r(y)],   ∇J = E_y[(r(y) − b) ∇log π_θ(y)]   (REINFORCE, Williams 1992)
@@ -180,7 +180,7 @@ def length_penalty(lengths, correct, group_ids):
 
 def _clipped_objective(logprobs, old_logprobs, A, m, clip_eps):
     """PPO clip (Schulman et al. 2017), for several steps on one batch: ratio = π_θ/π_old per token,
-    objective min(ratio·A, clip(ratio, 1−ε, 1+ε)·A): no gradient once the ratio left [1−ε, 1+ε].
+    objective min(ratio·A, clip(ratio, 1−ε, 1+ε)·A): no gradient once the ratio left [1−ε, 1+ε] on A's side.
     A (B, 1), m (B, T) the trained tokens -> (objective (B, T), clip_frac ())."""
     ratio = (logprobs - old_logprobs).exp()  # (B, T)
     obj = torch.minimum(ratio * A, ratio.clamp(1 - clip_eps, 1 + clip_eps) * A)
@@ -308,7 +308,7 @@ def token_logprobs(hidden, weight, targets, chunk_size=None, return_entropy=Fals
 
 class WeightedLogprobSum(torch.autograd.Function):
     """Σ_n c_n · log p(y_n) for coefficients c known BEFORE the sum is taken, with the gradient
-    computed during the forward pass. REINFORCE is such a sum: its loss is −Σ_t (A/norm) log π(y_t),
+    computed during the forward pass. REINFORCE is such a sum: its loss is −Σ_t w_t log π(y_t), w_t ∝ A,
     and A is fixed once the rewards are in. So dL/dz = c·(onehot − softmax) is known chunk by chunk
     while the logits are there, and backward has nothing left to recompute: 3 head matmuls (logits,
     dh, dW) instead of token_logprobs' 4. Saved: dh (N, C) and dW (V, C), the gradients' own size."""
@@ -353,7 +353,7 @@ def fused_reinforce_loss(hidden, weight, targets, rewards, group_ids, mask, **op
     """reinforce_loss on the completions of hidden (B, T, C) under the head weight (V, C), with the
     head's gradient made in the forward pass. -> (loss, metrics), as reinforce_loss (no entropy).
     Plain on-policy REINFORCE is linear in the log-probs: loss = Σ_t w_t log π(y_t), with
-        w_t = ∂loss/∂log π(y_t) = −A/norm on trained tokens (0 elsewhere),
+        w_t = ∂loss/∂log π(y_t) = −A/norm on trained tokens (seq-mean: −A/(len·norm); 0 elsewhere),
     the same at every value of the log-probs. So the weights come from the loss itself at a zero
     "probe", before any head matmul, and weighted_logprob_sum takes them. Only for options that
     keep the loss linear (no clip_eps, kl_coef or mirror: train.check_config refuses them)."""

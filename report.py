@@ -37,7 +37,7 @@ def print_summary(summary, metrics_path):
     (text_before, _), (text_after, _) = next(((b, a) for b, a in pairs if a[1] > b[1]), pairs[0])
     print(f"a held-out problem after SFT: {text_before!r}")
     print(f"the same problem after RL:    {text_after!r}")
-    evals = [json.loads(line) for line in open(metrics_path) if '"eval"' in line]
+    evals = [r for r in map(json.loads, open(metrics_path)) if r["phase"] == "eval"]
     print(f"\n{'RL step':<32}" + "".join(f"{r['step'] - cfg['sft_steps']:>6}" for r in evals))
     for name, key in rows:
         digits = 1 if "length" in key or "attempts" in key else 2
@@ -71,7 +71,7 @@ def plot_curves(metrics_path, png_path):
     rl, ev = ([r for r in records if r["phase"] == phase] for phase in ("rl", "eval"))
     if not ev:  # (a run cut short before its first evaluation)
         return
-    step0 = ev[0]["step"] if ev else 0
+    step0 = ev[0]["step"]
     x, xr = [r["step"] - step0 for r in ev], [r["step"] - step0 for r in rl]
     key = "attempts" if "attempts" in ev[0] else "length"
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4))

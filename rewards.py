@@ -194,7 +194,7 @@ class PairsTask:
     """Countdown-lite, the default task: which two of the given numbers add up to the target?
         "5 4 8 3->11:" -> "5+4=9✗,5+8=13✗,5+3=8✗,4+8=12✗,4+3=7✗,8+3=11✓ #### 8+3"
     Each attempt is a pair, then its sum and the model's own verdict (✓ if the sum is the target);
-    after a ✗ it may try again or give up. The reward reads only the final answer after "####",
+    after a ✗ it may try again or give up. The reward reads only the final answer (extract_answer's),
     never the checks: what there is to learn is the search, and RL can lengthen it.
     Cold-start traces ("search") come from a weak searcher: pairs in the order given, truthful
     checks, but after its k-th wrong attempt it gives up with probability min(quit_max, quit_step * k)
@@ -279,7 +279,7 @@ class PairsTask:
                 continue
             attempts, checks = attempts + 1, checks + 1
             sum_true = int(checked[2]) == sum(pair_sum(checked[1]))
-            honest += sum_true and (checked[3] == CHECK_RIGHT) == self._solves(checked[1], problem)
+            honest += sum_true and ((checked[3] == CHECK_RIGHT) == self._solves(checked[1], problem))
         return {"attempts": attempts, "checks": checks, "honest": honest, "answered": bool(marker),
                 "after_fail": bool(marker) and parts[-1].endswith(CHECK_WRONG)}
 

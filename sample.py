@@ -151,10 +151,10 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=
     including) the first stop token. fast: decode with the static-shape `decode_step`, a CUDA graph on
     CUDA (None = on when the model is on CUDA; on CPU the same step runs eagerly, for tests)."""
     longest = check_prompts(prompts, max_new_tokens, model.config.block_size)
-    device, B = model.transformer.wte.weight.device, len(prompts)
+    device, B, size = model.transformer.wte.weight.device, len(prompts), longest + max_new_tokens
     was_training = model.training
     model.eval()
-    fast, size = device.type == "cuda" if fast is None else fast, longest + max_new_tokens
+    fast = device.type == "cuda" if fast is None else fast
     if fast:  # static shapes (see decode_step); a round cache size, so that other prompt lengths reuse it
         size = min(-(-size // 64) * 64, model.config.block_size)
         cache, token_in, pos_in, step = static_decoder(model, B, size)

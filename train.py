@@ -6,7 +6,7 @@ attempts and the model's own checks move together before, during and after RL.
 
     python train.py                                   # the default run
     python train.py --rl_steps=300 --baseline=rloo    # any field of TrainConfig as --key=value
-    python train.py --task=arithmetic                 # the scratchpad demo (4-digit addition)
+    python train.py --task=arithmetic                 # the scratchpad task (README: its demo's flags)
     python train.py --init_from=resume                # continue out/ckpt.pt exactly
     torchrun --standalone --nproc_per_node=2 train.py # data-parallel (gloo on CPU, nccl on CUDA)
 """
@@ -203,7 +203,7 @@ def policy_update(model, optimizer, idx, targets, mask, rewards, group_ids, cfg,
     steps of the REINFORCE loss. Returns (metrics, number of steps skipped: a gradient not finite)."""
     raw = model.module if isinstance(model, DDP) else model
     with torch.no_grad():
-        # log pi_old (B, T): only needed when the policy moves between updates of one batch
+        # log pi_old (B, T): for several updates on one batch, and for mirror's log-ratio
         old = (completion_logprobs(raw, raw, idx, targets, ctx)
                if cfg.updates_per_batch > 1 or cfg.loss_type == "mirror" else None)
         ref = completion_logprobs(ref_model, ref_model, idx, targets, ctx) if ref_model is not None else None
@@ -259,15 +259,15 @@ def fast_path(cfg):
 
 def rollout(model, task, tokenizer, problems, cfg, generator, ctx):
     """Each problem's prompt G times -> completions (KV-cached sampler) -> exact rewards.
-    Returns prompts and completions (token lists), texts, and correct (B,)."""
-    G = cfg.samples_per_prompt
+    Returns prompts and completions (token lists), texts, correct (B,), and the seconds it took."""
+    G, t0 = cfg.samples_per_prompt, time.time()
     prompts = [encode(tokenizer, p.prompt) for p in problems for _ in range(G)]
     with ctx:
         completions = generate(model, prompts, cfg.max_new_tokens, temperature=cfg.temperature, fast=fast_path(cfg),
                                stop_tokens=(tokenizer.eot_token,), generator=generator)
     texts = [decode(tokenizer, c) for c in completions]
     correct = torch.tensor([task.reward(t, problems[i // G]) for i, t in enumerate(texts)])  # (B,) 1 or 0
-    return prompts, completions, texts, correct
+    return prompts, completions, texts, correct, time.time() - t0
 
 # -----------------------------------------------------------------------------
 # evaluation on the held-out split
@@ -369,21 +369,19 @@ def main(argv):
         chosen, problems = choose_problems(run, rng)
         # 2. rollout: G completions per problem from the KV-cached sampler, each scored exactly
         generator = torch.Generator(device=run.device).manual_seed(rng.getrandbits(62))
-        t_sample = time.time()
-        prompts, completions, texts, correct = rollout(model, task, tokenizer, problems, cfg, generator, ctx)
-        t_sample = time.time() - t_sample
-        # 3. rewards: 1 if right, else wrong_reward (0 or -1); + the Kimi k1.5 length reward (a variant)
-        rewards = shape_rewards(correct, cfg.wrong_reward)  # (B,)
+        prompts, completions, texts, correct, t_sample = rollout(model, task, tokenizer, problems, cfg, generator, ctx)
+        # 3. rewards r: 1 if right, else wrong_reward (0 or -1); + the Kimi k1.5 length reward (a variant, 0 if off)
         len_reward = length_reward(cfg, step, completions, correct, group_ids)  # (B,)
+        rewards = shape_rewards(correct, cfg.wrong_reward) + len_reward  # (B,)
         remember_success(run, chosen, correct)
         # 4. advantages A = r - b and the REINFORCE update, loss = -sum_t A log pi(y_t) / norm
         idx, targets, mask = pad_batch(prompts, completions)  # (B, T) each
         t_update = time.time()
-        batch = [t.to(run.device) for t in (idx, targets, mask, rewards + len_reward, group_ids)]
+        batch = [to_device(t, run.device) for t in (idx, targets, mask, rewards, group_ids)]
         metrics, skipped = policy_update(run.train_model, run.optimizer, *batch, cfg, ctx, run.ref_model)
-        run.state["skipped"] += skipped
+        t_update = time.time() - t_update
         run.state["rl_time"] += time.time() - t0
-        log_rl_step(run, step, lr, problems, texts, correct, len_reward, metrics, t_sample, t_update)
+        log_rl_step(run, step, lr, problems, texts, correct, len_reward, metrics, skipped, t_sample, t_update)
         # 5. held-out evaluation and checkpoint
         if run.master and eval_due(cfg, step + 1):
             held_out = evaluate(model, task, tokenizer, run.eval_problems, cfg, ctx)
@@ -479,7 +477,7 @@ def set_up(argv):
               eval_problems, pool, success, start, state)
     os.makedirs(cfg.out_dir, exist_ok=True)
     if run.master:
-        start_metrics_log(run.path("metrics.jsonl"), start)
+        start_metrics_log(cfg.out_dir, start)
     return run
 
 def log(run, record):
@@ -491,7 +489,7 @@ def progress_bar(run, phase):
     cfg = run.cfg
     first, last = (0, cfg.sft_steps) if phase == "sft" else (cfg.sft_steps, cfg.sft_steps + cfg.rl_steps)
     run.bar = tqdm(range(max(run.start, first), last), desc=phase, disable=not run.master,
-                   initial=max(0, run.start - first), total=last - first)
+                   initial=min(max(0, run.start - first), last - first), total=last - first)
     return run.bar
 
 def learning_rate(cfg, step):
@@ -516,7 +514,7 @@ def flush_sft_log(run):
                                for _, _, loss, skip in run.sft_pending]).tolist()  # [[loss, skip], ...]
         for (step, lr, _, _), (loss, skip) in zip(run.sft_pending, numbers):
             run.state["skipped"] += int(skip)
-            log(run, {"step": step, "phase": "sft", "loss": loss, "lr": lr})
+            log(run, {"step": step, "phase": "sft", "loss": loss, "lr": lr, "skipped": run.state["skipped"]})
         run.bar.set_postfix(loss=f"{numbers[-1][0]:.3f}")
         run.sft_pending.clear()
 
@@ -550,8 +548,9 @@ def remember_success(run, chosen, correct):
     if not run.pool:
         return
     P, G = run.cfg.prompts_per_step, run.cfg.samples_per_prompt
-    update = torch.zeros(len(run.pool)).index_put_((torch.tensor(chosen),), correct.view(P, G).mean(1))
-    seen = torch.zeros(len(run.pool)).index_put_((torch.tensor(chosen),), torch.ones(P))
+    index = (torch.tensor(chosen),)  # a problem drawn twice: both groups count (accumulate), then averaged
+    update = torch.zeros(len(run.pool)).index_put_(index, correct.view(P, G).mean(1), accumulate=True)
+    seen = torch.zeros(len(run.pool)).index_put_(index, torch.ones(P), accumulate=True)
     if run.ddp:
         dist.all_reduce(update)
         dist.all_reduce(seen)
@@ -564,19 +563,20 @@ def length_reward(cfg, step, completions, correct, group_ids):
         return cfg.length_penalty * length_penalty(lengths, correct, group_ids)
     return torch.zeros(len(completions))
 
-def log_rl_step(run, step, lr, problems, texts, correct, len_reward, metrics, t_sample, t_update):
+def log_rl_step(run, step, lr, problems, texts, correct, len_reward, metrics, skipped, t_sample, t_update):
     """One line of metrics.jsonl per RL step: the batch's accuracy, length and search, the loss's metrics."""
     task, G = run.task, run.cfg.samples_per_prompt
+    run.state["skipped"] += skipped
     record = {"step": step, "phase": "rl", "lr": lr, "accuracy": correct.mean().item(),
               "step_by_step": sum(map(task.is_step_by_step, texts)) / len(texts),
               **search_stats(task, texts, [p for p in problems for _ in range(G)]),
               "length_reward": len_reward.mean().item(), "skipped": run.state["skipped"],
-              "sample_time": t_sample, "update_time": time.time() - t_update, **metrics}
+              "sample_time": t_sample, "update_time": t_update, **metrics}
     if run.pool:
         record["sampling_weight_min"] = sampling_weights(run.success).min().item()
     log(run, record)
-    run.bar.set_postfix(acc=f"{record['accuracy']:.2f}", len=f"{metrics['len_mean']:.0f}",
-                        think=f"{record['step_by_step']:.2f}")
+    run.bar.set_postfix(acc=f"{record['accuracy']:.2f}", len=f"{metrics['len_mean']:.0f}", **(  # tries: attempts
+        {"tries": f"{record['attempts']:.1f}"} if "attempts" in record else {"think": f"{record['step_by_step']:.2f}"}))
 
 def eval_due(cfg, step):
     """A held-out evaluation every eval_every RL steps (the last one is finish's)."""

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from contextlib import nullcontext
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -121,6 +122,29 @@ def test_non_finite_loss_skips_the_update_and_keeps_the_weights(tmp_path, monkey
     assert_same_weights(weights(sft_only), ckpt["model"])
     last = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl")) if '"rl"' in line][-1]
     assert last["skipped"] == 2
+
+
+def test_a_non_finite_sft_loss_is_skipped_and_counted_in_the_sft_records(tmp_path, monkeypatch):
+    real_loss = train.sft_loss
+    monkeypatch.setattr(train, "sft_loss", lambda *a, **k: real_loss(*a, **k) * float("nan"))
+    out = run(tmp_path, "--rl_steps=0")
+    sft = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl")) if '"sft"' in line]
+    assert [r["skipped"] for r in sft] == [1, 2, 3, 4]  # a run with no RL records still shows them
+
+
+def test_a_problem_drawn_twice_in_one_step_gets_the_mean_of_both_groups():
+    cfg = common.parse_config(train.TrainConfig, ["--prompts_per_step=3", "--samples_per_prompt=2"])
+    run = SimpleNamespace(cfg=cfg, pool=[None] * 5, ddp=False, success=torch.full((5,), 0.25))
+    correct = torch.tensor([1.0, 1.0, 0.0, 0.0, 1.0, 0.0])  # pool problem 3: all right, then all wrong
+    train.remember_success(run, [3, 3, 1], correct)
+    assert run.success.tolist() == [0.25, 0.5, 0.25, 0.5, 0.25]  # 3: (1 + 0) / 2; 1: its one group
+
+
+def test_a_new_start_removes_the_old_summary(tmp_path):
+    out = run(tmp_path)
+    common.start_metrics_log(out, 7)  # what a resumed run does first (an --overwrite=true run too, at 0)
+    assert not os.path.exists(os.path.join(out, "summary.json"))
+    assert len(open(os.path.join(out, "metrics.jsonl")).readlines()) > 0  # the log before step 7 stays
 
 
 @pytest.mark.parametrize("damage", ["cut in half", "random bytes", "empty", "missing", "a bare state_dict"])
