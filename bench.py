@@ -17,6 +17,7 @@ Sizes are --key=value flags, the fields of each command's dataclass below, e.g.
 Every time is the median of `repeats` runs after a warm-up; every ratio compares numbers measured
 by the same command, on the same machine, at the same moment.
 """
+import inspect
 import json
 import os
 import platform
@@ -393,6 +394,8 @@ def bench_and_train_configs(cls, argv):
     """-> (the bench's own cls config, train.TrainConfig from the other flags; with a --ckpt, on top
     of the checkpoint's saved config)."""
     own = [arg for arg in argv if arg[2:].split("=", 1)[0] in {f.name for f in fields(cls)}]
+    if {"-h", "--help"} & set(argv):  # the bench's own flags here; train.py's below, where TrainConfig is parsed
+        print(f"the bench's own flags:\n\n{inspect.getsource(cls)}\nand train.py's, for the run it measures:")
     bench = parse_bench(cls, own)
     ckpt = getattr(bench, "ckpt", "")
     saved = load_checkpoint(ckpt)["config"] if ckpt else None

@@ -82,6 +82,13 @@ def test_unknown_command_or_flag_is_refused_by_name():
         bench.main(["nope"])
 
 
+def test_help_of_a_bench_that_runs_train_py_shows_both_configs(capsys):
+    with pytest.raises(SystemExit) as done:
+        bench.main(["rl", "--help"])
+    printed = capsys.readouterr().out
+    assert done.value.code == 0 and "class RLBench" in printed and "class TrainConfig" in printed
+
+
 @pytest.mark.parametrize("args, message", [(["rewards", "--repeats=0"], "--repeats must be >= 1"),
                                            (["sample", "--batch_size=0"], "--batch_size must be >= 1"),
                                            (["rl", "--steps=-1"], "--steps must be >= 1"),
