@@ -8,7 +8,7 @@
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_out}
-PY=${PYTHON:-python}
+PY=${PYTHON:-python3}  # (the GPU machines have python3, not always python)
 BUDGET=${BUDGET:-420}
 export PYTHONPATH=.  # the docs/ scripts import the repository's modules
 mkdir -p "$OUT"
