@@ -21,7 +21,24 @@ SUMMARY_ROWS = [("greedy accuracy", "accuracy"), ("pass@k", "pass@k"), ("sampled
         ("honest checks", "honest_check_share"), ("step-by-step share", "step_by_step"))
     for how, prefix in (("greedy", ""), ("sampled", "sample_"))]
 
-def print_summary(summary, metrics_path):
+def print_report(summary, log_path, png_path):
+    """The tables (print_summary) and curves.png (plot_curves) of a run, its metrics.jsonl read once."""
+    records = read_log(log_path)
+    print_summary(summary, records)
+    plot_curves(records, png_path)
+
+def read_log(path):
+    """metrics.jsonl -> its records; a damaged line (a crash mid-write) is one error naming file and line."""
+    records = []
+    with open(path) as f:
+        for lineno, line in enumerate(f, start=1):
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                raise ValueError(f"{path}:{lineno} is not a JSON record") from None
+    return records
+
+def print_summary(summary, records):
     """The before/after table, then the held-out curve: how accuracy, length and the search moved
     together during RL (one column per evaluation)."""
     cfg, before, after = summary["config"], summary["before"], summary["after"]
@@ -37,7 +54,7 @@ def print_summary(summary, metrics_path):
     (text_before, _), (text_after, _) = next(((b, a) for b, a in pairs if a[1] > b[1]), pairs[0])
     print(f"a held-out problem after SFT: {text_before!r}")
     print(f"the same problem after RL:    {text_after!r}")
-    evals = [r for r in map(json.loads, open(metrics_path)) if r["phase"] == "eval"]
+    evals = [r for r in records if r["phase"] == "eval"]
     print(f"\n{'RL step':<32}" + "".join(f"{r['step'] - cfg['sft_steps']:>6}" for r in evals))
     for name, key in rows:
         digits = 1 if "length" in key or "attempts" in key else 2
@@ -58,7 +75,7 @@ def rise_profile(values):
     return (f"{values[0]:.2f} -> {values[-1]:.2f}, the largest single interval carries {largest / rise:.0%} "
             f"of the rise, {distinct} distinct values in between")
 
-def plot_curves(metrics_path, png_path):
+def plot_curves(records, png_path):
     """If matplotlib is installed (optional): held-out accuracy with length or attempts (do they rise
     together?), and the training batches' reward and length."""
     try:
@@ -67,7 +84,6 @@ def plot_curves(metrics_path, png_path):
         import matplotlib.pyplot as plt
     except ImportError:
         return
-    records = [json.loads(line) for line in open(metrics_path)]
     rl, ev = ([r for r in records if r["phase"] == phase] for phase in ("rl", "eval"))
     if not ev:  # (a run cut short before its first evaluation)
         return
@@ -113,14 +129,7 @@ def main(argv):
             raise ValueError(f"{summary_path} is not a train.py summary ({e})") from None
     if not (isinstance(summary, dict) and {"before", "after", "config", "sft_time", "rl_time"} <= summary.keys()):
         raise ValueError(f"{summary_path} is not a train.py summary (keys missing)")
-    with open(log_path) as f:  # a damaged line would stop the tables half-way: name it first
-        for lineno, line in enumerate(f, start=1):
-            try:
-                json.loads(line)
-            except ValueError:
-                raise ValueError(f"{log_path}:{lineno} is not a JSON record") from None
-    print_summary(summary, log_path)
-    plot_curves(log_path, os.path.join(cfg.out_dir, "curves.png"))
+    print_report(summary, log_path, os.path.join(cfg.out_dir, "curves.png"))
 
 if __name__ == "__main__":
     try:

@@ -31,7 +31,7 @@ from common import (append_record, autocast_context, build_model, check_numbers,
 from model import GPT
 from reinforce import (AGGREGATIONS, BASELINES, LOSS_TYPES, fused_reinforce_loss, length_penalty, reinforce_loss,
                        sft_loss, shape_rewards, token_logprobs)
-from report import plot_curves, print_summary
+from report import print_report
 from rewards import get_task
 from sample import generate, release_decoders
 
@@ -575,8 +575,9 @@ def log_rl_step(run, step, lr, problems, texts, correct, len_reward, metrics, sk
     if run.pool:
         record["sampling_weight_min"] = sampling_weights(run.success).min().item()
     log(run, record)
-    run.bar.set_postfix(acc=f"{record['accuracy']:.2f}", len=f"{metrics['len_mean']:.0f}", **(  # tries: attempts
-        {"tries": f"{record['attempts']:.1f}"} if "attempts" in record else {"think": f"{record['step_by_step']:.2f}"}))
+    search = ({"tries": f"{record['attempts']:.1f}"} if "attempts" in record  # the self-check task: its attempts
+              else {"think": f"{record['step_by_step']:.2f}"})
+    run.bar.set_postfix(acc=f"{record['accuracy']:.2f}", len=f"{metrics['len_mean']:.0f}", **search)
 
 def eval_due(cfg, step):
     """A held-out evaluation every eval_every RL steps (the last one is finish's)."""
@@ -613,8 +614,7 @@ def finish(run):
                    "rl_time": run.state["rl_time"], "skipped_steps": run.state["skipped"], "config": asdict(cfg)}
         with open(run.path("summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
-        print_summary(summary, run.path("metrics.jsonl"))
-        plot_curves(run.path("metrics.jsonl"), run.path("curves.png"))
+        print_report(summary, run.path("metrics.jsonl"), run.path("curves.png"))
     if run.ddp:  # leave together: a rank that tears down gloo while rank 0 still evaluates can abort (SIGABRT)
         dist.barrier()
         dist.destroy_process_group()
