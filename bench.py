@@ -29,18 +29,20 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, fields, replace
+from functools import partial
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
 
 import rewards
 from common import (autocast_context, build_model, check_numbers, decode, encode, get_tokenizer, load_checkpoint,
-                    load_model, parse_config, pick_device, to_device)
+                    load_model, parse_config, pick_device)
 from model import GPT
-from reinforce import default_chunk_size, sft_loss, shape_rewards, token_logprobs, weighted_logprob_sum
+from reinforce import default_chunk_size, shape_rewards, token_logprobs, weighted_logprob_sum
 from sample import generate
-from train import (TrainConfig, check_config, fast_path, make_task, optimizer_step, pad_batch, policy_update, set_lr,
-                   sft_batch, step_rng)
+from train import (TrainConfig, check_config, fast_path, make_task, pad_batch, policy_update, sft_batch, sft_graph,
+                   sft_step, step_rng)
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 HAS_LINEAR_CROSS_ENTROPY = hasattr(F, "linear_cross_entropy")  # torch >= 2.13
@@ -469,7 +471,8 @@ def bench_rl(argv):
 class SFTBench:
     steps: int = 50                   # timed SFT steps, after the warm-up
     warmup: int = 5                   # untimed steps first (torch.compile compiles in these, twice: see below)
-    variants: str = "eager,compiled"  # eager: train.py's default; compiled: its --compile=true
+    variants: str = "eager,compiled"  # eager: train.py's default; compiled: its --compile=true;
+    #                                   graph: its CUDA default, one CUDA graph per step (CUDA only)
 
 
 def bench_sft(argv):
@@ -482,30 +485,30 @@ def bench_sft(argv):
     task = make_task(cfg)
     rows = []
     for variant in bench.variants.split(","):
-        if variant not in ("eager", "compiled"):
-            raise ValueError(f"--variants: {variant!r} is not eager or compiled")
+        if variant not in ("eager", "compiled", "graph"):
+            raise ValueError(f"--variants: {variant!r} is not eager, compiled or graph")
+        if variant == "graph" and device_type != "cuda":
+            raise ValueError("--variants=graph captures a CUDA graph: it needs a CUDA device")
         torch.manual_seed(cfg.seed)
         model, tokenizer_name = build_model(cfg, device)
         tokenizer = get_tokenizer(tokenizer_name)
         optimizer = model.configure_optimizer(cfg.sft_lr, cfg.weight_decay, device_type=device_type)
         net = torch.compile(model) if variant == "compiled" else model
+        run = SimpleNamespace(cfg=cfg, ctx=ctx, device=device, model=model, train_model=net, optimizer=optimizer)
+        update = sft_graph(run) if variant == "graph" else partial(sft_step, run)  # as train.py's main picks
 
-        def sft_step(step):  # the body of train.py's SFT loop, without its logging
-            set_lr(optimizer, cfg.sft_lr)
+        def one_step(step):  # the body of train.py's SFT loop, without its logging
             idx, targets, _ = sft_batch(task, tokenizer, step_rng(cfg, step, 0, "sft"), cfg, model.config.block_size)
-            with ctx:
-                hidden = net(to_device(idx, device), return_hidden=True)  # (B, T, C)
-                loss = sft_loss(hidden, model.lm_head.weight, to_device(targets, device))
-            return optimizer_step(net, optimizer, loss, cfg)
+            return update(idx, targets, cfg.sft_lr)
 
         # batches differ in length: a compiled model compiles for the first length, then once more
         # for lengths in general (dynamic shapes), so the warm-up needs at least two lengths
         t0 = time.perf_counter()
         for step in range(bench.warmup):
-            sft_step(step)
+            one_step(step)
         sync(device)
         warmup = time.perf_counter() - t0
-        seconds, _ = median_time(lambda: [sft_step(bench.warmup + i) for i in range(bench.steps)], 1, device)
+        seconds, _ = median_time(lambda: [one_step(bench.warmup + i) for i in range(bench.steps)], 1, device)
         rows.append([variant, f"{warmup:.1f}", f"{bench.steps / seconds:,.1f}", f"{1000 * seconds / bench.steps:.2f}"])
     c = model.config
     print_table(f"**sft**: {machine(device)}. Task {cfg.task}, n_layer={c.n_layer} n_head={c.n_head} "

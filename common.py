@@ -1,8 +1,9 @@
 """
 What the commands here share, and the run-file helpers train.py's bookkeeping calls, kept out of the
-method's files: the --key=value parser and its number checks, the tokenizers, the device and the
-torchrun processes, and a run's files (an out_dir never overwritten by accident, the metrics log,
-checkpoints saved atomically and loaded without running code) with the model a run starts from. It
+method's files: the --key=value parser and its number checks, the tokenizers, the device, the
+torchrun processes and CUDA graphs, and a run's files (an out_dir never overwritten by accident, room
+for the completions checked before SFT, the metrics log, checkpoints saved atomically and loaded
+without running code) with the model a run starts from. It
 sits below the method's files, so that nothing imports the trainer to parse a flag or read a checkpoint.
 
     python -m pytest -q tests/test_common.py
@@ -11,6 +12,7 @@ import inspect
 import json
 import math
 import os
+import random
 from contextlib import nullcontext
 from dataclasses import asdict, fields
 
@@ -98,7 +100,7 @@ def decode(tokenizer, tokens):
     return tokenizer.decode([t for t in tokens if t != tokenizer.eot_token])  # without end-of-text
 
 # -----------------------------------------------------------------------------
-# devices and processes
+# devices, processes and CUDA graphs
 
 def pick_device(name):
     """"auto" -> cuda if available, else cpu. Any other name is checked here, before any work, so
@@ -138,10 +140,33 @@ def autocast_context(dtype, device_type):
 
 def to_device(tensor, device):
     """A CPU batch -> the device without making the host wait for the GPU (pinned memory: a queued copy)."""
-    return tensor.pin_memory().to(device, non_blocking=True) if "cuda" in str(device) else tensor.to(device)
+    cpu_to_gpu = tensor.device.type == "cpu" and "cuda" in str(device)
+    return tensor.pin_memory().to(device, non_blocking=True) if cpu_to_gpu else tensor.to(device)
+
+def cuda_graph(fn, state):
+    """Capture fn() (which reads and writes only tensors that stay alive) as a CUDA graph; return a
+    function that replays it and returns fn's outputs, overwritten by the next replay. The decode step
+    (sample.py) and the SFT step (train.py) use it: hundreds of small kernels launched as one.
+    `state`: the tensors fn changes in place, put back after the warm-up run, so that the first replay
+    makes the step the warm-up made. Under autocast the casts of the weights are captured too (cache
+    off): a graph kept for later calls must read the weights as they are then, not a stale copy."""
+    saved = [t.clone() for t in state]
+    amp = torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"), enabled=torch.is_autocast_enabled("cuda"),
+                         cache_enabled=False)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream), amp:  # warm up (cuBLAS handles, the allocator) off the capture
+        fn()
+        for t, s in zip(state, saved):
+            t.copy_(s)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), amp:  # records the kernels without running them
+        out = fn()
+    return lambda: (graph.replay(), out)[1]
 
 # -----------------------------------------------------------------------------
-# a run's files (a crash or a hostile file never costs a run) and the model it starts from
+# a run's files (a crash or a hostile file never costs a run), its set-up checks, the model it starts from
 
 def check_out_dir(out_dir, ckpt, total_steps, overwrite):
     """Never lose a run by accident: a fresh run refuses an out_dir that holds one (unless told to
@@ -156,6 +181,20 @@ def check_out_dir(out_dir, ckpt, total_steps, overwrite):
     if ckpt is None and not overwrite and found:
         raise ValueError(f"{out_dir} already holds a run ({', '.join(found)}): continue it with "
                          "--init_from=resume, replace it with --overwrite=true, or choose another --out_dir")
+
+def check_completion_room(task, tokenizer, problems, cfg, block_size):
+    """Refuse now, not after SFT, a max_new_tokens that the longest prompt leaves no room for (over the
+    given problems and the training ones: all, as for GSM8K, or a sample of 256)."""
+    train = getattr(task, "splits", {}).get("train") or [
+        task.sample("train", random.Random(f"{cfg.seed}/lengths/{i}")) for i in range(256)]
+    longest = max(len(encode(tokenizer, p.prompt)) for p in problems + train)
+    if longest + cfg.max_new_tokens > block_size:
+        raise ValueError(f"--max_new_tokens={cfg.max_new_tokens} does not fit: the longest prompt has {longest} "
+                         f"tokens and the model's block_size is {block_size}, so at most {block_size - longest}")
+    if hasattr(task, "longest_trace"):  # a rare long cold-start trace must not stop SFT halfway (resume included)
+        need = longest + len(encode(tokenizer, task.longest_trace())) + 1  # + end-of-text
+        if need > block_size:
+            raise ValueError(f"the task's longest cold-start trace needs --block_size >= {need} (it is {block_size})")
 
 def start_metrics_log(out_dir, start):
     """out_dir/metrics.jsonl (one JSON record per line) for a run that starts at step `start`: empty for a

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from common import check_numbers, decode, encode, load_model, parse_config, pick_device
+from common import check_numbers, cuda_graph, decode, encode, load_model, parse_config, pick_device
 from model import KVCache
 
 # -----------------------------------------------------------------------------
@@ -55,27 +55,6 @@ def decode_step(model, cache, token, pos):
     pos.add_(1)
     cache.slot.add_(1)
     return logits
-
-def cuda_graph(fn, state):
-    """Capture fn() (which reads and writes only tensors that stay alive) as a CUDA graph; return a
-    function that replays it and returns fn's output tensor, overwritten by the next replay.
-    `state`: the tensors fn advances in place, put back after the warm-up run, so that the first
-    replay makes the first step. Under autocast the casts of the weights are captured too (cache
-    off): a graph kept for later calls must read the weights as they are then, not a stale copy."""
-    saved = [t.clone() for t in state]
-    amp = torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"), enabled=torch.is_autocast_enabled("cuda"),
-                         cache_enabled=False)
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream), amp:  # warm up (cuBLAS handles) off the capture
-        fn()
-        for t, s in zip(state, saved):
-            t.copy_(s)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph), amp:  # records the kernels without running them
-        out = fn()
-    return lambda: (graph.replay(), out)[1]
 
 def check_prompts(prompts, max_new_tokens, block_size):
     """-> the longest prompt's length; a clear error for no prompts, an empty one, or no room."""

@@ -22,12 +22,13 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from common import (append_record, autocast_context, build_model, check_numbers, check_out_dir, decode, encode,
-                    get_tokenizer, init_processes, load_checkpoint, parse_config, pick_device, save_checkpoint,
-                    start_metrics_log, to_device)
+from common import (append_record, autocast_context, build_model, check_completion_room, check_numbers, check_out_dir,
+                    cuda_graph, decode, encode, get_tokenizer, init_processes, load_checkpoint, parse_config,
+                    pick_device, save_checkpoint, start_metrics_log, to_device)
 from model import GPT
 from reinforce import (AGGREGATIONS, BASELINES, LOSS_TYPES, fused_reinforce_loss, length_penalty, reinforce_loss,
                        sft_loss, shape_rewards, token_logprobs)
@@ -46,7 +47,7 @@ class TrainConfig:
     threads: int = 0                # CPU threads for torch (0 = torch's default)
     # speed-ups (the same method; equal results up to rounding)
     compile: bool = False           # torch.compile the training forward pass
-    cuda_graphs: bool = True        # on CUDA, decode by replaying a CUDA graph of one step (generate's fast path)
+    cuda_graphs: bool = True        # on CUDA, every decode step and SFT step is one CUDA graph replay (SFT: not DDP)
     fused_update: bool = False      # plain REINFORCE only: gradient made in the forward pass (no entropy logged)
     # task (rewards.py)
     task: str = "pairs"             # pairs | arithmetic | gsm8k
@@ -156,16 +157,14 @@ def step_rng(cfg, step, rank, what):
     exactly what the uninterrupted one would have, with no generator state to carry over."""
     return random.Random(f"{cfg.seed}/{what}/{step}/{rank}")
 
-def pad_batch(prompts, completions, pad_id=0):
+def pad_batch(prompts, completions, pad_id=0, length=None):
     """Token lists -> idx (B, T) inputs, targets (B, T) next tokens with -1 except on completion
-    tokens, and completion_mask (B, T). Right-padded: causal attention never looks ahead at pads."""
-    T = max(len(p) + len(c) for p, c in zip(prompts, completions)) - 1
-    idx = torch.full((len(prompts), T), pad_id, dtype=torch.long)
-    targets = torch.full((len(prompts), T), -1, dtype=torch.long)
-    for i, (p, c) in enumerate(zip(prompts, completions)):
-        idx[i, :len(p) + len(c) - 1] = torch.tensor((p + c)[:-1])
-        targets[i, len(p) - 1:len(p) + len(c) - 1] = torch.tensor(c)  # position t predicts token t+1
-    return idx, targets, targets >= 0
+    tokens, and completion_mask (B, T). Right-padded (to `length`, else the longest): causal attention
+    never looks ahead at pads, so the padding changes no logit and no loss."""
+    T = length or max(len(p) + len(c) for p, c in zip(prompts, completions)) - 1
+    idx = torch.tensor([((p + c)[:-1] + [pad_id] * T)[:T] for p, c in zip(prompts, completions)])
+    targets = torch.tensor([([-1] * (len(p) - 1) + c + [-1] * T)[:T] for p, c in zip(prompts, completions)])
+    return idx, targets, targets >= 0  # position t predicts token t+1
 
 def sft_batch(task, tokenizer, rng, cfg, block_size):
     """Cold-start batch: worked traces of the task, in the cold_start style if set; else the task's
@@ -187,6 +186,46 @@ def sampling_weights(success, floor=0.05):
     """Kimi k1.5 prioritized sampling: draw problem i with probability proportional to 1 - success_i,
     so compute goes to what the policy gets wrong; the floor keeps solved problems coming back."""
     return (1 - success).clamp(min=floor)
+
+# -----------------------------------------------------------------------------
+# the cold-start step, and the same step as one CUDA graph
+
+def sft_step(run, idx, targets, lr):
+    """Supervised step on the traces idx, targets (B, T): loss = −mean log π(target) over the completion
+    tokens (reinforce.sft_loss), then backward, clip and AdamW at learning rate lr. -> (loss, skip)."""
+    set_lr(run.optimizer, lr)
+    with run.ctx:
+        hidden = run.train_model(to_device(idx, run.device), return_hidden=True)  # (B, T, C)
+        loss = sft_loss(hidden, run.model.lm_head.weight, to_device(targets, run.device))
+    return loss, optimizer_step(run.train_model, run.optimizer, loss, run.cfg)
+
+def sft_graph(run, capture=True):
+    """sft_step at static shapes, replayed as one CUDA graph (common.cuda_graph): a small model's step is
+    ~300 kernel launches from Python that take longer than the GPU's work. Each batch is padded to
+    (sft_batch_size, block_size - 1) (pad_batch: no logit or loss changes) into fixed tensors, and the
+    learning rate is a tensor the graph reads. The first call runs eagerly (AdamW makes its state then),
+    the next captures. capture=False: eagerly at every call (CPU tests). -> step(idx, targets, lr)."""
+    shape, device, optimizer = (run.cfg.sft_batch_size, run.model.config.block_size - 1), run.device, run.optimizer
+    idx, targets = torch.zeros(shape, dtype=torch.long, device=device), torch.full(shape, -1, device=device)
+    lr, graph = torch.zeros((), device=device), []
+
+    def static_step():  # AdamW refuses a capture unless `capturable`, and warns when that runs uncaptured
+        for group in optimizer.param_groups:
+            group["capturable"] = torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+        return sft_step(run, idx, targets, lr)
+
+    def step(batch_idx, batch_targets, lr_value):
+        for fixed, batch, pad in ((idx, batch_idx, 0), (targets, batch_targets, -1)):
+            fixed.copy_(to_device(F.pad(batch, (0, shape[1] - batch.size(1)), value=pad), device))
+        lr.fill_(lr_value)
+        if capture and optimizer.state and not graph:  # its warm-up run's step is undone: the replay makes it
+            graph.append(cuda_graph(static_step, [*run.model.parameters(),
+                                                  *(t for s in optimizer.state.values() for t in s.values())]))
+        loss, skip = graph[0]() if graph else static_step()
+        for group in optimizer.param_groups:  # checkpoints keep plain numbers, not the graph's tensor and flag
+            group.update(lr=lr_value, capturable=False)
+        return loss.clone(), skip.clone()  # (the next replay overwrites the graph's own)
+    return step
 
 # -----------------------------------------------------------------------------
 # the RL update
@@ -317,23 +356,6 @@ def evaluate(model, task, tokenizer, problems, cfg, ctx):
     }
 
 # -----------------------------------------------------------------------------
-# the last set-up check: room for the completions
-
-def check_completion_room(task, tokenizer, problems, cfg, block_size):
-    """Refuse now, not after SFT, a max_new_tokens that the longest prompt leaves no room for (over the
-    given problems and the training ones: all, as for GSM8K, or a sample of 256)."""
-    train = getattr(task, "splits", {}).get("train") or [
-        task.sample("train", random.Random(f"{cfg.seed}/lengths/{i}")) for i in range(256)]
-    longest = max(len(encode(tokenizer, p.prompt)) for p in problems + train)
-    if longest + cfg.max_new_tokens > block_size:
-        raise ValueError(f"--max_new_tokens={cfg.max_new_tokens} does not fit: the longest prompt has {longest} "
-                         f"tokens and the model's block_size is {block_size}, so at most {block_size - longest}")
-    if hasattr(task, "longest_trace"):  # a rare long cold-start trace must not stop SFT halfway (resume included)
-        need = longest + len(encode(tokenizer, task.longest_trace())) + 1  # + end-of-text
-        if need > block_size:
-            raise ValueError(f"the task's longest cold-start trace needs --block_size >= {need} (it is {block_size})")
-
-# -----------------------------------------------------------------------------
 # the method, one step at a time (the bookkeeping is in the helpers below)
 
 def main(argv):
@@ -342,20 +364,20 @@ def main(argv):
     cfg, model, task, tokenizer, ctx = run.cfg, run.model, run.task, run.tokenizer, run.ctx
 
     # ---- phase 1: cold start, supervised fine-tuning on the task's worked traces -------------
+    graphed = cfg.cuda_graphs and "cuda" in run.device and not (cfg.compile or run.ddp)  # see sft_graph
+    sft_update = sft_graph(run) if graphed else lambda idx, targets, lr: sft_step(run, idx, targets, lr)
     for step in progress_bar(run, "sft"):
-        t0 = time.time()
-        lr = set_lr(run.optimizer, learning_rate(cfg, step))
+        t0, lr = time.time(), learning_rate(cfg, step)
         idx, targets, _ = sft_batch(task, tokenizer, step_rng(cfg, step, run.rank, "sft"), cfg, model.config.block_size)
-        with ctx:
-            hidden = run.train_model(to_device(idx, run.device), return_hidden=True)  # (B, T, C)
-            loss = sft_loss(hidden, model.lm_head.weight, to_device(targets, run.device))
-        skip = optimizer_step(run.train_model, run.optimizer, loss, cfg)
+        loss, skip = sft_update(idx, targets, lr)  # −mean log π(target), backward, clip, AdamW
         log_sft_step(run, step, lr, loss, skip)
         run.state["sft_time"] += time.time() - t0
         if step + 1 == cfg.sft_steps:
             evaluate_before_rl(run)
         if end_of_step(run, step + 1):  # a checkpoint when due; after Ctrl-C, save and stop
             return None
+
+    sft_update = None  # (frees the SFT graph and its memory)
 
     # ---- phase 2: RL with exact rewards ------------------------------------------------------
     start_rl(run)  # the "after SFT" eval if there was no SFT; the KL reference policy

@@ -12,7 +12,8 @@ if not torch.cuda.is_available():
     sys.exit("docs/decode_breakdown.py measures CUDA graphs: it needs a CUDA GPU")
 from model import GPT, GPTConfig, KVCache
 import sample
-from sample import generate, decode_step, cuda_graph, static_decoder
+from common import cuda_graph
+from sample import generate, decode_step, static_decoder
 
 torch.manual_seed(0)
 cfg = GPTConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)

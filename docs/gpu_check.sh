@@ -58,6 +58,11 @@ for name, ctx in contexts:
               f"{sorted({len(c) for c in plain})}")
 EOF
 
+# the tests that only CUDA runs (the SFT step replayed as a CUDA graph equals the eager one; a kept decode
+# graph reads the current weights), and some whose train.py runs take the CUDA path there (the resume
+# tests ask for bitwise-equal weights: a kernel that is not deterministic on CUDA would fail them too)
+run cuda_tests 150 $PY -m pytest -q tests -k "cuda or graph or smoke or resume"
+
 # 2. decoding: every bench.py sample size (fast, plain loop, no-cache loop, Hugging Face)
 run sample_gpt2_small_B1 90 $PY bench.py sample --gpt2_small=true --batch_size=1
 run sample_default 60 $PY bench.py sample
@@ -70,8 +75,9 @@ run train_default 120 $PY train.py --out_dir="$RUN"
 cp "$RUN/summary.json" "$RUN/metrics.jsonl" "$OUT/" 2>/dev/null
 run rl_trained 60 $PY bench.py rl --ckpt="$RUN/ckpt.pt" --steps=5
 
-# 4. the training step: SFT steps/s eager vs torch.compile (compile time in the warm-up column)
-run sft_eager_vs_compiled 150 $PY bench.py sft --steps=200 --warmup=10
+# 4. the training step: SFT steps/s eager vs one CUDA graph per step (train.py's CUDA default) vs
+# torch.compile (capture and compile times in the warm-up column)
+run sft_eager_graph_compiled 150 $PY bench.py sft --steps=200 --warmup=10 --variants=eager,graph,compiled
 
 # 5. fused log-probs at N=16384 (F.linear_cross_entropy rows only where torch has it, >= 2.13)
 run logprobs_N16384 120 $PY bench.py logprobs --N=16384 --chunks=0,1024 --repeats=3

@@ -112,6 +112,12 @@ def test_sample_command_times_fast_and_eager_paths_and_prints_the_memory_rooflin
     assert "at an assumed 1e+09 B/s" in out
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU's answer")
+def test_sft_graph_variant_on_the_cpu_is_a_clear_error():
+    with pytest.raises(ValueError, match="--variants=graph captures a CUDA graph: it needs a CUDA device"):
+        bench.main(["sft", "--variants=graph", "--steps=1"])
+
+
 def test_gpt2_small_flag_gives_gpt2_small_in_bfloat16():
     cfg = bench.sample_sizes(["--gpt2_small=true", "--batch_size=1"])
     assert (cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.vocab_size, cfg.dtype, cfg.batch_size) == \

@@ -543,6 +543,57 @@ def test_cuda_graphs_flag_turns_the_fast_decoding_path_off(tmp_path, monkeypatch
     assert seen and set(seen) == {None}  # None: sample.generate decides (on for CUDA, off on CPU)
 
 
+def sft_steps(tmp_path, name, make_update, steps=5, extra=()):
+    """`steps` SFT steps of the TINY config through make_update(run) -> (losses, skip flags, run, update)."""
+    run_ = train.set_up(TINY + [f"--out_dir={tmp_path / name}", *extra])
+    update, losses, skips = make_update(run_), [], []
+    for step in range(steps):
+        idx, targets, _ = train.sft_batch(run_.task, run_.tokenizer, train.step_rng(run_.cfg, step, 0, "sft"),
+                                          run_.cfg, run_.model.config.block_size)
+        loss, skip = update(idx, targets, train.learning_rate(run_.cfg, step))
+        losses.append(loss.item()), skips.append(skip.item())
+    return losses, skips, run_, update
+
+
+def test_sft_step_at_static_shapes_takes_the_plain_steps(tmp_path):
+    # what a CUDA graph of the SFT step needs (each batch padded to the block, the learning rate read from
+    # a tensor), run eagerly: the same losses and weights as the plain step, and checkpoints keep plain numbers
+    plain = sft_steps(tmp_path, "plain", lambda r: lambda idx, targets, lr: train.sft_step(r, idx, targets, lr))
+    static = sft_steps(tmp_path, "static", lambda r: train.sft_graph(r, capture=False))
+    assert static[0] == pytest.approx(plain[0], rel=1e-5) and static[1] == plain[1] == [0.0] * 5
+    for k, v in plain[2].model.state_dict().items():
+        torch.testing.assert_close(static[2].model.state_dict()[k], v, rtol=1e-4, atol=1e-6)
+    groups = static[2].optimizer.state_dict()["param_groups"]
+    assert all(isinstance(g["lr"], float) and not g["capturable"] for g in groups)
+
+
+def test_sft_batches_are_padded_short_of_the_block(tmp_path):
+    # (so that the test above pads: a batch that already filled the block would test nothing)
+    run_ = train.set_up(TINY + [f"--out_dir={tmp_path}"])
+    idx, _, _ = train.sft_batch(run_.task, run_.tokenizer, train.step_rng(run_.cfg, 0, 0, "sft"), run_.cfg, 48)
+    assert idx.size(1) < 47
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_sft_step_replayed_as_a_cuda_graph_takes_the_eager_steps(tmp_path):
+    cuda = ["--device=cuda", "--dtype=float32"]
+    eager = sft_steps(tmp_path, "eager", lambda r: train.sft_graph(r, capture=False), 8, cuda)
+    graph = sft_steps(tmp_path, "graph", train.sft_graph, 8, cuda)
+    assert graph[0] == pytest.approx(eager[0], rel=1e-5) and graph[1] == eager[1]
+    for k, v in eager[2].model.state_dict().items():
+        torch.testing.assert_close(graph[2].model.state_dict()[k], v, rtol=1e-5, atol=1e-6)
+    # a non-finite gradient inside the graph: the step is skipped (AdamW's found_inf), weights and state kept
+    model, optimizer, update = graph[2].model, graph[2].optimizer, graph[3]
+    with torch.no_grad():
+        model.transformer.wpe.weight[0, 0] = float("nan")  # in place: the graph reads it at its next replay
+    before = [t.clone() for t in [*model.parameters(), *optimizer.state[model.lm_head.weight].values()]]
+    idx, targets, _ = train.sft_batch(graph[2].task, graph[2].tokenizer, random.Random(0), graph[2].cfg, 48)
+    assert update(idx, targets, 1e-3)[1].item() == 1
+    after = [*model.parameters(), *optimizer.state[model.lm_head.weight].values()]
+    for a, b in zip(before, after):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+
+
 def test_compiled_training_takes_the_same_steps_as_eager(tmp_path):
     # --compile=true runs the same forward and backward through torch.compile (here the CPU's inductor)
     losses = {}
