@@ -49,12 +49,14 @@ def print_summary(summary, records):
     for name, key in rows:
         print(f"{name:<32}{before[key]:>12.3f}{after[key]:>12.3f}")
     print(f"{'wall time (s)':<32}{summary['sft_time']:>12.0f}{summary['rl_time']:>12.0f}")
+    evals = [r for r in records if r["phase"] == "eval"]
+    if all("eval_time" in r for r in evals):  # (logs written before it was recorded have none)
+        print(f"{'held-out evaluations (s)':<32}{sum(r['eval_time'] for r in evals):>24.0f}  ({len(evals)} of them)")
     # the same held-out problem before and after RL: the first one that RL turned from wrong to right
     pairs = list(zip(before["examples"], after["examples"]))
     (text_before, _), (text_after, _) = next(((b, a) for b, a in pairs if a[1] > b[1]), pairs[0])
     print(f"a held-out problem after SFT: {text_before!r}")
     print(f"the same problem after RL:    {text_after!r}")
-    evals = [r for r in records if r["phase"] == "eval"]
     print(f"\n{'RL step':<32}" + "".join(f"{r['step'] - cfg['sft_steps']:>6}" for r in evals))
     for name, key in rows:
         digits = 1 if "length" in key or "attempts" in key else 2

@@ -326,7 +326,7 @@ def search_stats(task, texts, problems):
 def evaluate(model, task, tokenizer, problems, cfg, ctx):
     """On held-out test problems: greedy accuracy, pass@k (k samples at the RL temperature), the
     sampled accuracy, length and search statistics of greedy and of sampled completions."""
-    k, eot = cfg.pass_k, tokenizer.eot_token
+    k, eot, t0 = cfg.pass_k, tokenizer.eot_token, time.time()
     prompts = [encode(tokenizer, p.prompt) for p in problems]
     with ctx:
         greedy = generate(model, prompts, cfg.max_new_tokens, temperature=0, stop_tokens=(eot,), fast=fast_path(cfg))
@@ -353,6 +353,7 @@ def evaluate(model, task, tokenizer, problems, cfg, ctx):
         "sample_step_by_step": sum(map(task.is_step_by_step, sampled_text)) / len(sampled_text),
         "example": problems[0].prompt + greedy_text[0],
         "examples": [[p.prompt + text, r] for p, text, r in list(zip(problems, greedy_text, correct))[:20]],
+        "eval_time": time.time() - t0,  # seconds: sampling (the most of it) and scoring
     }
 
 # -----------------------------------------------------------------------------

@@ -18,6 +18,15 @@ def test_report_prints_again_the_table_and_curve_the_run_printed(tmp_path, capsy
     assert table in printed_by_train
 
 
+def test_report_adds_up_the_time_of_every_held_out_evaluation(tmp_path, capsys):
+    out = run(tmp_path, "--eval_every=1")  # before RL, after each of the 3 RL steps (the last is the final one)
+    records = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    seconds = [r["eval_time"] for r in records if r["phase"] == "eval"]
+    assert len(seconds) == 4 and all(s > 0 for s in seconds)
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("held-out evaluations (s)"))
+    assert line.split()[3:] == [f"{sum(seconds):.0f}", "(4", "of", "them)"]
+
+
 def test_report_redraws_the_curves(tmp_path):
     pytest.importorskip("matplotlib")
     out = run(tmp_path, "--eval_every=1")
