@@ -157,11 +157,10 @@ def step_rng(cfg, step, rank, what):
     exactly what the uninterrupted one would have, with no generator state to carry over."""
     return random.Random(f"{cfg.seed}/{what}/{step}/{rank}")
 
-def pad_batch(prompts, completions, pad_id=0, length=None):
-    """Token lists -> idx (B, T) inputs, targets (B, T) next tokens with -1 except on completion
-    tokens, and completion_mask (B, T). Right-padded (to `length`, else the longest): causal attention
-    never looks ahead at pads, so the padding changes no logit and no loss."""
-    T = length or max(len(p) + len(c) for p, c in zip(prompts, completions)) - 1
+def pad_batch(prompts, completions, pad_id=0):
+    """Token lists -> idx (B, T) inputs, targets (B, T) next tokens with -1 except on completion tokens, and
+    completion_mask (B, T). Right-padded: causal attention never looks ahead at pads (no logit or loss changes)."""
+    T = max(len(p) + len(c) for p, c in zip(prompts, completions)) - 1
     idx = torch.tensor([((p + c)[:-1] + [pad_id] * T)[:T] for p, c in zip(prompts, completions)])
     targets = torch.tensor([([-1] * (len(p) - 1) + c + [-1] * T)[:T] for p, c in zip(prompts, completions)])
     return idx, targets, targets >= 0  # position t predicts token t+1
@@ -201,22 +200,24 @@ def sft_step(run, idx, targets, lr):
 
 def sft_graph(run, capture=True):
     """sft_step at static shapes, replayed as one CUDA graph (common.cuda_graph): a small model's step is
-    ~300 kernel launches from Python that take longer than the GPU's work. Each batch is padded to
-    (sft_batch_size, block_size - 1) (pad_batch: no logit or loss changes) into fixed tensors, and the
-    learning rate is a tensor the graph reads. The first call runs eagerly (AdamW makes its state then),
-    the next captures. capture=False: eagerly at every call (CPU tests). -> step(idx, targets, lr)."""
-    shape, device, optimizer = (run.cfg.sft_batch_size, run.model.config.block_size - 1), run.device, run.optimizer
-    idx, targets = torch.zeros(shape, dtype=torch.long, device=device), torch.full(shape, -1, device=device)
-    lr, graph = torch.zeros((), device=device), []
+    ~300 kernel launches from Python that take longer than the GPU's work. Each batch is right-padded (no
+    logit or loss changes) into fixed tensors as long as the longest batch so far, rounded up to 32 (a
+    longer one makes new ones and a new graph); the learning rate is a tensor the graph reads. The first
+    step runs eagerly (AdamW makes its state). capture=False: eagerly always (CPU tests). -> step(...)"""
+    B, longest, device, optimizer = run.cfg.sft_batch_size, run.model.config.block_size - 1, run.device, run.optimizer
+    lr, fixed, graph = torch.zeros((), device=device), [torch.zeros(B, 0)] * 2, []
 
     def static_step():  # AdamW refuses a capture unless `capturable`, and warns when that runs uncaptured
         for group in optimizer.param_groups:
             group["capturable"] = torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
-        return sft_step(run, idx, targets, lr)
+        return sft_step(run, *fixed, lr)
 
     def step(batch_idx, batch_targets, lr_value):
-        for fixed, batch, pad in ((idx, batch_idx, 0), (targets, batch_targets, -1)):
-            fixed.copy_(to_device(F.pad(batch, (0, shape[1] - batch.size(1)), value=pad), device))
+        if batch_idx.size(1) > fixed[0].size(1):  # (B, T) inputs, -1 = ignored targets
+            T = min(-(-batch_idx.size(1) // 32) * 32, longest)
+            fixed[:], graph[:] = [torch.full((B, T), pad, device=device) for pad in (0, -1)], []
+        for inputs, batch, pad in zip(fixed, (batch_idx, batch_targets), (0, -1)):
+            inputs.copy_(to_device(F.pad(batch, (0, inputs.size(1) - batch.size(1)), value=pad), device))
         lr.fill_(lr_value)
         if capture and optimizer.state and not graph:  # its warm-up run's step is undone: the replay makes it
             graph.append(cuda_graph(static_step, [*run.model.parameters(),

@@ -543,42 +543,54 @@ def test_cuda_graphs_flag_turns_the_fast_decoding_path_off(tmp_path, monkeypatch
     assert seen and set(seen) == {None}  # None: sample.generate decides (on for CUDA, off on CPU)
 
 
-def sft_steps(tmp_path, name, make_update, steps=5, extra=()):
-    """`steps` SFT steps of the TINY config through make_update(run) -> (losses, skip flags, run, update)."""
-    run_ = train.set_up(TINY + [f"--out_dir={tmp_path / name}", *extra])
+def varied_sft_batches(lengths=(11, 41, 21, 48, 16, 30), rows=8):
+    """SFT batches (idx, targets) of the given token lengths (the TINY block is 48): they cross the static
+    step's rounding to 32 and come back, and all their rows but the first are shorter than the batch."""
+    g = torch.Generator().manual_seed(0)
+    for n in lengths:
+        prompts = [torch.randint(1, 50, (int(torch.randint(1, 4, (1,), generator=g)),), generator=g).tolist()
+                   for _ in range(rows)]
+        completions = [torch.randint(1, 50, (n - len(p) - (i > 0) * (1 + i % 4),), generator=g).tolist()
+                       for i, p in enumerate(prompts)]  # the first row fills the batch, the others end 1-4 early
+        yield train.pad_batch(prompts, completions)[:2]
+
+
+def sft_steps(tmp_path, name, make_update, extra=()):
+    """The varied batches as SFT steps of the TINY config through make_update(run) -> (losses, skip flags,
+    run, update)."""
+    run_ = train.set_up(TINY + ["--sft_batch_size=8", f"--out_dir={tmp_path / name}", *extra])
     update, losses, skips = make_update(run_), [], []
-    for step in range(steps):
-        idx, targets, _ = train.sft_batch(run_.task, run_.tokenizer, train.step_rng(run_.cfg, step, 0, "sft"),
-                                          run_.cfg, run_.model.config.block_size)
+    for step, (idx, targets) in enumerate(varied_sft_batches()):
         loss, skip = update(idx, targets, train.learning_rate(run_.cfg, step))
         losses.append(loss.item()), skips.append(skip.item())
     return losses, skips, run_, update
 
 
 def test_sft_step_at_static_shapes_takes_the_plain_steps(tmp_path):
-    # what a CUDA graph of the SFT step needs (each batch padded to the block, the learning rate read from
-    # a tensor), run eagerly: the same losses and weights as the plain step, and checkpoints keep plain numbers
+    # what a CUDA graph of the SFT step needs (batches padded into fixed tensors that grow to a longer batch,
+    # the learning rate read from a tensor), run eagerly: the plain step's losses and weights, and checkpoints
+    # keep plain numbers
     plain = sft_steps(tmp_path, "plain", lambda r: lambda idx, targets, lr: train.sft_step(r, idx, targets, lr))
     static = sft_steps(tmp_path, "static", lambda r: train.sft_graph(r, capture=False))
-    assert static[0] == pytest.approx(plain[0], rel=1e-5) and static[1] == plain[1] == [0.0] * 5
+    assert static[0] == pytest.approx(plain[0], rel=1e-5) and static[1] == plain[1] == [0.0] * 6
     for k, v in plain[2].model.state_dict().items():
         torch.testing.assert_close(static[2].model.state_dict()[k], v, rtol=1e-4, atol=1e-6)
     groups = static[2].optimizer.state_dict()["param_groups"]
     assert all(isinstance(g["lr"], float) and not g["capturable"] for g in groups)
 
 
-def test_sft_batches_are_padded_short_of_the_block(tmp_path):
-    # (so that the test above pads: a batch that already filled the block would test nothing)
-    run_ = train.set_up(TINY + [f"--out_dir={tmp_path}"])
-    idx, _, _ = train.sft_batch(run_.task, run_.tokenizer, train.step_rng(run_.cfg, 0, 0, "sft"), run_.cfg, 48)
-    assert idx.size(1) < 47
+def test_the_varied_batches_pad_their_rows_and_cross_the_rounding():
+    # (so that the test above pads, grows its fixed tensors and reuses them)
+    batches = list(varied_sft_batches())
+    assert [idx.size(1) for idx, _ in batches] == [10, 40, 20, 47, 15, 29]
+    assert all(targets[0, -1] >= 0 and (targets[1:, -1] == -1).all() for _, targets in batches)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_sft_step_replayed_as_a_cuda_graph_takes_the_eager_steps(tmp_path):
     cuda = ["--device=cuda", "--dtype=float32"]
-    eager = sft_steps(tmp_path, "eager", lambda r: train.sft_graph(r, capture=False), 8, cuda)
-    graph = sft_steps(tmp_path, "graph", train.sft_graph, 8, cuda)
+    eager = sft_steps(tmp_path, "eager", lambda r: train.sft_graph(r, capture=False), cuda)
+    graph = sft_steps(tmp_path, "graph", train.sft_graph, cuda)  # captures at 32, again at 47 (48 - 1)
     assert graph[0] == pytest.approx(eager[0], rel=1e-5) and graph[1] == eager[1]
     for k, v in eager[2].model.state_dict().items():
         torch.testing.assert_close(graph[2].model.state_dict()[k], v, rtol=1e-5, atol=1e-6)
@@ -587,7 +599,7 @@ def test_sft_step_replayed_as_a_cuda_graph_takes_the_eager_steps(tmp_path):
     with torch.no_grad():
         model.transformer.wpe.weight[0, 0] = float("nan")  # in place: the graph reads it at its next replay
     before = [t.clone() for t in [*model.parameters(), *optimizer.state[model.lm_head.weight].values()]]
-    idx, targets, _ = train.sft_batch(graph[2].task, graph[2].tokenizer, random.Random(0), graph[2].cfg, 48)
+    idx, targets = next(varied_sft_batches(lengths=(21,)))
     assert update(idx, targets, 1e-3)[1].item() == 1
     after = [*model.parameters(), *optimizer.state[model.lm_head.weight].values()]
     for a, b in zip(before, after):
