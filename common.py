@@ -115,6 +115,8 @@ def pick_device(name):
         raise ValueError(f"--device={name}, but torch {torch.__version__} sees no CUDA GPU here: use --device=cpu")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         raise ValueError(f"--device={name}, but there are {torch.cuda.device_count()} CUDA GPUs (cuda:0, ...)")
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # the current GPU: CUDA graphs capture on its streams
     return name
 
 def init_processes(cfg):
@@ -148,17 +150,18 @@ def cuda_graph(fn, state):
     function that replays it and returns fn's outputs, overwritten by the next replay. The decode step
     (sample.py) and the SFT step (train.py) use it: hundreds of small kernels launched as one.
     `state`: the tensors fn changes in place, put back after the warm-up run, so that the first replay
-    makes the step the warm-up made. Under autocast the casts of the weights are captured too (cache
-    off): a graph kept for later calls must read the weights as they are then, not a stale copy."""
-    saved = [t.clone() for t in state]
+    makes the step the warm-up made. Under autocast the casts of the weights are captured too (no cast
+    cached before the capture is reused): a kept graph must read the weights as they are then."""
+    saved = [t.detach().clone() for t in state]
     amp = torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"), enabled=torch.is_autocast_enabled("cuda"),
                          cache_enabled=False)
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream), amp:  # warm up (cuBLAS handles, the allocator) off the capture
         fn()
-        for t, s in zip(state, saved):
-            t.copy_(s)
+        with torch.no_grad():  # (the state may be parameters)
+            for t, s in zip(state, saved):
+                t.copy_(s)
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph), amp:  # records the kernels without running them
