@@ -3,8 +3,8 @@ What the commands here share, and the run-file helpers train.py's bookkeeping ca
 method's files: the --key=value parser and its number checks, the tokenizers, the device, the
 torchrun processes and CUDA graphs, and a run's files (an out_dir never overwritten by accident, room
 for the completions checked before SFT, the metrics log, checkpoints saved atomically and loaded
-without running code) with the model a run starts from. It
-sits below the method's files, so that nothing imports the trainer to parse a flag or read a checkpoint.
+without running code) with the model a run starts from. It sits below the method's files, so that
+nothing imports the trainer to parse a flag or read a checkpoint.
 
     python -m pytest -q tests/test_common.py
 """

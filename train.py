@@ -47,7 +47,7 @@ class TrainConfig:
     threads: int = 0                # CPU threads for torch (0 = torch's default)
     # speed-ups (the same method; equal results up to rounding)
     compile: bool = False           # torch.compile the training forward pass
-    cuda_graphs: bool = True        # on CUDA, every decode step and SFT step is one CUDA graph replay (SFT: not DDP)
+    cuda_graphs: bool = True        # on CUDA: decode and SFT steps as CUDA graph replays (SFT: not with DDP, compile)
     fused_update: bool = False      # plain REINFORCE only: gradient made in the forward pass (no entropy logged)
     # task (rewards.py)
     task: str = "pairs"             # pairs | arithmetic | gsm8k
@@ -203,7 +203,7 @@ def sft_graph(run, capture=True):
     ~300 kernel launches from Python that take longer than the GPU's work. Each batch is right-padded (no
     logit or loss changes) into fixed tensors as long as the longest batch so far, rounded up to 32 (a
     longer one makes new ones and a new graph); the learning rate is a tensor the graph reads. The first
-    step runs eagerly (AdamW makes its state). capture=False: eagerly always (CPU tests). -> step(...)"""
+    step runs eagerly (AdamW makes its state); capture=False: every step (tests). -> fn(idx, targets, lr)"""
     B, longest, device, optimizer = run.cfg.sft_batch_size, run.model.config.block_size - 1, run.device, run.optimizer
     lr, fixed, graph = torch.zeros((), device=device), [torch.zeros(B, 0)] * 2, []
 
