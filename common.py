@@ -206,10 +206,21 @@ def start_metrics_log(out_dir, start):
     path, summary = os.path.join(out_dir, "metrics.jsonl"), os.path.join(out_dir, "summary.json")
     if os.path.exists(summary):
         os.remove(summary)
-    records = [json.loads(line) for line in open(path)] if start and os.path.exists(path) else []
+    records = read_log(path) if start and os.path.exists(path) else []
     with open(path, "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in records
                      if r["step"] < start or (r["step"] == start and r["phase"] == "eval"))
+
+def read_log(path):
+    """metrics.jsonl -> its records; a damaged line (a crash mid-write) is one error naming file and line."""
+    records = []
+    with open(path) as f:
+        for lineno, line in enumerate(f, start=1):
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                raise ValueError(f"{path}:{lineno} is not a JSON record") from None
+    return records
 
 def append_record(path, record):
     with open(path, "a") as f:

@@ -12,7 +12,7 @@ import os
 import sys
 from dataclasses import dataclass
 
-from common import parse_config
+from common import parse_config, read_log
 
 # (label, key in an eval record); rows whose key a task does not report are left out
 SUMMARY_ROWS = [("greedy accuracy", "accuracy"), ("pass@k", "pass@k"), ("sampled accuracy", "sample_accuracy")] + [
@@ -26,17 +26,6 @@ def print_report(summary, log_path, png_path):
     records = read_log(log_path)
     print_summary(summary, records)
     plot_curves(records, png_path)
-
-def read_log(path):
-    """metrics.jsonl -> its records; a damaged line (a crash mid-write) is one error naming file and line."""
-    records = []
-    with open(path) as f:
-        for lineno, line in enumerate(f, start=1):
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                raise ValueError(f"{path}:{lineno} is not a JSON record") from None
-    return records
 
 def print_summary(summary, records):
     """The before/after table, then the held-out curve: how accuracy, length and the search moved

@@ -140,6 +140,15 @@ def test_a_problem_drawn_twice_in_one_step_gets_the_mean_of_both_groups():
     assert run.success.tolist() == [0.25, 0.5, 0.25, 0.5, 0.25]  # 3: (1 + 0) / 2; 1: its one group
 
 
+def test_resuming_over_a_damaged_log_line_is_one_error_naming_the_file_and_line(tmp_path):
+    out = run(tmp_path)
+    with open(os.path.join(out, "metrics.jsonl"), "a") as f:
+        f.write('{"step": 7, "pha\n')  # what a crash in the middle of a write could leave
+    lines = sum(1 for _ in open(os.path.join(out, "metrics.jsonl")))
+    with pytest.raises(ValueError, match=f"metrics.jsonl:{lines} is not a JSON record"):
+        train.main([f"--out_dir={out}", "--init_from=resume", "--rl_steps=4"])
+
+
 def test_a_new_start_removes_the_old_summary(tmp_path):
     out = run(tmp_path)
     common.start_metrics_log(out, 7)  # what a resumed run does first (an --overwrite=true run too, at 0)
