@@ -39,10 +39,10 @@ import rewards
 from common import (autocast_context, build_model, check_numbers, decode, encode, get_tokenizer, load_checkpoint,
                     load_model, parse_config, pick_device)
 from model import GPT
-from reinforce import default_chunk_size, shape_rewards, token_logprobs, weighted_logprob_sum
+from reinforce import default_chunk_size, sft_weights, shape_rewards, token_logprobs, weighted_logprob_sum
 from sample import generate
-from train import (TrainConfig, check_config, fast_path, make_task, pad_batch, policy_update, sft_batch, sft_graph,
-                   sft_step, step_rng)
+from train import (TrainConfig, check_config, fast_path, make_task, pad_batch, policy_update, sft_batch, step_function,
+                   step_rng, train_graph, train_step)
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 HAS_LINEAR_CROSS_ENTROPY = hasattr(F, "linear_cross_entropy")  # torch >= 2.13
@@ -439,13 +439,16 @@ def bench_rl(argv):
         t2 = time.perf_counter()
         idx, targets, mask = pad_batch(prompts, completions)
         group_ids = torch.arange(P).repeat_interleave(G)  # (B,)
-        policy_update(train_model, optimizer, idx.to(device), targets.to(device), mask.to(device),
-                      shape_rewards(correct, cfg.wrong_reward).to(device), group_ids.to(device), cfg, ctx)
+        policy_update(run, idx.to(device), targets.to(device), mask.to(device),
+                      shape_rewards(correct, cfg.wrong_reward).to(device), group_ids.to(device), fused_step)
         t3 = time.perf_counter()  # policy_update reads the loss with .item(): the device is done
         return [t1 - t0, t2 - t1, t3 - t2], sum(len(comp) for comp in completions)
 
     train_model = torch.compile(model) if cfg.compile else model  # as train.py: the update's forward only
-    rl_step()  # warm-up
+    run = SimpleNamespace(cfg=cfg, ctx=ctx, device=device, model=model, train_model=train_model, optimizer=optimizer,
+                          ref_model=None, ddp=False)
+    fused_step = step_function(run) if cfg.fused_update else None  # as train.py: on CUDA a graph replay
+    rl_step(), rl_step()  # warm-up (a graphed fused update captures in its second step)
     results = [rl_step() for _ in range(bench.steps)]
     results = [(times + [sum(times)], n) for times, n in results]  # the whole step as a 4th phase
     phases = ["sampling (`sample.generate`, KV cache)", "scoring (decode + `task.reward`)",
@@ -459,7 +462,8 @@ def bench_rl(argv):
     print_table(f"**rl**: {machine(device)}. Task {cfg.task}, {weights} "
                 f"(n_layer={c.n_layer} n_head={c.n_head} n_embd={c.n_embd} vocab_size={c.vocab_size}), "
                 f"B={P}x{G}={P * G} completions of {length:.1f} tokens on average (max_new_tokens="
-                f"{cfg.max_new_tokens}), {dtype}{', compiled update' if cfg.compile else ''}; "
+                f"{cfg.max_new_tokens}), {dtype}{', compiled update' if cfg.compile else ''}"
+                f"{', fused update' if cfg.fused_update else ''}; "
                 f"median of {bench.steps} steps after a warm-up.",
                 ["phase", "ms/step", "share", "completion tokens/s"], rows)
     print(f"\ndominant: {phases[seconds.index(max(seconds[:3]))].split(' (')[0]}")
@@ -495,11 +499,11 @@ def bench_sft(argv):
         optimizer = model.configure_optimizer(cfg.sft_lr, cfg.weight_decay, device_type=device_type)
         net = torch.compile(model) if variant == "compiled" else model
         run = SimpleNamespace(cfg=cfg, ctx=ctx, device=device, model=model, train_model=net, optimizer=optimizer)
-        update = sft_graph(run) if variant == "graph" else partial(sft_step, run)  # as train.py's main picks
+        update = train_graph(run) if variant == "graph" else partial(train_step, run)  # as train.py's main picks
 
         def one_step(step):  # the body of train.py's SFT loop, without its logging
             idx, targets, _ = sft_batch(task, tokenizer, step_rng(cfg, step, 0, "sft"), cfg, model.config.block_size)
-            return update(idx, targets, cfg.sft_lr)
+            return update(idx, targets, sft_weights(targets), cfg.sft_lr)
 
         # batches differ in length: a compiled model compiles for the first length, then once more
         # for lengths in general (dynamic shapes), so the warm-up needs at least two lengths

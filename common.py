@@ -199,6 +199,16 @@ def check_completion_room(task, tokenizer, problems, cfg, block_size):
         if need > block_size:
             raise ValueError(f"the task's longest cold-start trace needs --block_size >= {need} (it is {block_size})")
 
+def check_prompts(prompts, max_new_tokens, block_size):
+    """sample.generate's prompts -> the longest one's length; a clear error for none, an empty one, or no room."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("generate needs a non-empty list of non-empty prompts")
+    longest = max(len(p) for p in prompts)
+    if longest + max_new_tokens > block_size:
+        raise ValueError(f"prompt of {longest} tokens + max_new_tokens={max_new_tokens} = "
+                         f"{longest + max_new_tokens} exceeds the model's block_size={block_size}")
+    return longest
+
 def start_metrics_log(out_dir, start):
     """out_dir/metrics.jsonl (one JSON record per line) for a run that starts at step `start`: empty for a
     fresh run; a resumed one keeps what came before its restart point, and the eval made there. An old

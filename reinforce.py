@@ -157,10 +157,11 @@ def reinforce_loss(logprobs, old_logprobs, rewards, group_ids, completion_mask, 
         "normaliser": float(norm),  # what the loss was divided by (train.py rescales it under DDP)
     }
 
-def sft_loss(hidden, weight, targets, chunk_size=None):
-    """Cold-start supervised loss: mean of −log π(target) over targets != -1 (cross-entropy)."""
-    logprobs = token_logprobs(hidden, weight, targets, chunk_size)
-    return -logprobs.sum() / (targets >= 0).sum().clamp(min=1)  # no valid target -> 0, not NaN
+def sft_weights(targets, dtype=torch.float32):
+    """The cold start's cross-entropy, −mean log π(target) over targets != -1, as weights on the log-probs
+    (weighted_logprob_sum): −1/count on every target, 0 on ignored ones (and everywhere if none counts)."""
+    valid = (targets >= 0).to(dtype)  # (B, T)
+    return -valid / valid.sum().clamp(min=1)
 
 # -----------------------------------------------------------------------------
 # paper variants, all off by default: Kimi k1.5 (mirror descent, length reward), DAPO (token-mean,
@@ -304,14 +305,15 @@ def token_logprobs(hidden, weight, targets, chunk_size=None, return_entropy=Fals
     return (logprobs.view(shape), entropy.view(shape)) if return_entropy else logprobs.view(shape)
 
 # -----------------------------------------------------------------------------
-# speed-up 2: the head's gradient made in the forward pass (plain on-policy REINFORCE only)
+# speed-up 2: the head's gradient made in the forward pass (the SFT loss, plain on-policy REINFORCE)
 
 class WeightedLogprobSum(torch.autograd.Function):
     """Σ_n c_n · log p(y_n) for coefficients c known BEFORE the sum is taken, with the gradient
     computed during the forward pass. REINFORCE is such a sum: its loss is −Σ_t w_t log π(y_t), w_t ∝ A,
-    and A is fixed once the rewards are in. So dL/dz = c·(onehot − softmax) is known chunk by chunk
-    while the logits are there, and backward has nothing left to recompute: 3 head matmuls (logits,
-    dh, dW) instead of token_logprobs' 4. Saved: dh (N, C) and dW (V, C), the gradients' own size."""
+    and A is fixed once the rewards are in; so is the cold start's cross-entropy (every c = −1/count).
+    So dL/dz = c·(onehot − softmax) is known chunk by chunk while the logits are there, and backward
+    has nothing left to recompute: 3 head matmuls (logits, dh, dW) instead of token_logprobs' 4.
+    Saved: dh (N, C) and dW (V, C), the gradients' own size."""
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, coef, chunk_size):
@@ -349,16 +351,13 @@ def weighted_logprob_sum(hidden, weight, targets, coef, chunk_size=None):
                                     coef.reshape(-1).detach(),
                                     chunk_size or default_chunk_size(weight.shape[0], device_type=hidden.device.type))
 
-def fused_reinforce_loss(hidden, weight, targets, rewards, group_ids, mask, **options):
-    """reinforce_loss on the completions of hidden (B, T, C) under the head weight (V, C), with the
-    head's gradient made in the forward pass. -> (loss, metrics), as reinforce_loss (no entropy).
-    Plain on-policy REINFORCE is linear in the log-probs: loss = Σ_t w_t log π(y_t), with
+def reinforce_weights(rewards, group_ids, mask, **options):
+    """rewards, group_ids (B,), mask (B, T) -> (w (B, T), metrics): reinforce_loss as weights on the log-probs
+    (weighted_logprob_sum). Plain on-policy REINFORCE is linear in them: loss = Σ_t w_t log π(y_t), with
         w_t = ∂loss/∂log π(y_t) = −A/norm on trained tokens (seq-mean: −A/(len·norm); 0 elsewhere),
-    the same at every value of the log-probs. So the weights come from the loss itself at a zero
-    "probe", before any head matmul, and weighted_logprob_sum takes them. Only for options that
-    keep the loss linear (no clip_eps, kl_coef or mirror: train.check_config refuses them)."""
-    with torch.autocast(hidden.device.type, enabled=False):  # the weights in float32, as without autocast
+    the same at every value of the log-probs, so the weights are the loss's gradient at a zero "probe". Only
+    for options that keep the loss linear (no clip_eps, kl_coef or mirror: train.check_config refuses them)."""
+    with torch.autocast(mask.device.type, enabled=False):  # the weights in float32, as without autocast
         probe = torch.zeros(mask.shape, device=mask.device, requires_grad=True)  # (B, T)
         loss, metrics = reinforce_loss(probe, probe.detach(), rewards, group_ids, mask, **options)
-        weights = torch.autograd.grad(loss, probe)[0]  # (B, T) w_t
-    return weighted_logprob_sum(hidden, weight, targets, weights)[0], metrics
+        return torch.autograd.grad(loss, probe)[0], metrics  # (B, T) w_t

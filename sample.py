@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from common import check_numbers, cuda_graph, decode, encode, load_model, parse_config, pick_device
+from common import check_numbers, check_prompts, cuda_graph, decode, encode, load_model, parse_config, pick_device
 from model import KVCache
 
 # -----------------------------------------------------------------------------
@@ -55,16 +55,6 @@ def decode_step(model, cache, token, pos):
     pos.add_(1)
     cache.slot.add_(1)
     return logits
-
-def check_prompts(prompts, max_new_tokens, block_size):
-    """-> the longest prompt's length; a clear error for no prompts, an empty one, or no room."""
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("generate needs a non-empty list of non-empty prompts")
-    longest = max(len(p) for p in prompts)
-    if longest + max_new_tokens > block_size:
-        raise ValueError(f"prompt of {longest} tokens + max_new_tokens={max_new_tokens} = "
-                         f"{longest + max_new_tokens} exceeds the model's block_size={block_size}")
-    return longest
 
 def cache_dtype(model):
     """The dtype the keys and values come out in: autocast's (bf16) when it is on, else the weights'."""

@@ -19,6 +19,7 @@ import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 import torch
 import torch.distributed as dist
@@ -30,8 +31,8 @@ from common import (append_record, autocast_context, build_model, check_completi
                     cuda_graph, decode, encode, get_tokenizer, init_processes, load_checkpoint, parse_config,
                     pick_device, save_checkpoint, start_metrics_log, to_device)
 from model import GPT
-from reinforce import (AGGREGATIONS, BASELINES, LOSS_TYPES, fused_reinforce_loss, length_penalty, reinforce_loss,
-                       sft_loss, shape_rewards, token_logprobs)
+from reinforce import (AGGREGATIONS, BASELINES, LOSS_TYPES, length_penalty, reinforce_loss, reinforce_weights,
+                       sft_weights, shape_rewards, token_logprobs, weighted_logprob_sum)
 from report import print_report
 from rewards import get_task
 from sample import generate, release_decoders
@@ -187,37 +188,41 @@ def sampling_weights(success, floor=0.05):
     return (1 - success).clamp(min=floor)
 
 # -----------------------------------------------------------------------------
-# the cold-start step, and the same step as one CUDA graph
+# one optimizer step on a weighted sum of log-probs (SFT, the fused RL update), and as one CUDA graph
 
-def sft_step(run, idx, targets, lr):
-    """Supervised step on the traces idx, targets (B, T): loss = −mean log π(target) over the completion
-    tokens (reinforce.sft_loss), then backward, clip and AdamW at learning rate lr. -> (loss, skip)."""
+def train_step(run, idx, targets, weights, lr):
+    """An optimizer step at learning rate lr on the loss Σ_t w_t log π(y_t) of the tokens idx, targets, weights
+    (B, T): the cold start's cross-entropy (reinforce.sft_weights) or the REINFORCE loss (--fused_update:
+    reinforce.reinforce_weights), the head's gradient made in the forward pass. -> (loss, skip)"""
     set_lr(run.optimizer, lr)
     with run.ctx:
         hidden = run.train_model(to_device(idx, run.device), return_hidden=True)  # (B, T, C)
-        loss = sft_loss(hidden, run.model.lm_head.weight, to_device(targets, run.device))
+        targets, weights = to_device(targets, run.device), to_device(weights, run.device)
+        loss = weighted_logprob_sum(hidden, run.model.lm_head.weight, targets, weights)[0]
     return loss, optimizer_step(run.train_model, run.optimizer, loss, run.cfg)
 
-def sft_graph(run, capture=True):
-    """sft_step at static shapes, replayed as one CUDA graph (common.cuda_graph): a small model's step is
+def train_graph(run, capture=True):
+    """train_step at static shapes, replayed as one CUDA graph (common.cuda_graph): a small model's step is
     ~300 kernel launches from Python that take longer than the GPU's work. Each batch is right-padded (no
     logit or loss changes) into fixed tensors as long as the longest batch so far, rounded up to 32 (a
     longer one makes new ones and a new graph); the learning rate is a tensor the graph reads. The first
-    step runs eagerly (AdamW makes its state); capture=False: every step (tests). -> fn(idx, targets, lr)"""
-    B, longest, device, optimizer = run.cfg.sft_batch_size, run.model.config.block_size - 1, run.device, run.optimizer
-    lr, fixed, graph = torch.zeros((), device=device), [torch.zeros(B, 0)] * 2, []
+    step runs eagerly (AdamW makes its state); capture=False: every step (tests). -> fn(idx, targets, weights, lr)"""
+    longest, device, optimizer = run.model.config.block_size - 1, run.device, run.optimizer
+    lr, fixed, graph, pads = torch.zeros((), device=device), [], [], (0, -1, 0.0)  # inputs, targets, weights
 
     def static_step():  # AdamW refuses a capture unless `capturable`, and warns when that runs uncaptured
         for group in optimizer.param_groups:
             group["capturable"] = torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
-        return sft_step(run, *fixed, lr)
+        return train_step(run, *fixed, lr)
 
-    def step(batch_idx, batch_targets, lr_value):
-        if batch_idx.size(1) > fixed[0].size(1):  # (B, T) inputs, -1 = ignored targets
-            T = min(-(-batch_idx.size(1) // 32) * 32, longest)
-            fixed[:], graph[:] = [torch.full((B, T), pad, device=device) for pad in (0, -1)], []
-        for inputs, batch, pad in zip(fixed, (batch_idx, batch_targets), (0, -1)):
-            inputs.copy_(to_device(F.pad(batch, (0, inputs.size(1) - batch.size(1)), value=pad), device))
+    def step(idx, targets, weights, lr_value):
+        batch = idx, targets, weights  # (B, T) each
+        if not fixed or idx.size(1) > fixed[0].size(1):
+            T = min(-(-idx.size(1) // 32) * 32, longest)
+            fixed[:], graph[:] = [torch.full((len(t), T), pad, dtype=t.dtype, device=device)
+                                  for t, pad in zip(batch, pads)], []
+        for inputs, t, pad in zip(fixed, batch, pads):
+            inputs.copy_(to_device(F.pad(t, (0, inputs.size(1) - t.size(1)), value=pad), device))
         lr.fill_(lr_value)
         if capture and optimizer.state and not graph:  # its warm-up run's step is undone: the replay makes it
             graph.append(cuda_graph(static_step, [*run.model.parameters(),
@@ -227,6 +232,11 @@ def sft_graph(run, capture=True):
             group.update(lr=lr_value, capturable=False)
         return loss.clone(), skip.clone()  # (the next replay overwrites the graph's own)
     return step
+
+def step_function(run):
+    """train_step as the run takes it: on CUDA with --cuda_graphs, not under DDP or --compile, one graph replay."""
+    graphed = run.cfg.cuda_graphs and "cuda" in run.device and not (run.cfg.compile or run.ddp)
+    return train_graph(run) if graphed else partial(train_step, run)
 
 # -----------------------------------------------------------------------------
 # the RL update
@@ -238,13 +248,12 @@ def completion_logprobs(net, head, idx, targets, ctx, **kw):
         hidden = net(idx, return_hidden=True)  # (B, T, C)
         return token_logprobs(hidden, head.lm_head.weight, targets, **kw)  # (B, T)
 
-def policy_update(model, optimizer, idx, targets, mask, rewards, group_ids, cfg, ctx, ref_model=None):
-    """idx, targets, mask (B, T) from pad_batch, rewards, group_ids (B,) -> cfg.updates_per_batch optimizer
-    steps of the REINFORCE loss. Returns (metrics, number of steps skipped: a gradient not finite)."""
-    raw = model.module if isinstance(model, DDP) else model
+def policy_update(run, idx, targets, mask, rewards, group_ids, fused_step=None):
+    """idx, targets, mask (B, T) from pad_batch, rewards, group_ids (B,) -> cfg.updates_per_batch optimizer steps
+    of the REINFORCE loss -> (metrics, steps skipped: a gradient not finite). fused_step: --fused_update's step."""
+    cfg, model, raw, ctx, ref_model = run.cfg, run.train_model, run.model, run.ctx, run.ref_model
     with torch.no_grad():
-        # log pi_old (B, T): for several updates on one batch, and for mirror's log-ratio
-        old = (completion_logprobs(raw, raw, idx, targets, ctx)
+        old = (completion_logprobs(raw, raw, idx, targets, ctx)  # log π_old (B, T): for several updates, mirror
                if cfg.updates_per_batch > 1 or cfg.loss_type == "mirror" else None)
         ref = completion_logprobs(ref_model, ref_model, idx, targets, ctx) if ref_model is not None else None
     options = dict(baseline=cfg.baseline, std_normalize=cfg.std_normalize, aggregation=cfg.aggregation,
@@ -252,24 +261,28 @@ def policy_update(model, optimizer, idx, targets, mask, rewards, group_ids, cfg,
                    kl_coef=cfg.kl_coef, ref_logprobs=ref, drop_zero_signal=cfg.drop_zero_signal)
     skipped = 0
     for _ in range(cfg.updates_per_batch):
-        if cfg.fused_update:  # the same loss, the head's gradient made in the forward pass (3 head matmuls, not 4)
-            with ctx:
-                hidden = model(idx, return_hidden=True)  # (B, T, C)
-                loss, metrics = fused_reinforce_loss(hidden, raw.lm_head.weight, targets, rewards, group_ids,
-                                                     mask, **options)
+        if cfg.fused_update:  # the same loss as Σ_t w_t log π(y_t), the head's gradient made in the forward pass
+            weights, metrics = reinforce_weights(rewards, group_ids, mask, **options)  # (B, T)
+            step, lr = fused_step or partial(train_step, run), run.optimizer.param_groups[0]["lr"]
+            loss, skip = step(idx, targets, weights * ddp_scale(model, metrics), lr)
         else:
             logprobs, entropy = completion_logprobs(model, raw, idx, targets, ctx, return_entropy=True)  # (B, T)
             loss, metrics = reinforce_loss(logprobs, logprobs.detach() if old is None else old, rewards,
                                            group_ids, mask, **options)
             metrics["entropy"] = (entropy.sum() / mask.sum()).item()
-        if isinstance(model, DDP):
-            # each rank divided by its own normaliser and DDP averages: rescale to Σ over all ranks / Σ normalisers
-            total = torch.tensor(metrics["normaliser"], device=loss.device)
-            dist.all_reduce(total)
-            loss = loss * (metrics["normaliser"] * dist.get_world_size() / total.item())
-        skipped += optimizer_step(model, optimizer, loss, cfg)
+            loss = loss * ddp_scale(model, metrics)
+            skip = optimizer_step(model, run.optimizer, loss, cfg)
+        skipped += skip
     metrics["loss"] = loss.item()
     return metrics, int(skipped)
+
+def ddp_scale(model, metrics):
+    """Each DDP rank divides by its own normaliser and DDP averages: × this = Σ over ranks / Σ normalisers."""
+    if not isinstance(model, DDP):
+        return 1.0
+    total = torch.tensor(metrics["normaliser"], device=next(model.parameters()).device)
+    dist.all_reduce(total)
+    return metrics["normaliser"] * dist.get_world_size() / total.item()
 
 def optimizer_step(model, optimizer, loss, cfg):
     """backward, clip, step -> 1 (a 0-dim float tensor) if the step was skipped because the gradient
@@ -352,7 +365,6 @@ def evaluate(model, task, tokenizer, problems, cfg, ctx):
         **{f"sample_{key}": v for key, v in search_stats(task, sampled_text, sampled_problems).items()},
         "step_by_step": sum(map(task.is_step_by_step, greedy_text)) / len(problems),
         "sample_step_by_step": sum(map(task.is_step_by_step, sampled_text)) / len(sampled_text),
-        "example": problems[0].prompt + greedy_text[0],
         "examples": [[p.prompt + text, r] for p, text, r in list(zip(problems, greedy_text, correct))[:20]],
         "eval_time": time.time() - t0,  # seconds: sampling (the most of it) and scoring
     }
@@ -366,12 +378,11 @@ def main(argv):
     cfg, model, task, tokenizer, ctx = run.cfg, run.model, run.task, run.tokenizer, run.ctx
 
     # ---- phase 1: cold start, supervised fine-tuning on the task's worked traces -------------
-    graphed = cfg.cuda_graphs and "cuda" in run.device and not (cfg.compile or run.ddp)  # see sft_graph
-    sft_update = sft_graph(run) if graphed else lambda idx, targets, lr: sft_step(run, idx, targets, lr)
+    sft_update = step_function(run)  # a CUDA graph replay on CUDA (train_graph), else eager train_step
     for step in progress_bar(run, "sft"):
         t0, lr = time.time(), learning_rate(cfg, step)
         idx, targets, _ = sft_batch(task, tokenizer, step_rng(cfg, step, run.rank, "sft"), cfg, model.config.block_size)
-        loss, skip = sft_update(idx, targets, lr)  # −mean log π(target), backward, clip, AdamW
+        loss, skip = sft_update(idx, targets, sft_weights(targets), lr)  # −mean log π(target), backward, clip, AdamW
         log_sft_step(run, step, lr, loss, skip)
         run.state["sft_time"] += time.time() - t0
         if step + 1 == cfg.sft_steps:
@@ -379,7 +390,7 @@ def main(argv):
         if end_of_step(run, step + 1):  # a checkpoint when due; after Ctrl-C, save and stop
             return None
 
-    sft_update = None  # (frees the SFT graph and its memory)
+    sft_update, rl_update = None, step_function(run) if cfg.fused_update else None  # (frees the SFT graph)
 
     # ---- phase 2: RL with exact rewards ------------------------------------------------------
     start_rl(run)  # the "after SFT" eval if there was no SFT; the KL reference policy
@@ -402,7 +413,7 @@ def main(argv):
         idx, targets, mask = pad_batch(prompts, completions)  # (B, T) each
         t_update = time.time()
         batch = [to_device(t, run.device) for t in (idx, targets, mask, rewards, group_ids)]
-        metrics, skipped = policy_update(run.train_model, run.optimizer, *batch, cfg, ctx, run.ref_model)
+        metrics, skipped = policy_update(run, *batch, rl_update)
         t_update = time.time() - t_update
         run.state["rl_time"] += time.time() - t0
         log_rl_step(run, step, lr, problems, texts, correct, len_reward, metrics, skipped, t_sample, t_update)

@@ -11,7 +11,7 @@ if not torch.cuda.is_available():
     sys.exit("docs/sft_breakdown.py profiles CUDA kernels: it needs a CUDA GPU")
 from torch.profiler import profile, ProfilerActivity
 from common import autocast_context, build_model, get_tokenizer, to_device
-from reinforce import sft_loss
+from reinforce import sft_weights, weighted_logprob_sum
 from train import TrainConfig, make_task, optimizer_step, sft_batch, step_rng
 cfg = TrainConfig()
 model, tk = build_model(cfg, "cuda"); tok = get_tokenizer(tk); task = make_task(cfg)
@@ -23,7 +23,8 @@ def step(s, parts=None):
     t1 = time.perf_counter()
     with ctx:
         hidden = model(to_device(idx, "cuda"), return_hidden=True)
-        loss = sft_loss(hidden, model.lm_head.weight, to_device(targets, "cuda"))
+        targets = to_device(targets, "cuda")
+        loss = weighted_logprob_sum(hidden, model.lm_head.weight, targets, sft_weights(targets))[0]
     t2 = time.perf_counter()
     optimizer_step(model, opt, loss, cfg)
     t3 = time.perf_counter()

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from reinforce import (compute_advantages, length_penalty, reinforce_loss, sft_loss,  # noqa: E402
-                       shape_rewards, token_logprobs)
+from reinforce import (compute_advantages, length_penalty, reinforce_loss, sft_weights,  # noqa: E402
+                       shape_rewards, token_logprobs, weighted_logprob_sum)
 
 f64 = torch.float64
 
@@ -145,9 +145,25 @@ def test_token_logprobs_bf16_inputs_give_float32_logprobs_and_bf16_grads():
     lp.sum().backward()
     assert lp.dtype == torch.float32 and h.grad.dtype == torch.bfloat16 and W.grad.dtype == torch.bfloat16
 
-def test_sft_loss_equals_cross_entropy():
+def sft_loss(h, W, t, **kw):  # the cold start's loss as train.train_step takes it
+    return weighted_logprob_sum(h, W, t, sft_weights(t, h.dtype), **kw)[0]
+
+def test_sft_weights_give_the_cross_entropy_in_value_and_gradients():
+    h, W, t = random_problem()  # float64
+    h.requires_grad_(), W.requires_grad_()
+    loss = sft_loss(h, W, t, chunk_size=8)
+    grads = torch.autograd.grad(2.0 * loss, (h, W))  # an upstream gradient other than 1
+    expected = F.cross_entropy(h @ W.T, t, ignore_index=-1)
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
+    for got, want in zip(grads, torch.autograd.grad(2.0 * expected, (h, W))):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+def test_sft_weights_without_any_target_give_zero_not_nan():
     h, W, t = random_problem()
-    torch.testing.assert_close(sft_loss(h, W, t, chunk_size=8), F.cross_entropy(h @ W.T, t, ignore_index=-1))
+    h.requires_grad_()
+    loss = sft_loss(h, W, torch.full_like(t, -1))
+    loss.backward()
+    assert loss.item() == 0 and h.grad.abs().max() == 0
 
 # -----------------------------------------------------------------------------
 # rewards and advantages, by hand

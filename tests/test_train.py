@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from contextlib import nullcontext
+from functools import partial
 from types import SimpleNamespace
 
 import pytest
@@ -125,8 +126,8 @@ def test_non_finite_loss_skips_the_update_and_keeps_the_weights(tmp_path, monkey
 
 
 def test_a_non_finite_sft_loss_is_skipped_and_counted_in_the_sft_records(tmp_path, monkeypatch):
-    real_loss = train.sft_loss
-    monkeypatch.setattr(train, "sft_loss", lambda *a, **k: real_loss(*a, **k) * float("nan"))
+    real_weights = train.sft_weights
+    monkeypatch.setattr(train, "sft_weights", lambda *a, **k: real_weights(*a, **k) * float("nan"))
     out = run(tmp_path, "--rl_steps=0")
     sft = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl")) if '"sft"' in line]
     assert [r["skipped"] for r in sft] == [1, 2, 3, 4]  # a run with no RL records still shows them
@@ -294,7 +295,7 @@ def _ddp_worker(rank, init_file, half_batches, out_path, options):
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     model, optimizer, cfg = _tiny_policy(options)
     ddp_model = torch.nn.parallel.DistributedDataParallel(model)
-    train.policy_update(ddp_model, optimizer, *half_batches[rank], cfg, nullcontext())
+    train.policy_update(_as_run(model, optimizer, cfg, ddp_model), *half_batches[rank])
     if rank == 0:
         torch.save(model.state_dict(), out_path)
     torch.distributed.barrier()  # both ranks are done with every collective
@@ -308,6 +309,12 @@ def _tiny_policy(options):
     model = GPT(GPTConfig(vocab_size=20, block_size=32, n_layer=1, n_head=2, n_embd=16))
     cfg = common.parse_config(train.TrainConfig, options)
     return model, model.configure_optimizer(lr=1e-2), cfg
+
+
+def _as_run(model, optimizer, cfg, train_model=None):
+    """What train.policy_update reads of a run: the model (and what trains it), its optimizer, the config."""
+    return SimpleNamespace(cfg=cfg, model=model, train_model=train_model or model, optimizer=optimizer,
+                           ctx=nullcontext(), device="cpu", ref_model=None)
 
 
 def _random_batch(seed, n_groups, G=4):
@@ -347,7 +354,7 @@ def test_ddp_step_on_two_processes_equals_one_process_on_the_union_of_their_batc
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        train.policy_update(model, optimizer, idx, targets, mask, rewards, group_ids, cfg, nullcontext())
+        train.policy_update(_as_run(model, optimizer, cfg), idx, targets, mask, rewards, group_ids)
     finally:
         torch.set_num_threads(threads)
     ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)
@@ -469,7 +476,7 @@ def test_fused_update_takes_the_same_step_as_the_plain_one(options):
     results = []
     for fused in ("false", "true"):
         model, optimizer, cfg = _tiny_policy(options + [f"--fused_update={fused}"])
-        metrics, _ = train.policy_update(model, optimizer, *batch, cfg, nullcontext())
+        metrics, _ = train.policy_update(_as_run(model, optimizer, cfg), *batch)
         grads = {n: p.grad.clone() for n, p in model.named_parameters()}  # left by the step (clipped)
         results.append((model.state_dict(), grads, metrics["loss"]))
     (plain, plain_grads, plain_loss), (fused, fused_grads, fused_loss) = results
@@ -570,7 +577,7 @@ def sft_steps(tmp_path, name, make_update, extra=(), lengths=(11, 41, 21, 48, 16
     run_ = train.set_up(TINY + ["--sft_batch_size=8", f"--out_dir={tmp_path / name}", *extra])
     update, losses, skips = make_update(run_), [], []
     for step, (idx, targets) in enumerate(varied_sft_batches(lengths)):
-        loss, skip = update(idx, targets, train.learning_rate(run_.cfg, step))
+        loss, skip = update(idx, targets, train.sft_weights(targets), train.learning_rate(run_.cfg, step))
         losses.append(loss.item()), skips.append(skip.item())
     return losses, skips, run_, update
 
@@ -579,8 +586,8 @@ def test_sft_step_at_static_shapes_takes_the_plain_steps(tmp_path):
     # what a CUDA graph of the SFT step needs (batches padded into fixed tensors that grow to a longer batch,
     # the learning rate read from a tensor), run eagerly: the plain step's losses and weights, and checkpoints
     # keep plain numbers
-    plain = sft_steps(tmp_path, "plain", lambda r: lambda idx, targets, lr: train.sft_step(r, idx, targets, lr))
-    static = sft_steps(tmp_path, "static", lambda r: train.sft_graph(r, capture=False))
+    plain = sft_steps(tmp_path, "plain", lambda r: partial(train.train_step, r))
+    static = sft_steps(tmp_path, "static", lambda r: train.train_graph(r, capture=False))
     assert static[0] == pytest.approx(plain[0], rel=1e-5) and static[1] == plain[1] == [0.0] * 6
     for k, v in plain[2].model.state_dict().items():
         torch.testing.assert_close(static[2].model.state_dict()[k], v, rtol=1e-4, atol=1e-6)
@@ -599,14 +606,14 @@ def test_the_varied_batches_pad_their_rows_and_cross_the_rounding():
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])  # bfloat16: autocast, train.py's CUDA default
 def test_sft_step_replayed_as_a_cuda_graph_takes_the_eager_steps(tmp_path, monkeypatch, dtype):
     cuda, lengths, captures = ["--device=cuda", f"--dtype={dtype}"], (11, 21, 41, 48, 16, 30), []
-    eager = sft_steps(tmp_path, "eager", lambda r: train.sft_graph(r, capture=False), cuda, lengths)
+    eager = sft_steps(tmp_path, "eager", lambda r: train.train_graph(r, capture=False), cuda, lengths)
     monkeypatch.setattr(train, "cuda_graph", lambda fn, state: captures.append(1) or common.cuda_graph(fn, state))
-    graph = sft_steps(tmp_path, "graph", train.sft_graph, cuda, lengths)
+    graph = sft_steps(tmp_path, "graph", train.train_graph, cuda, lengths)
     assert len(captures) == 2  # step 0 eagerly (at 32 tokens), then a capture at 32 and one at 47 (48 - 1)
     # the same kernels, but CUDA's attention backward may add in another order: the same steps up to that
     tol = 1e-4 if dtype == "float32" else 2e-2
     assert graph[0] == pytest.approx(eager[0], rel=tol) and graph[1] == eager[1] == [0.0] * 6
-    initial = sft_steps(tmp_path, "initial", train.sft_graph, cuda, lengths=())[2].model.state_dict()
+    initial = sft_steps(tmp_path, "initial", train.train_graph, cuda, lengths=())[2].model.state_dict()
     for k, v in eager[2].model.state_dict().items():
         eager_change, graph_change = v - initial[k], graph[2].model.state_dict()[k] - initial[k]
         assert (graph_change - eager_change).norm() <= tol * eager_change.norm() + 1e-7, k
@@ -620,6 +627,46 @@ def test_sft_step_replayed_as_a_cuda_graph_takes_the_eager_steps(tmp_path, monke
     after = [*model.parameters(), *optimizer.state[model.lm_head.weight].values()]
     for a, b in zip(before, after):
         torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+
+
+def fused_rl_steps(tmp_path, name, make_step, extra=(), lengths=(11, 41, 21, 48, 16, 30)):
+    """Varied batches as --fused_update RL updates (train.policy_update) of the TINY config, each step taken by
+    make_step(run) (None: eager train_step) -> (losses, run)."""
+    run_ = train.set_up(TINY + ["--fused_update=true", f"--out_dir={tmp_path / name}", *extra])
+    step, losses = make_step(run_), []
+    rewards, group_ids = torch.tensor([1., 0, 0, 1, 0, 1, 1, 1]), torch.arange(2).repeat_interleave(4)  # 2 groups
+    for idx, targets in varied_sft_batches(lengths):
+        batch = [common.to_device(t, run_.device) for t in (idx, targets, targets >= 0, rewards, group_ids)]
+        metrics, skipped = train.policy_update(run_, *batch, step)
+        losses.append(metrics["loss"])
+        assert skipped == 0
+    return losses, run_
+
+
+def test_fused_rl_update_at_static_shapes_takes_the_eager_steps(tmp_path):
+    # the RL update's CUDA graph (train.train_graph with the REINFORCE weights as a third fixed tensor), run
+    # eagerly: the eager fused update's losses and weights
+    eager = fused_rl_steps(tmp_path, "eager", lambda r: None)
+    static = fused_rl_steps(tmp_path, "static", lambda r: train.train_graph(r, capture=False))
+    assert static[0] == pytest.approx(eager[0], rel=1e-5, abs=1e-7) and len(set(eager[0])) == 6  # (sums near 0)
+    for k, v in eager[1].model.state_dict().items():
+        torch.testing.assert_close(static[1].model.state_dict()[k], v, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_fused_rl_update_replayed_as_a_cuda_graph_takes_the_eager_steps(tmp_path, monkeypatch, dtype):
+    cuda, lengths, captures = ["--device=cuda", f"--dtype={dtype}"], (11, 21, 41, 48, 16, 30), []
+    eager = fused_rl_steps(tmp_path, "eager", lambda r: train.train_graph(r, capture=False), cuda, lengths)
+    monkeypatch.setattr(train, "cuda_graph", lambda fn, state: captures.append(1) or common.cuda_graph(fn, state))
+    graph = fused_rl_steps(tmp_path, "graph", train.step_function, cuda, lengths)
+    assert len(captures) == 2  # step 0 eagerly, then a capture at 32 tokens and one at 47
+    tol = 1e-4 if dtype == "float32" else 2e-2  # CUDA's attention backward may add in another order
+    assert graph[0] == pytest.approx(eager[0], rel=tol, abs=1e-6)
+    initial = fused_rl_steps(tmp_path, "initial", lambda r: None, cuda, lengths=())[1].model.state_dict()
+    for k, v in eager[1].model.state_dict().items():
+        eager_change, graph_change = v - initial[k], graph[1].model.state_dict()[k] - initial[k]
+        assert (graph_change - eager_change).norm() <= tol * eager_change.norm() + 1e-7, k
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
