@@ -58,8 +58,8 @@ for name, ctx in contexts:
               f"{sorted({len(c) for c in plain})}")
 EOF
 
-# the tests that only CUDA runs (the SFT step replayed as a CUDA graph equals the eager one, also across a
-# re-capture and a resume; a kept decode graph reads the current weights) and the smoke run, on CUDA there
+# the tests that only CUDA runs (the SFT and fused RL steps replayed as a CUDA graph equal the eager ones, also
+# across a re-capture, and SFT across a resume; a kept decode graph reads the current weights) and the smoke run
 run cuda_tests 100 $PY -m pytest -q tests -k "cuda or graph or smoke"
 
 # 2. decoding: every bench.py sample size (fast, plain loop, no-cache loop, Hugging Face)
@@ -73,6 +73,10 @@ RUN=$(mktemp -d)
 run train_default 120 $PY train.py --out_dir="$RUN"
 cp "$RUN/summary.json" "$RUN/metrics.jsonl" "$OUT/" 2>/dev/null
 run rl_trained 60 $PY bench.py rl --ckpt="$RUN/ckpt.pt" --steps=5
+# the same with --fused_update=true: its RL update is one CUDA graph replay too (the default's stays eager)
+run rl_trained_fused 60 $PY bench.py rl --ckpt="$RUN/ckpt.pt" --steps=5 --fused_update=true
+run train_default_fused 120 $PY train.py --out_dir="$RUN-fused" --fused_update=true
+cp "$RUN-fused/summary.json" "$OUT/summary_fused.json" 2>/dev/null
 
 # 4. the training step: SFT steps/s eager vs one CUDA graph per step (train.py's CUDA default) vs
 # torch.compile (capture and compile times in the warm-up column)
