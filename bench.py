@@ -41,8 +41,8 @@ from common import (autocast_context, build_model, check_numbers, decode, encode
 from model import GPT
 from reinforce import default_chunk_size, sft_weights, shape_rewards, token_logprobs, weighted_logprob_sum
 from sample import generate
-from train import (TrainConfig, check_config, fast_path, make_task, pad_batch, policy_update, sft_batch, step_function,
-                   step_rng, train_graph, train_step)
+from train import (TrainConfig, check_config, fast_path, fused, make_task, pad_batch, policy_update, sft_batch,
+                   step_function, step_rng, train_graph, train_step)
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 HAS_LINEAR_CROSS_ENTROPY = hasattr(F, "linear_cross_entropy")  # torch >= 2.13
@@ -447,7 +447,7 @@ def bench_rl(argv):
     train_model = torch.compile(model) if cfg.compile else model  # as train.py: the update's forward only
     run = SimpleNamespace(cfg=cfg, ctx=ctx, device=device, model=model, train_model=train_model, optimizer=optimizer,
                           ref_model=None, ddp=False)
-    fused_step = step_function(run) if cfg.fused_update else None  # as train.py: on CUDA a graph replay
+    fused_step = step_function(run, entropy=True) if fused(cfg) else None  # as train.py: on CUDA a graph replay
     rl_step(), rl_step()  # warm-up (a graphed fused update captures in its second step)
     results = [rl_step() for _ in range(bench.steps)]
     results = [(times + [sum(times)], n) for times, n in results]  # the whole step as a 4th phase
@@ -463,7 +463,7 @@ def bench_rl(argv):
                 f"(n_layer={c.n_layer} n_head={c.n_head} n_embd={c.n_embd} vocab_size={c.vocab_size}), "
                 f"B={P}x{G}={P * G} completions of {length:.1f} tokens on average (max_new_tokens="
                 f"{cfg.max_new_tokens}), {dtype}{', compiled update' if cfg.compile else ''}"
-                f"{', fused update' if cfg.fused_update else ''}; "
+                f"{', fused update' if fused(cfg) else ''}; "
                 f"median of {bench.steps} steps after a warm-up.",
                 ["phase", "ms/step", "share", "completion tokens/s"], rows)
     print(f"\ndominant: {phases[seconds.index(max(seconds[:3]))].split(' (')[0]}")

@@ -135,6 +135,12 @@ def init_processes(cfg):
         torch.cuda.set_device(device)
     return True, dist.get_rank(), device
 
+def all_sum(value, device):
+    """Σ over the DDP ranks of a number or a CPU tensor -> a CPU tensor (on the device: nccl sums only CUDA ones)."""
+    total = torch.as_tensor(value, dtype=torch.float32).to(device)
+    dist.all_reduce(total)
+    return total.cpu()
+
 def autocast_context(dtype, device_type):
     """-> (dtype name, context): bfloat16 autocast on CUDA by default, a no-op in float32."""
     dtype = dtype if dtype != "auto" else ("bfloat16" if device_type == "cuda" else "float32")

@@ -236,6 +236,10 @@ def _logit_chunks(hidden, w, acc, chunk_size):
         h = hidden[s:s + chunk_size].to(w.dtype)  # (n, C)
         yield s, s + h.shape[0], h, (h @ w.T).to(acc)  # (n, V)
 
+def _entropy(z, lse):
+    """H = −Σ_v p_v log p_v = lse − Σ_v p_v z_v of each row of the logits z (n, V), lse (n,) -> (n,)"""
+    return lse - ((z - lse[:, None]).exp() * z).sum(-1)
+
 class TokenLogprobs(torch.autograd.Function):
     """log softmax(hidden @ weight.T)[n, targets[n]], computed chunk_size rows at a time. Only hidden,
     weight, targets and the (N,) logsumexp are saved; backward recomputes each chunk's logits (one
@@ -254,9 +258,8 @@ class TokenLogprobs(torch.autograd.Function):
                 lse[s:e] = torch.logsumexp(z, dim=-1)  # (n,)
                 # log π(y) = z_y − log Σ_v exp(z_v)
                 logprobs[s:e] = z.gather(1, safe[s:e, None]).squeeze(1) - lse[s:e]
-                if return_entropy:  # H = −Σ_v p_v log p_v = lse − Σ_v p_v z_v
-                    p = (z - lse[s:e, None]).exp_()
-                    entropy[s:e] = lse[s:e] - (p * z).sum(-1)
+                if return_entropy:
+                    entropy[s:e] = _entropy(z, lse[s:e])
         logprobs = torch.where(valid, logprobs, 0.0)
         entropy = torch.where(valid, entropy, 0.0) if return_entropy else entropy
         ctx.save_for_backward(hidden, weight, targets, lse)
@@ -316,40 +319,41 @@ class WeightedLogprobSum(torch.autograd.Function):
     Saved: dh (N, C) and dW (V, C), the gradients' own size."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, coef, chunk_size):
+    def forward(ctx, hidden, weight, targets, coef, chunk_size, return_entropy):
         cdt, acc = _dtypes(hidden, weight)
         N = hidden.shape[0]
         c = torch.where(targets >= 0, coef.to(acc), 0.0)  # (N,) ignored rows count 0
         safe = targets.clamp(min=0)
-        logprobs = torch.empty(N, dtype=acc, device=hidden.device)  # (N,)
-        grad_h = torch.empty(hidden.shape, dtype=acc, device=hidden.device)
-        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device)
+        logprobs, entropy = (torch.zeros(N, dtype=acc, device=hidden.device) for _ in range(2))  # (N,) each
+        grad_h, grad_w = (torch.zeros(x.shape, dtype=acc, device=x.device) for x in (hidden, weight))  # dh, dW
         with torch.autocast(hidden.device.type, enabled=False):
             w = weight.to(cdt)  # (V, C)
             for s, e, h, z in _logit_chunks(hidden, w, acc, chunk_size):
                 lse = torch.logsumexp(z, dim=-1)  # (n,)
                 logprobs[s:e] = z.gather(1, safe[s:e, None]).squeeze(1) - lse
+                if return_entropy:  # (before _backprop_chunk overwrites z)
+                    entropy[s:e] = _entropy(z, lse)
                 _backprop_chunk(z, lse, c[s:e], safe[s:e], h, w, grad_h, grad_w, s, e)
-        logprobs = torch.where(targets >= 0, logprobs, 0.0)
+        logprobs, entropy = (torch.where(targets >= 0, x, 0.0) for x in (logprobs, entropy))
         ctx.save_for_backward(grad_h, grad_w)
         ctx.dtypes = hidden.dtype, weight.dtype
-        ctx.mark_non_differentiable(logprobs)
-        return (c * logprobs).sum(), logprobs
+        ctx.mark_non_differentiable(logprobs, entropy)
+        return (c * logprobs).sum(), logprobs, entropy
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_total, grad_logprobs):
+    def backward(ctx, grad_total, grad_logprobs, grad_entropy):
         grad_h, grad_w = ctx.saved_tensors  # d total / d hidden, d total / d weight
         return (grad_h.mul_(grad_total).to(ctx.dtypes[0]), grad_w.mul_(grad_total).to(ctx.dtypes[1]),
-                None, None, None)
+                None, None, None, None)
 
-def weighted_logprob_sum(hidden, weight, targets, coef, chunk_size=None):
+def weighted_logprob_sum(hidden, weight, targets, coef, chunk_size=None, return_entropy=False):
     """hidden (N, C), weight (V, C), targets (N,), coef (N,) no grad -> (Σ_n coef_n · log p(targets_n),
-    logprobs (N,) detached), the gradient made in the forward pass (WeightedLogprobSum). chunk_size: rows
-    per chunk (None: default_chunk_size, from the memory budget)."""
+    logprobs (N,) and, with return_entropy, each row's entropy (N,) (else 0), both detached and 0 where
+    ignored), the gradient made in the forward pass. chunk_size: rows per chunk (None: from the budget)."""
     return WeightedLogprobSum.apply(hidden.reshape(-1, hidden.shape[-1]), weight, targets.reshape(-1),
-                                    coef.reshape(-1).detach(),
-                                    chunk_size or default_chunk_size(weight.shape[0], device_type=hidden.device.type))
+                                    coef.reshape(-1).detach(), chunk_size or default_chunk_size(
+                                        weight.shape[0], device_type=hidden.device.type), return_entropy)
 
 def reinforce_weights(rewards, group_ids, mask, **options):
     """rewards, group_ids (B,), mask (B, T) -> (w (B, T), metrics): reinforce_loss as weights on the log-probs
@@ -357,7 +361,6 @@ def reinforce_weights(rewards, group_ids, mask, **options):
         w_t = ∂loss/∂log π(y_t) = −A/norm on trained tokens (seq-mean: −A/(len·norm); 0 elsewhere),
     the same at every value of the log-probs, so the weights are the loss's gradient at a zero "probe". Only
     for options that keep the loss linear (no clip_eps, kl_coef or mirror: train.check_config refuses them)."""
-    with torch.autocast(mask.device.type, enabled=False):  # the weights in float32, as without autocast
-        probe = torch.zeros(mask.shape, device=mask.device, requires_grad=True)  # (B, T)
-        loss, metrics = reinforce_loss(probe, probe.detach(), rewards, group_ids, mask, **options)
-        return torch.autograd.grad(loss, probe)[0], metrics  # (B, T) w_t
+    probe = torch.zeros(mask.shape, device=mask.device, requires_grad=True)  # (B, T) float32
+    loss, metrics = reinforce_loss(probe, probe.detach(), rewards, group_ids, mask, **options)
+    return torch.autograd.grad(loss, probe)[0], metrics  # (B, T) w_t

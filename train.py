@@ -27,9 +27,9 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from common import (append_record, autocast_context, build_model, check_completion_room, check_numbers, check_out_dir,
-                    cuda_graph, decode, encode, get_tokenizer, init_processes, load_checkpoint, parse_config,
-                    pick_device, save_checkpoint, start_metrics_log, to_device)
+from common import (all_sum, append_record, autocast_context, build_model, check_completion_room, check_numbers,
+                    check_out_dir, cuda_graph, decode, encode, get_tokenizer, init_processes, load_checkpoint,
+                    parse_config, pick_device, save_checkpoint, start_metrics_log, to_device)
 from model import GPT
 from reinforce import (AGGREGATIONS, BASELINES, LOSS_TYPES, length_penalty, reinforce_loss, reinforce_weights,
                        sft_weights, shape_rewards, token_logprobs, weighted_logprob_sum)
@@ -49,7 +49,7 @@ class TrainConfig:
     # speed-ups (the same method; equal results up to rounding)
     compile: bool = False           # torch.compile the training forward pass
     cuda_graphs: bool = True        # on CUDA: decode and SFT steps as CUDA graph replays (SFT: not with DDP, compile)
-    fused_update: bool = False      # plain REINFORCE only: gradient made in the forward pass (no entropy logged)
+    fused_update: bool = True       # RL loss linear in log π (plain REINFORCE): head gradient in the forward pass
     # task (rewards.py)
     task: str = "pairs"             # pairs | arithmetic | gsm8k
     numbers: int = 4                # pairs: how many numbers to search for the two that sum to the target
@@ -118,7 +118,7 @@ def check_config(cfg):
                                     "weight_decay", "grad_clip", "dropout", "kl_coef", "clip_eps", "length_penalty"),
                   at_least_one=("warmup_steps", "updates_per_batch", "prompts_per_step", "samples_per_prompt",
                                 "pass_k", "max_new_tokens", "sft_batch_size", "eval_problems"))
-    rules = [  # (broken, why), then the paper variants' and the fused update's cross-field rules
+    rules = [  # (broken, why), then the paper variants' cross-field rules
         (cfg.dropout >= 1, "--dropout must be < 1 (it is the share of activations zeroed)"),
         (not 0 <= cfg.quit_max <= 1, f"--quit_max must be a probability in [0, 1], got {cfg.quit_max}"),
         (cfg.temperature <= 0, f"--temperature={cfg.temperature}: RL needs a temperature > 0 (below 0 it samples "
@@ -127,9 +127,6 @@ def check_config(cfg):
          "--task=gsm8k needs --data_path=a JSONL file with 'question' and 'answer' per line"),
         (cfg.task == "gsm8k" and not os.path.isfile(cfg.data_path),
          f"--data_path={cfg.data_path} is not a file (missing, or a directory)"),
-        (cfg.fused_update and (cfg.loss_type != "reinforce" or cfg.clip_eps or cfg.kl_coef
-                               or cfg.updates_per_batch > 1), "--fused_update needs the plain on-policy loss: "
-         "loss_type=reinforce, no clip_eps, no kl_coef, updates_per_batch=1"),
         (cfg.loss_type == "mirror" and cfg.tau <= 0, "--loss_type=mirror needs --tau > 0 (the loss divides by it)"),
         (cfg.prioritized and cfg.problem_pool < 1, "--prioritized=true needs --problem_pool >= 1 (its problems)"),
         (cfg.updates_per_batch > 1 and cfg.clip_eps == 0 and cfg.loss_type != "mirror",
@@ -190,30 +187,32 @@ def sampling_weights(success, floor=0.05):
 # -----------------------------------------------------------------------------
 # one optimizer step on a weighted sum of log-probs (SFT, the fused RL update), and as one CUDA graph
 
-def train_step(run, idx, targets, weights, lr):
+def train_step(run, idx, targets, weights, lr, entropy=False):
     """An optimizer step at learning rate lr on the loss Σ_t w_t log π(y_t) of the tokens idx, targets, weights
-    (B, T): the cold start's cross-entropy (reinforce.sft_weights) or the REINFORCE loss (--fused_update:
-    reinforce.reinforce_weights), the head's gradient made in the forward pass. -> (loss, skip)"""
+    (B, T): the cold start's cross-entropy (reinforce.sft_weights) or the REINFORCE loss (reinforce_weights),
+    the head's gradient made in the forward pass. -> (loss, skip, mean entropy of π at the targets: 0 unless asked)"""
     set_lr(run.optimizer, lr)
     with run.ctx:
         hidden = run.train_model(to_device(idx, run.device), return_hidden=True)  # (B, T, C)
         targets, weights = to_device(targets, run.device), to_device(weights, run.device)
-        loss = weighted_logprob_sum(hidden, run.model.lm_head.weight, targets, weights)[0]
-    return loss, optimizer_step(run.train_model, run.optimizer, loss, run.cfg)
+        loss, _, token_entropy = weighted_logprob_sum(hidden, run.model.lm_head.weight, targets, weights,
+                                                      return_entropy=entropy)  # (), (B*T,)
+    skip = optimizer_step(run.train_model, run.optimizer, loss, run.cfg)
+    return loss, skip, token_entropy.sum() / (targets >= 0).sum().clamp(min=1)
 
-def train_graph(run, capture=True):
+def train_graph(run, capture=True, entropy=False):
     """train_step at static shapes, replayed as one CUDA graph (common.cuda_graph): a small model's step is
     ~300 kernel launches from Python that take longer than the GPU's work. Each batch is right-padded (no
-    logit or loss changes) into fixed tensors as long as the longest batch so far, rounded up to 32 (a
-    longer one makes new ones and a new graph); the learning rate is a tensor the graph reads. The first
-    step runs eagerly (AdamW makes its state); capture=False: every step (tests). -> fn(idx, targets, weights, lr)"""
+    logit or loss changes) into fixed tensors as long as the longest batch so far, rounded up to 32 (a longer
+    one makes new ones and a new graph); the learning rate is a tensor the graph reads. The first step runs
+    eagerly (AdamW makes its state); capture=False: every step (tests). -> fn(idx, targets, weights, lr)"""
     longest, device, optimizer = run.model.config.block_size - 1, run.device, run.optimizer
     lr, fixed, graph, pads = torch.zeros((), device=device), [], [], (0, -1, 0.0)  # inputs, targets, weights
 
     def static_step():  # AdamW refuses a capture unless `capturable`, and warns when that runs uncaptured
         for group in optimizer.param_groups:
             group["capturable"] = torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
-        return train_step(run, *fixed, lr)
+        return train_step(run, *fixed, lr, entropy)
 
     def step(idx, targets, weights, lr_value):
         batch = idx, targets, weights  # (B, T) each
@@ -227,16 +226,20 @@ def train_graph(run, capture=True):
         if capture and optimizer.state and not graph:  # its warm-up run's step is undone: the replay makes it
             graph.append(cuda_graph(static_step, [*run.model.parameters(),
                                                   *(t for s in optimizer.state.values() for t in s.values())]))
-        loss, skip = graph[0]() if graph else static_step()
+        outputs = graph[0]() if graph else static_step()
         for group in optimizer.param_groups:  # checkpoints keep plain numbers, not the graph's tensor and flag
             group.update(lr=lr_value, capturable=False)
-        return loss.clone(), skip.clone()  # (the next replay overwrites the graph's own)
+        return [t.clone() for t in outputs]  # loss, skip, entropy (the next replay overwrites the graph's own)
     return step
 
-def step_function(run):
+def step_function(run, entropy=False):
     """train_step as the run takes it: on CUDA with --cuda_graphs, not under DDP or --compile, one graph replay."""
     graphed = run.cfg.cuda_graphs and "cuda" in run.device and not (run.cfg.compile or run.ddp)
-    return train_graph(run) if graphed else partial(train_step, run)
+    return train_graph(run, entropy=entropy) if graphed else partial(train_step, run, entropy=entropy)
+
+def fused(cfg):
+    """--fused_update applies where the RL loss is linear in the log-probs: plain on-policy REINFORCE."""
+    return cfg.fused_update and cfg.loss_type == "reinforce" and not (cfg.clip_eps or cfg.kl_coef)
 
 # -----------------------------------------------------------------------------
 # the RL update
@@ -261,28 +264,26 @@ def policy_update(run, idx, targets, mask, rewards, group_ids, fused_step=None):
                    kl_coef=cfg.kl_coef, ref_logprobs=ref, drop_zero_signal=cfg.drop_zero_signal)
     skipped = 0
     for _ in range(cfg.updates_per_batch):
-        if cfg.fused_update:  # the same loss as Σ_t w_t log π(y_t), the head's gradient made in the forward pass
+        if fused(cfg):  # the same loss as Σ_t w_t log π(y_t), the head's gradient made in the forward pass
             weights, metrics = reinforce_weights(rewards, group_ids, mask, **options)  # (B, T)
-            step, lr = fused_step or partial(train_step, run), run.optimizer.param_groups[0]["lr"]
-            loss, skip = step(idx, targets, weights * ddp_scale(model, metrics), lr)
+            step, lr = fused_step or partial(train_step, run, entropy=True), run.optimizer.param_groups[0]["lr"]
+            loss, skip, entropy = step(idx, targets, weights * ddp_scale(model, metrics), lr)
         else:
             logprobs, entropy = completion_logprobs(model, raw, idx, targets, ctx, return_entropy=True)  # (B, T)
             loss, metrics = reinforce_loss(logprobs, logprobs.detach() if old is None else old, rewards,
                                            group_ids, mask, **options)
-            metrics["entropy"] = (entropy.sum() / mask.sum()).item()
-            loss = loss * ddp_scale(model, metrics)
+            entropy, loss = entropy.sum() / mask.sum(), loss * ddp_scale(model, metrics)
             skip = optimizer_step(model, run.optimizer, loss, cfg)
         skipped += skip
-    metrics["loss"] = loss.item()
+    metrics["loss"], metrics["entropy"] = loss.item(), entropy.item()
     return metrics, int(skipped)
 
 def ddp_scale(model, metrics):
     """Each DDP rank divides by its own normaliser and DDP averages: × this = Σ over ranks / Σ normalisers."""
     if not isinstance(model, DDP):
         return 1.0
-    total = torch.tensor(metrics["normaliser"], device=next(model.parameters()).device)
-    dist.all_reduce(total)
-    return metrics["normaliser"] * dist.get_world_size() / total.item()
+    device = next(model.parameters()).device
+    return metrics["normaliser"] * dist.get_world_size() / all_sum(metrics["normaliser"], device).item()
 
 def optimizer_step(model, optimizer, loss, cfg):
     """backward, clip, step -> 1 (a 0-dim float tensor) if the step was skipped because the gradient
@@ -382,7 +383,7 @@ def main(argv):
     for step in progress_bar(run, "sft"):
         t0, lr = time.time(), learning_rate(cfg, step)
         idx, targets, _ = sft_batch(task, tokenizer, step_rng(cfg, step, run.rank, "sft"), cfg, model.config.block_size)
-        loss, skip = sft_update(idx, targets, sft_weights(targets), lr)  # −mean log π(target), backward, clip, AdamW
+        loss, skip, _ = sft_update(idx, targets, sft_weights(targets), lr)  # −mean log π(target); clip, AdamW
         log_sft_step(run, step, lr, loss, skip)
         run.state["sft_time"] += time.time() - t0
         if step + 1 == cfg.sft_steps:
@@ -390,7 +391,7 @@ def main(argv):
         if end_of_step(run, step + 1):  # a checkpoint when due; after Ctrl-C, save and stop
             return None
 
-    sft_update, rl_update = None, step_function(run) if cfg.fused_update else None  # (frees the SFT graph)
+    sft_update, rl_update = None, step_function(run, entropy=True) if fused(cfg) else None  # (frees the SFT graph)
 
     # ---- phase 2: RL with exact rewards ------------------------------------------------------
     start_rl(run)  # the "after SFT" eval if there was no SFT; the KL reference policy
@@ -587,8 +588,7 @@ def remember_success(run, chosen, correct):
     update = torch.zeros(len(run.pool)).index_put_(index, correct.view(P, G).mean(1), accumulate=True)
     seen = torch.zeros(len(run.pool)).index_put_(index, torch.ones(P), accumulate=True)
     if run.ddp:
-        dist.all_reduce(update)
-        dist.all_reduce(seen)
+        update, seen = all_sum(update, run.device), all_sum(seen, run.device)
     run.success = torch.where(seen > 0, update / seen.clamp(min=1), run.success)
 
 def length_reward(cfg, step, completions, correct, group_ids):
@@ -626,11 +626,8 @@ def checkpoint(run, step):
 
 def end_of_step(run, step):
     """Checkpoint when due or when Ctrl-C was pressed (on any rank); True means stop now."""
-    stop = STOP["requested"]
-    if run.ddp:  # every rank stops at the same step
-        flag = torch.tensor(float(stop), device=run.device)
-        dist.all_reduce(flag)
-        stop = flag.item() > 0
+    stop = STOP["requested"]  # under DDP: if any rank was interrupted, so that all stop at the same step
+    stop = all_sum(float(stop), run.device).item() > 0 if run.ddp else stop
     if run.master and (stop or (run.cfg.ckpt_every and step % run.cfg.ckpt_every == 0)):
         checkpoint(run, step)
         if stop:

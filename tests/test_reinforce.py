@@ -434,7 +434,7 @@ def test_weighted_logprob_sum_equals_naive_value_and_gradients_in_float64(chunk_
     t = torch.randint(0, V, (N,))
     t[[0, 5, 36]] = -1  # ignored rows: no value, no gradient
     coef = torch.randn(N, dtype=torch.float64)
-    total, logprobs = weighted_logprob_sum(h, W, t, coef, chunk_size=chunk_size)
+    total, logprobs, entropy = weighted_logprob_sum(h, W, t, coef, chunk_size=chunk_size, return_entropy=True)
     (3.0 * total).backward()  # an upstream gradient other than 1
     grads = h.grad.clone(), W.grad.clone()
     h.grad = W.grad = None
@@ -444,6 +444,8 @@ def test_weighted_logprob_sum_equals_naive_value_and_gradients_in_float64(chunk_
     (3.0 * naive_total).backward()
     torch.testing.assert_close(total, naive_total, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(logprobs, naive_lp.detach(), rtol=1e-12, atol=1e-12)
+    naive_entropy = torch.distributions.Categorical(logits=h @ W.T).entropy().detach() * valid
+    torch.testing.assert_close(entropy, naive_entropy, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(grads[0], h.grad, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(grads[1], W.grad, rtol=1e-10, atol=1e-12)
     assert grads[0][[0, 5, 36]].abs().max() == 0
@@ -466,7 +468,8 @@ def test_weighted_logprob_sum_with_advantages_gives_the_reinforce_gradient():
     expected = h.grad.clone(), W.grad.clone()
     h.grad = W.grad = None
     coef = -rewards[:, None].double() * mask / mask.sum()  # d loss / d log π(y_t)
-    total, _ = weighted_logprob_sum(h, W, t, coef)
+    total, _, entropy = weighted_logprob_sum(h, W, t, coef)
+    assert entropy.abs().max() == 0  # not asked for
     total.backward()
     torch.testing.assert_close(total, loss)
     torch.testing.assert_close(h.grad, expected[0])
