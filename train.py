@@ -48,13 +48,13 @@ class TrainConfig:
     threads: int = 0                # CPU threads for torch (0 = torch's default)
     # speed-ups (the same method; equal results up to rounding)
     compile: bool = False           # torch.compile the training forward pass
-    cuda_graphs: bool = True        # on CUDA: decode and SFT steps as CUDA graph replays (SFT: not with DDP, compile)
+    cuda_graphs: bool = True        # on CUDA: decode, SFT, fused RL steps as CUDA graphs (training: no DDP/compile)
     fused_update: bool = True       # RL loss linear in log π (plain REINFORCE): head gradient in the forward pass
     # task (rewards.py)
     task: str = "pairs"             # pairs | arithmetic | gsm8k
     numbers: int = 4                # pairs: how many numbers to search for the two that sum to the target
     max_number: int = 9             # pairs: the numbers are drawn from 1..max_number
-    quit_max: float = 0.6           # pairs: the cold start gives up after its k-th wrong attempt w.p. min(quit_max, k/4)
+    quit_max: float = 0.6           # pairs: the cold start quits after its k-th wrong attempt w.p. min(quit_max, k/4)
     digits: int = 4                 # arithmetic: digits of each operand (difficulty)
     data_path: str = ""             # gsm8k: a JSONL file with "question" and "answer" per line
     cold_start: str = ""            # style of the SFT traces (pairs: search | unchecked | direct); "" = task default

@@ -73,10 +73,8 @@ RUN=$(mktemp -d)
 run train_default 120 $PY train.py --out_dir="$RUN"
 cp "$RUN/summary.json" "$RUN/metrics.jsonl" "$OUT/" 2>/dev/null
 run rl_trained 60 $PY bench.py rl --ckpt="$RUN/ckpt.pt" --steps=5
-# the same with --fused_update=true: its RL update is one CUDA graph replay too (the default's stays eager)
-run rl_trained_fused 60 $PY bench.py rl --ckpt="$RUN/ckpt.pt" --steps=5 --fused_update=true
-run train_default_fused 120 $PY train.py --out_dir="$RUN-fused" --fused_update=true
-cp "$RUN-fused/summary.json" "$OUT/summary_fused.json" 2>/dev/null
+# the same with the plain (unfused, eager) RL update, for the before/after of the RL update's CUDA graph
+run rl_trained_plain 60 $PY bench.py rl --ckpt="$RUN/ckpt.pt" --steps=5 --fused_update=false
 
 # 4. the training step: SFT steps/s eager vs one CUDA graph per step (train.py's CUDA default) vs
 # torch.compile (capture and compile times in the warm-up column)
