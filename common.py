@@ -137,7 +137,7 @@ def init_processes(cfg):
 
 def all_sum(value, device):
     """Σ over the DDP ranks of a number or a CPU tensor -> a CPU tensor (on the device: nccl sums only CUDA ones)."""
-    total = torch.as_tensor(value, dtype=torch.float32).to(device)
+    total = torch.as_tensor(value, dtype=torch.float32).to(device, copy=True)  # (the caller's stays as it was)
     dist.all_reduce(total)
     return total.cpu()
 
@@ -154,7 +154,7 @@ def to_device(tensor, device):
 def cuda_graph(fn, state):
     """Capture fn() (which reads and writes only tensors that stay alive) as a CUDA graph; return a
     function that replays it and returns fn's outputs, overwritten by the next replay. The decode step
-    (sample.py) and the SFT step (train.py) use it: hundreds of small kernels launched as one.
+    (sample.py) and the training step (train.py) use it: hundreds of small kernels launched as one.
     `state`: the tensors fn changes in place, put back after the warm-up run, so that the first replay
     makes the step the warm-up made. Under autocast the casts of the weights are captured too (no cast
     cached before the capture is reused): a kept graph must read the weights as they are then."""

@@ -312,7 +312,7 @@ def token_logprobs(hidden, weight, targets, chunk_size=None, return_entropy=Fals
 
 class WeightedLogprobSum(torch.autograd.Function):
     """Σ_n c_n · log p(y_n) for coefficients c known BEFORE the sum is taken, with the gradient
-    computed during the forward pass. REINFORCE is such a sum: its loss is −Σ_t w_t log π(y_t), w_t ∝ A,
+    computed during the forward pass. REINFORCE is such a sum: its loss is Σ_t c_t log π(y_t), c_t = −A/norm,
     and A is fixed once the rewards are in; so is the cold start's cross-entropy (every c = −1/count).
     So dL/dz = c·(onehot − softmax) is known chunk by chunk while the logits are there, and backward
     has nothing left to recompute: 3 head matmuls (logits, dh, dW) instead of token_logprobs' 4.
@@ -360,7 +360,9 @@ def reinforce_weights(rewards, group_ids, mask, **options):
     (weighted_logprob_sum). Plain on-policy REINFORCE is linear in them: loss = Σ_t w_t log π(y_t), with
         w_t = ∂loss/∂log π(y_t) = −A/norm on trained tokens (seq-mean: −A/(len·norm); 0 elsewhere),
     the same at every value of the log-probs, so the weights are the loss's gradient at a zero "probe". Only
-    for options that keep the loss linear (no clip_eps, kl_coef or mirror: train.check_config refuses them)."""
+    for options that keep the loss linear: clip_eps, kl_coef and mirror raise (train.fused sends them elsewhere)."""
+    if options.get("loss_type", "reinforce") != "reinforce" or options.get("clip_eps") or options.get("kl_coef"):
+        raise ValueError("reinforce_weights needs a loss linear in the log-probs: no clip_eps, kl_coef or mirror")
     probe = torch.zeros(mask.shape, device=mask.device, requires_grad=True)  # (B, T) float32
     loss, metrics = reinforce_loss(probe, probe.detach(), rewards, group_ids, mask, **options)
     return torch.autograd.grad(loss, probe)[0], metrics  # (B, T) w_t

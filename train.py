@@ -216,7 +216,7 @@ def train_graph(run, capture=True, entropy=False):
 
     def step(idx, targets, weights, lr_value):
         batch = idx, targets, weights  # (B, T) each
-        if not fixed or idx.size(1) > fixed[0].size(1):
+        if not fixed or idx.size(1) > fixed[0].size(1) or len(idx) != len(fixed[0]):  # (B, T) grew
             T = min(-(-idx.size(1) // 32) * 32, longest)
             fixed[:], graph[:] = [torch.full((len(t), T), pad, dtype=t.dtype, device=device)
                                   for t, pad in zip(batch, pads)], []
@@ -267,23 +267,21 @@ def policy_update(run, idx, targets, mask, rewards, group_ids, fused_step=None):
         if fused(cfg):  # the same loss as Σ_t w_t log π(y_t), the head's gradient made in the forward pass
             weights, metrics = reinforce_weights(rewards, group_ids, mask, **options)  # (B, T)
             step, lr = fused_step or partial(train_step, run, entropy=True), run.optimizer.param_groups[0]["lr"]
-            loss, skip, entropy = step(idx, targets, weights * ddp_scale(model, metrics), lr)
+            loss, skip, entropy = step(idx, targets, weights * ddp_scale(run, metrics), lr)
         else:
             logprobs, entropy = completion_logprobs(model, raw, idx, targets, ctx, return_entropy=True)  # (B, T)
             loss, metrics = reinforce_loss(logprobs, logprobs.detach() if old is None else old, rewards,
                                            group_ids, mask, **options)
-            entropy, loss = entropy.sum() / mask.sum(), loss * ddp_scale(model, metrics)
+            entropy, loss = entropy.sum() / mask.sum().clamp(min=1), loss * ddp_scale(run, metrics)
             skip = optimizer_step(model, run.optimizer, loss, cfg)
         skipped += skip
     metrics["loss"], metrics["entropy"] = loss.item(), entropy.item()
     return metrics, int(skipped)
 
-def ddp_scale(model, metrics):
+def ddp_scale(run, metrics):
     """Each DDP rank divides by its own normaliser and DDP averages: × this = Σ over ranks / Σ normalisers."""
-    if not isinstance(model, DDP):
-        return 1.0
-    device = next(model.parameters()).device
-    return metrics["normaliser"] * dist.get_world_size() / all_sum(metrics["normaliser"], device).item()
+    norm = metrics["normaliser"]
+    return norm * dist.get_world_size() / all_sum(norm, run.device).item() if run.ddp else 1.0
 
 def optimizer_step(model, optimizer, loss, cfg):
     """backward, clip, step -> 1 (a 0-dim float tensor) if the step was skipped because the gradient
@@ -391,7 +389,7 @@ def main(argv):
         if end_of_step(run, step + 1):  # a checkpoint when due; after Ctrl-C, save and stop
             return None
 
-    sft_update, rl_update = None, step_function(run, entropy=True) if fused(cfg) else None  # (frees the SFT graph)
+    sft_update, rl_update = None, (step_function(run, entropy=True) if fused(cfg) else None)  # (frees SFT's graph)
 
     # ---- phase 2: RL with exact rewards ------------------------------------------------------
     start_rl(run)  # the "after SFT" eval if there was no SFT; the KL reference policy

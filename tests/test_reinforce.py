@@ -474,3 +474,12 @@ def test_weighted_logprob_sum_with_advantages_gives_the_reinforce_gradient():
     torch.testing.assert_close(total, loss)
     torch.testing.assert_close(h.grad, expected[0])
     torch.testing.assert_close(W.grad, expected[1])
+
+
+@pytest.mark.parametrize("option", [{"loss_type": "mirror"}, {"clip_eps": 0.2}, {"kl_coef": 0.1}])
+def test_reinforce_weights_refuse_a_loss_that_is_not_linear_in_the_log_probs(option):
+    from reinforce import reinforce_weights
+    mask = torch.ones(len(R), 3)
+    assert reinforce_weights(R.float(), GROUPS, mask)[0].shape == (len(R), 3)  # the plain loss: its weights
+    with pytest.raises(ValueError, match="linear in the log-probs"):
+        reinforce_weights(R.float(), GROUPS, mask, **option)
