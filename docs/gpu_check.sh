@@ -62,13 +62,7 @@ EOF
 # across a re-capture, and SFT across a resume; a kept decode graph reads the current weights) and the smoke run
 run cuda_tests 100 $PY -m pytest -q tests -k "cuda or graph or smoke"
 
-# 2. decoding: every bench.py sample size (fast, plain loop, no-cache loop, Hugging Face)
-run sample_gpt2_small_B1 90 $PY bench.py sample --gpt2_small=true --batch_size=1
-run sample_default 60 $PY bench.py sample
-run sample_rl_size 60 $PY bench.py sample --n_embd=128 --vocab_size=257 --batch_size=128
-run sample_gpt2_small_B64 120 $PY bench.py sample --gpt2_small=true --batch_size=64 --repeats=2
-
-# 3. the default run, whole (target: at most 30 s), then where an RL step's time goes on its checkpoint
+# 2. the default run, whole (target: at most 30 s), then where an RL step's time goes on its checkpoint
 RUN=$(mktemp -d)
 run train_default 120 $PY train.py --out_dir="$RUN"
 cp "$RUN/summary.json" "$RUN/metrics.jsonl" "$OUT/" 2>/dev/null
@@ -76,9 +70,16 @@ run rl_trained 60 $PY bench.py rl --ckpt="$RUN/ckpt.pt" --steps=5
 # the same with the plain (unfused, eager) RL update, for the before/after of the RL update's CUDA graph
 run rl_trained_plain 60 $PY bench.py rl --ckpt="$RUN/ckpt.pt" --steps=5 --fused_update=false
 
-# 4. the training step: SFT steps/s eager vs one CUDA graph per step (train.py's CUDA default) vs
+# 3. the training step: SFT steps/s eager vs one CUDA graph per step (train.py's CUDA default) vs
 # torch.compile (capture and compile times in the warm-up column)
 run sft_eager_graph_compiled 150 $PY bench.py sft --steps=200 --warmup=10 --variants=eager,graph,compiled
+
+# 4. decoding (measured in session 3, after the decode graph): every bench.py sample size (fast, plain
+# loop, no-cache loop, Hugging Face)
+run sample_gpt2_small_B1 90 $PY bench.py sample --gpt2_small=true --batch_size=1
+run sample_default 60 $PY bench.py sample
+run sample_rl_size 60 $PY bench.py sample --n_embd=128 --vocab_size=257 --batch_size=128
+run sample_gpt2_small_B64 120 $PY bench.py sample --gpt2_small=true --batch_size=64 --repeats=2
 
 # 5. fused log-probs at N=16384 (F.linear_cross_entropy rows only where torch has it, >= 2.13)
 run logprobs_N16384 120 $PY bench.py logprobs --N=16384 --chunks=0,1024 --repeats=3
