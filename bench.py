@@ -5,14 +5,14 @@ Measurements against peers, each printed as one markdown table to paste into the
     python bench.py logprobs   # fused token log-probs vs naive vs PyTorch's linear_cross_entropy
     python bench.py rewards    # calls/s and the slowest call of each reward over a fuzz corpus
     python bench.py rl         # one RL step split into sampling, scoring and the update
-    python bench.py sft        # SFT steps/s of train.py's cold start, eager vs torch.compile
+    python bench.py sft        # SFT steps/s of train.py's cold start, eager vs torch.compile vs a CUDA graph
     python bench.py all        # all five at their default sizes
 
 Sizes are --key=value flags, the fields of each command's dataclass below, e.g.
     python bench.py sample --vocab_size=50257 --new_tokens=32 --repeats=1
     python bench.py sample --gpt2_small=true --batch_size=1   # GPT-2 small in bfloat16, vs the memory roofline
     python bench.py logprobs --N=1024 --chunks=1024
-    python bench.py rl --ckpt=out/ckpt.pt --steps=5   # rl also takes any field of train.TrainConfig
+    python bench.py rl --ckpt=out/ckpt.pt --steps=5   # rl and sft also take any field of train.TrainConfig
 
 Every time is the median of `repeats` runs after a warm-up; every ratio compares numbers measured
 by the same command, on the same machine, at the same moment.
@@ -388,7 +388,7 @@ def bench_rewards(argv):
 
 @dataclass
 class RLBench:
-    steps: int = 3  # timed RL steps, after one warm-up step
+    steps: int = 3  # timed RL steps, after two warm-up steps (a graphed fused update captures in the second)
     ckpt: str = ""  # a train.py checkpoint, for realistic lengths ("" = random weights, which babble)
 
 

@@ -1,7 +1,7 @@
 """
-The math of the RL update: rewards, advantages, the policy-gradient loss, and the fused token
-log-probs it is computed on. torch only, no I/O; train.py calls these functions, and
-`python -m pytest -q tests/test_reinforce.py` checks them.
+The math of the RL update: rewards, advantages, the policy-gradient loss (it and the SFT loss also as
+per-token weights), and the fused log-prob ops they are computed with. torch only, no I/O; train.py
+calls these functions, and `python -m pytest -q tests/test_reinforce.py` checks them.
 
 Letters: B sequences, T time steps (prompt + completion; completion_mask marks the trained ones),
 G samples per prompt (a "group"), N tokens (rows of hidden states), C channels, V vocabulary.

@@ -1,4 +1,5 @@
-"""Where one SFT step of the default run goes on a GPU: host time of the batch, the forward and
+"""Where one eager SFT step of the default run (train.train_step without its CUDA graph, as with
+--cuda_graphs=false) goes on a GPU: host time of the batch, the forward and
 the backward + AdamW over 100 steps, then torch.profiler tables of 10 steps. CUDA only.
 
     PYTHONPATH=. python docs/sft_breakdown.py
