@@ -216,7 +216,7 @@ def train_graph(run, capture=True, entropy=False):
 
     def step(idx, targets, weights, lr_value):
         batch = idx, targets, weights  # (B, T) each
-        if not fixed or idx.size(1) > fixed[0].size(1) or len(idx) != len(fixed[0]):  # (B, T) grew
+        if not fixed or idx.size(1) > fixed[0].size(1) or len(idx) != len(fixed[0]):  # longer, or another B
             T = min(-(-idx.size(1) // 32) * 32, longest)
             fixed[:], graph[:] = [torch.full((len(t), T), pad, dtype=t.dtype, device=device)
                                   for t, pad in zip(batch, pads)], []
