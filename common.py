@@ -146,6 +146,30 @@ def autocast_context(dtype, device_type):
     dtype = dtype if dtype != "auto" else ("bfloat16" if device_type == "cuda" else "float32")
     return dtype, nullcontext() if dtype == "float32" else torch.autocast(device_type, dtype=torch.bfloat16)
 
+def cache_dtype(model):
+    """The dtype the keys and values come out in: autocast's (bf16) when it is on, else the weights'."""
+    device_type = model.transformer.wte.weight.device.type
+    return (torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type)
+            else model.transformer.wte.weight.dtype)
+
+def autocast_copies(model):
+    """Under autocast, with weights wider than its dtype (fp32 under bf16): {name: a copy in autocast's dtype}
+    of every nn.Linear weight and bias, else {}. A CUDA graph replays autocast's casts of the weights at every
+    replay; the decode graph reads these instead (sample.decode_step), refreshed once per generate call
+    (refresh_copies). The same values: autocast rounds to its dtype as .to() does."""
+    device_type = model.transformer.wte.weight.device.type
+    dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+    return {f"{name}.{key}": p.detach().to(dtype) for name, module in model.named_modules()
+            if dtype is not None and isinstance(module, torch.nn.Linear)
+            for key, p in module.named_parameters(recurse=False) if p.dtype != dtype}
+
+def refresh_copies(model, copies):
+    """Copy the model's current weights into autocast_copies' tensors, in place (a graph reads their memory)."""
+    params = dict(model.named_parameters(remove_duplicate=False))  # (with lm_head.weight, tied to wte)
+    with torch.no_grad():
+        for name, copy in copies.items():
+            copy.copy_(params[name])
+
 def to_device(tensor, device):
     """A CPU batch -> the device without making the host wait for the GPU (pinned memory: a queued copy)."""
     cpu_to_gpu = tensor.device.type == "cpu" and "cuda" in str(device)

@@ -12,15 +12,18 @@ from the cache) once they are a quarter of it, so finished rows soon cost nothin
 On CUDA a small model's step is hundreds of tiny kernels that take longer to launch than to run.
 There (fast=None: on when CUDA) each step is one replay of a CUDA graph of `decode_step`, a step with
 static shapes: the batch never shrinks (finished rows decode on, unread), the cache is written at a
-slot held in a tensor, attention covers the whole cache under its `valid` mask. Sampling stays
-outside the graph, on the rows the plain loop samples: both paths draw the same tokens.
+slot held in a tensor, attention covers the whole cache under its `valid` mask; under autocast it
+reads copies of the Linear layers already in autocast's dtype (one cast per call, not per token).
+Sampling stays outside the graph, on the rows the plain loop samples: both paths draw the same tokens.
 """
 import sys
 from dataclasses import dataclass
 
 import torch
+from torch.func import functional_call
 
-from common import check_numbers, check_prompts, cuda_graph, decode, encode, load_model, parse_config, pick_device
+from common import (autocast_copies, cache_dtype, check_numbers, check_prompts, cuda_graph, decode, encode, load_model,
+                    parse_config, pick_device, refresh_copies)
 from model import KVCache
 
 # -----------------------------------------------------------------------------
@@ -45,22 +48,17 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
     probs = logits.softmax(dim=-1)  # (B, V)
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
-def decode_step(model, cache, token, pos):
+def decode_step(model, cache, token, pos, weights=None):
     """One new token for each of the B rows, with static shapes: token (B, 1) and pos (B, 1) are
     the inputs, cache.slot (1,) the slot they go to; pos and slot are advanced in place (the caller
     writes the next token into `token`), so calling it again, or replaying a CUDA graph of it, makes
-    the next step. -> logits (B, V)."""
+    the next step. weights: tensors used instead of the model's own, by name. -> logits (B, V)."""
     cache.valid.index_fill_(1, cache.slot, True)  # the new token's own slot becomes visible
-    logits = model(token, cache=cache, positions=pos)[:, -1]  # (B, V)
+    inputs = dict(cache=cache, positions=pos)  # (tie_weights=False: lm_head's copy, wte's lookup in full precision)
+    logits = functional_call(model, weights, (token,), inputs, tie_weights=False) if weights else model(token, **inputs)
     pos.add_(1)
     cache.slot.add_(1)
-    return logits
-
-def cache_dtype(model):
-    """The dtype the keys and values come out in: autocast's (bf16) when it is on, else the weights'."""
-    device_type = model.transformer.wte.weight.device.type
-    return (torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type)
-            else model.transformer.wte.weight.dtype)
+    return logits[:, -1]  # (B, V)
 
 def prefill(model, prompts, size, cache=None):
     """Left-pad the prompts into one (B, T) batch and run it through the model at once, filling a
@@ -103,11 +101,13 @@ def static_decoder(model, B, size):
         cache.slot = torch.zeros(1, dtype=torch.long, device=weight.device)
         token_in = torch.zeros(B, 1, dtype=torch.long, device=weight.device)  # (B, 1)
         pos_in = torch.zeros(B, 1, dtype=torch.long, device=weight.device)    # (B, 1)
-        step = lambda: decode_step(model, cache, token_in, pos_in)  # (B, V)
+        copies = autocast_copies(model)  # under autocast: its Linear layers already cast, not at every replay
+        step = lambda: decode_step(model, cache, token_in, pos_in, copies)  # (B, V)
         if weight.device.type == "cuda":
             step = cuda_graph(step, [cache.slot, cache.valid, pos_in])
-        _decoders[key] = model, cache, token_in, pos_in, step  # (the model too: its id stays its own)
-    return _decoders[key][1:]
+        _decoders[key] = model, cache, token_in, pos_in, step, copies  # (the model too: its id stays its own)
+    refresh_copies(model, _decoders[key][5])  # this call's weights (an optimizer step may have changed them)
+    return _decoders[key][1:5]
 
 def release_decoders():
     """Free the kept caches and CUDA graphs (their memory), e.g. after an evaluation's large batch."""

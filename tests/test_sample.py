@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from model import GPT, GPTConfig
+import common
+from model import GPT, GPTConfig, KVCache
 import sample
 from sample import generate, sample_next
 
@@ -202,8 +203,28 @@ def reuse_across_calls(device, ctx):
     assert outputs[2] != outputs[1]  # the third call decoded with the changed weights
 
 
-def test_fast_path_reuses_its_kept_cache_across_calls_and_still_equals_the_plain_loop():
-    reuse_across_calls("cpu", torch.autocast("cpu", enabled=False))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # bf16: through the Linear layers' copies
+def test_fast_path_reuses_its_kept_cache_across_calls_and_still_equals_the_plain_loop(dtype):
+    reuse_across_calls("cpu", torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32))
+
+
+def test_under_autocast_the_decode_step_reads_low_precision_copies_of_the_linear_layers_bitwise():
+    # a CUDA graph would replay autocast's cast of every weight at every token; the copies are cast once per call
+    model = tiny_model().eval()
+    linears = {f"{n}.{k}" for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+               for k, _ in m.named_parameters(recurse=False)}
+    assert "lm_head.weight" in linears and common.autocast_copies(model) == {}  # none without autocast
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        copies = common.autocast_copies(model)
+        assert set(copies) == linears and all(c.dtype == torch.bfloat16 for c in copies.values())
+        logits = []
+        for weights in (None, copies):  # two static steps each, from an empty cache
+            cache, pos = KVCache(model.config, 2, 8, "cpu", torch.bfloat16), torch.zeros(2, 1, dtype=torch.long)
+            cache.slot = torch.zeros(1, dtype=torch.long)
+            logits += [sample.decode_step(model, cache, torch.tensor([[3], [7]]), pos, weights) for _ in range(2)]
+    assert torch.equal(logits[0], logits[2]) and torch.equal(logits[1], logits[3])
+    assert not torch.equal(logits[0], logits[1])  # (the second step saw the first in its cache)
+    assert model.transformer.wte.weight.dtype == torch.float32  # the model's own weights are untouched
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
