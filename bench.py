@@ -101,8 +101,10 @@ class SampleBench:
     batch_size: int = 32    # B prompts decoded together
     prompt_len: int = 16    # tokens in each (random) prompt
     new_tokens: int = 128   # tokens generated per prompt; no stop token, so every row makes them all
-    dtype: str = "float32"  # float32 | bfloat16: the weights (and so the KV cache) of every sampler
-    gpt2_small: bool = False  # GPT-2 small: n_layer=12 n_head=12 n_embd=768 vocab_size=50257 bfloat16 (overrides those)
+    dtype: str = "float32"  # float32 | bfloat16: the weights (and so the KV cache) of every sampler; autocast:
+    #                         float32 weights, every sampler under bfloat16 autocast (train.py's CUDA default)
+    gpt2_small: bool = False  # GPT-2 small: n_layer=12 n_head=12 n_embd=768 vocab_size=50257 bfloat16 (overrides those,
+    #                           the dtype unless it is autocast)
     bandwidth: float = 3.0e12  # bytes/s assumed for the memory roofline (about what an H100 measures)
     repeats: int = 3
     threads: int = 0        # torch CPU threads (0 = torch's default)
@@ -123,9 +125,10 @@ def sample_sizes(argv):
     """The SampleBench of a command line, with --gpt2_small's sizes applied."""
     cfg = parse_bench(SampleBench, argv)
     if cfg.gpt2_small:
-        cfg = replace(cfg, n_layer=12, n_head=12, n_embd=768, vocab_size=50257, dtype="bfloat16")
-    if cfg.dtype not in ("float32", "bfloat16"):
-        raise ValueError(f"--dtype={cfg.dtype} is not one of float32, bfloat16")
+        cfg = replace(cfg, n_layer=12, n_head=12, n_embd=768, vocab_size=50257,
+                      dtype="autocast" if cfg.dtype == "autocast" else "bfloat16")
+    if cfg.dtype not in ("float32", "bfloat16", "autocast"):
+        raise ValueError(f"--dtype={cfg.dtype} is not one of float32, bfloat16, autocast")
     return cfg
 
 
@@ -151,7 +154,8 @@ def hf_generate(hf, idx, max_new_tokens):
 def bench_sample(argv):
     cfg = sample_sizes(argv)
     device = setup(cfg.threads, cfg.device)
-    dtype = getattr(torch, cfg.dtype)
+    dtype = torch.float32 if cfg.dtype == "autocast" else getattr(torch, cfg.dtype)  # of the weights
+    ctx = torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=cfg.dtype == "autocast")
     from transformers import GPT2Config, GPT2LMHeadModel
     from transformers.utils import logging
     logging.disable_progress_bar()  # keep the output a clean table
@@ -177,10 +181,11 @@ def bench_sample(argv):
     default = "fast" if device.startswith("cuda") else "eager"  # what generate does with fast=None
     seconds, outputs = {}, {}
     for name, _, run in runs:
-        run(n if name == "fast" else min(8, n))  # warm-up; the fast path captures its graph here, for the timed shape
-        seconds[name], outputs[name] = median_time(lambda: run(n), cfg.repeats, device)
-    # the memory roofline: every weight is read once per step, at best at the assumed bandwidth
-    weight_bytes = sum(p.numel() * p.element_size() for p in ours.parameters())
+        with ctx:  # warm-up first: the fast path captures its graph here, for the timed shape
+            run(n if name == "fast" else min(8, n))
+            seconds[name], outputs[name] = median_time(lambda: run(n), cfg.repeats, device)
+    # the memory roofline: every weight is read once per step (under autocast: in bf16), at best at the bandwidth
+    weight_bytes = sum(p.numel() * (2 if cfg.dtype == "autocast" else p.element_size()) for p in ours.parameters())
     floor = weight_bytes / cfg.bandwidth  # seconds per step
     rows = [[label, f"{B * n / seconds[name]:,.0f}", f"{seconds[name]:.2f}", f"{1000 * seconds[name] / n:.3f}",
              f"{100 * floor / (seconds[name] / n):.1f}%", f"{seconds[name] / seconds[default]:.2f}x"]

@@ -106,11 +106,12 @@ def table_of(args):
     return done.stdout, [line for line in done.stdout.splitlines() if line.startswith("|")]
 
 
-def test_sample_command_times_fast_and_eager_paths_and_prints_the_memory_roofline():
+@pytest.mark.parametrize("dtype", ["float32", "autocast"])  # autocast: float32 weights under bf16 autocast
+def test_sample_command_times_fast_and_eager_paths_and_prints_the_memory_roofline(dtype):
     out, table = table_of(["sample", "--n_layer=1", "--n_head=2", "--n_embd=16", "--vocab_size=64", "--batch_size=2",
-                           "--prompt_len=4", "--new_tokens=4", "--repeats=1", "--bandwidth=1e9"])
+                           "--prompt_len=4", "--new_tokens=4", "--repeats=1", "--bandwidth=1e9", f"--dtype={dtype}"])
     assert "of memory roofline" in table[0] and len(table) == 2 + 4  # fast, eager, no-cache, Hugging Face
-    assert "fast=True" in table[2] and "fast=False" in table[3]
+    assert "fast=True" in table[2] and "fast=False" in table[3] and f", {dtype};" in out
     assert "at an assumed 1e+09 B/s" in out
 
 
