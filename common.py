@@ -161,10 +161,13 @@ def autocast_copies(model):
     dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
     return {f"{name}.{key}": p.detach().to(dtype) for name, module in model.named_modules()
             if dtype is not None and isinstance(module, torch.nn.Linear)
-            for key, p in module.named_parameters(recurse=False) if p.dtype != dtype}
+            for key, p in module.named_parameters(recurse=False) if p.dtype in (torch.float16, torch.float32)
+            and p.dtype != dtype}  # (autocast leaves float64 as it is)
 
 def refresh_copies(model, copies):
     """Copy the model's current weights into autocast_copies' tensors, in place (a graph reads their memory)."""
+    if not copies:
+        return
     params = dict(model.named_parameters(remove_duplicate=False))  # (with lm_head.weight, tied to wte)
     with torch.no_grad():
         for name, copy in copies.items():

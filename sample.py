@@ -54,7 +54,7 @@ def decode_step(model, cache, token, pos, weights=None):
     writes the next token into `token`), so calling it again, or replaying a CUDA graph of it, makes
     the next step. weights: tensors used instead of the model's own, by name. -> logits (B, V)."""
     cache.valid.index_fill_(1, cache.slot, True)  # the new token's own slot becomes visible
-    inputs = dict(cache=cache, positions=pos)  # (tie_weights=False: lm_head's copy, wte's lookup in full precision)
+    inputs = dict(cache=cache, positions=pos)  # tie_weights=False: lm_head's copy, wte's lookup in full precision
     logits = functional_call(model, weights, (token,), inputs, tie_weights=False) if weights else model(token, **inputs)
     pos.add_(1)
     cache.slot.add_(1)

@@ -77,9 +77,10 @@ run sft_eager_graph_compiled 150 $PY bench.py sft --steps=200 --warmup=10 --vari
 
 # 4. decoding (measured in session 3, after the decode graph): every bench.py sample size (fast, plain
 # loop, no-cache loop, Hugging Face)
-run sample_gpt2_small_B1 90 $PY bench.py sample --gpt2_small=true --batch_size=1
-# float32 weights under bf16 autocast (train.py's CUDA default): the decode graph reads bf16 copies of the Linears
+# float32 weights under bf16 autocast (train.py's CUDA default): the decode graph reads bf16 copies of the
+# Linears (new, unmeasured: first), then the sizes session 3 measured
 run sample_gpt2_small_B1_autocast 90 $PY bench.py sample --gpt2_small=true --batch_size=1 --dtype=autocast
+run sample_gpt2_small_B1 90 $PY bench.py sample --gpt2_small=true --batch_size=1
 run sample_default 60 $PY bench.py sample
 run sample_rl_size 60 $PY bench.py sample --n_embd=128 --vocab_size=257 --batch_size=128
 run sample_gpt2_small_B64 120 $PY bench.py sample --gpt2_small=true --batch_size=64 --repeats=2

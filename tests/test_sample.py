@@ -222,8 +222,12 @@ def test_under_autocast_the_decode_step_reads_low_precision_copies_of_the_linear
             cache, pos = KVCache(model.config, 2, 8, "cpu", torch.bfloat16), torch.zeros(2, 1, dtype=torch.long)
             cache.slot = torch.zeros(1, dtype=torch.long)
             logits += [sample.decode_step(model, cache, torch.tensor([[3], [7]]), pos, weights) for _ in range(2)]
-    assert torch.equal(logits[0], logits[2]) and torch.equal(logits[1], logits[3])
-    assert not torch.equal(logits[0], logits[1])  # (the second step saw the first in its cache)
+        assert torch.equal(logits[0], logits[2]) and torch.equal(logits[1], logits[3])
+        assert not torch.equal(logits[0], logits[1])  # (the second step saw the first in its cache)
+        copies["lm_head.weight"].mul_(2)  # the step reads the copies, not the model's own weights
+        cache, pos = KVCache(model.config, 2, 8, "cpu", torch.bfloat16), torch.zeros(2, 1, dtype=torch.long)
+        cache.slot = torch.zeros(1, dtype=torch.long)
+        assert torch.equal(sample.decode_step(model, cache, torch.tensor([[3], [7]]), pos, copies), 2 * logits[0])
     assert model.transformer.wte.weight.dtype == torch.float32  # the model's own weights are untouched
 
 
