@@ -431,6 +431,7 @@ def test_prioritized_sampling_weights_are_one_minus_success_with_a_floor():
     (["--updates_per_batch=2", "--clip_eps=0.2"], "clip_frac"),
     (["--kl_coef=0.1"], "kl"),
     (["--fused_update=false"], "entropy"),  # the plain update (the default is the fused one)
+    (["--dtype=bfloat16"], "entropy"),       # bf16 autocast (the CUDA default) on the CPU: SFT, fused RL, eval
     (["--baseline=rloo", "--std_normalize=true", "--wrong_reward=-1", "--aggregation=const"], "adv_abs_mean"),
 ])
 def test_each_rl_option_runs_end_to_end_and_logs_its_metric(tmp_path, options, metric):
