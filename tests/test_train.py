@@ -618,12 +618,35 @@ def test_the_varied_batches_pad_their_rows_and_cross_the_rounding():
     assert all(targets[0, -1] >= 0 and (targets[1:, -1] == -1).all() for _, targets in batches)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def stand_in_capture(fn, state):
+    """common.cuda_graph's contract without CUDA: a warm-up run of fn whose changes to `state` are undone, then
+    every call runs fn (a replay). On the CPU the graph tests below check the bookkeeping around the capture."""
+    saved = [t.detach().clone() for t in state]
+    fn()
+    with torch.no_grad():
+        for t, s in zip(state, saved):
+            t.copy_(s)
+    return fn
+
+
+# the graph tests run on CUDA (a real capture) and on the CPU (stand_in_capture): the same bookkeeping
+GRAPH_DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                      reason="needs CUDA"))]
+
+
+def count_captures(monkeypatch, device):
+    """Every capture of train.py's steps, on the device's capture (CUDA) or its stand-in (CPU) -> the list."""
+    captures, capture = [], common.cuda_graph if device == "cuda" else stand_in_capture
+    monkeypatch.setattr(train, "cuda_graph", lambda fn, state: captures.append(1) or capture(fn, state))
+    return captures
+
+
+@pytest.mark.parametrize("device", GRAPH_DEVICES)
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])  # bfloat16: autocast, train.py's CUDA default
-def test_sft_step_replayed_as_a_cuda_graph_takes_the_eager_steps(tmp_path, monkeypatch, dtype):
-    cuda, lengths, captures = ["--device=cuda", f"--dtype={dtype}"], (11, 21, 41, 48, 16, 30), []
+def test_sft_step_replayed_as_a_cuda_graph_takes_the_eager_steps(tmp_path, monkeypatch, dtype, device):
+    cuda, lengths = [f"--device={device}", f"--dtype={dtype}"], (11, 21, 41, 48, 16, 30)
     eager = sft_steps(tmp_path, "eager", lambda r: train.train_graph(r, capture=False), cuda, lengths)
-    monkeypatch.setattr(train, "cuda_graph", lambda fn, state: captures.append(1) or common.cuda_graph(fn, state))
+    captures = count_captures(monkeypatch, device)
     graph = sft_steps(tmp_path, "graph", train.train_graph, cuda, lengths)
     assert len(captures) == 2  # step 0 eagerly (at 32 tokens), then a capture at 32 and one at 47 (48 - 1)
     # the same kernels, but CUDA's attention backward may add in another order: the same steps up to that
@@ -673,13 +696,14 @@ def test_fused_rl_update_at_static_shapes_takes_the_eager_steps(tmp_path):
         torch.testing.assert_close(static[1].model.state_dict()[k], v, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("device", GRAPH_DEVICES)
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_fused_rl_update_replayed_as_a_cuda_graph_takes_the_eager_steps(tmp_path, monkeypatch, dtype):
-    cuda, lengths, captures = ["--device=cuda", f"--dtype={dtype}"], (11, 21, 41, 48, 16, 30), []
+def test_fused_rl_update_replayed_as_a_cuda_graph_takes_the_eager_steps(tmp_path, monkeypatch, dtype, device):
+    cuda, lengths = [f"--device={device}", f"--dtype={dtype}"], (11, 21, 41, 48, 16, 30)
     eager = fused_rl_steps(tmp_path, "eager", lambda r: train.train_graph(r, False, entropy=True), cuda, lengths)
-    monkeypatch.setattr(train, "cuda_graph", lambda fn, state: captures.append(1) or common.cuda_graph(fn, state))
-    graph = fused_rl_steps(tmp_path, "graph", lambda r: train.step_function(r, entropy=True), cuda, lengths)
+    captures = count_captures(monkeypatch, device)
+    graph_step = train.step_function if device == "cuda" else train.train_graph  # (the CPU's default: no graph)
+    graph = fused_rl_steps(tmp_path, "graph", lambda r: graph_step(r, entropy=True), cuda, lengths)
     assert len(captures) == 2  # step 0 eagerly, then a capture at 32 tokens and one at 47
     tol = 1e-4 if dtype == "float32" else 2e-2  # CUDA's attention backward may add in another order
     assert graph[0] == pytest.approx(eager[0], rel=tol, abs=1e-6)
@@ -689,20 +713,26 @@ def test_fused_rl_update_replayed_as_a_cuda_graph_takes_the_eager_steps(tmp_path
         assert (graph_change - eager_change).norm() <= tol * eager_change.norm() + 1e-7, k
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_a_run_resumed_in_the_middle_of_the_graphed_sft_ends_near_the_uninterrupted_one(tmp_path, monkeypatch):
+@pytest.mark.parametrize("device", GRAPH_DEVICES)
+def test_a_run_resumed_in_the_middle_of_the_graphed_sft_ends_near_the_uninterrupted_one(tmp_path, monkeypatch, device):
     # on CUDA a resume is exact only up to rounding: kernels that are not deterministic, and a graph whose
     # padded length restarts from the resumed run's own batches. The resumed run captures at once, with
     # AdamW's state from the checkpoint (a lost state would take other step sizes: far from the full run)
-    steps = ["--sft_steps=8", "--rl_steps=0"]
-    initial, full = weights(run(tmp_path, "--sft_steps=0", "--rl_steps=0", name="init")), weights(run(tmp_path, *steps))
+    captures = count_captures(monkeypatch, device)
+    if device == "cpu":  # (the CPU's runs take the plain step: here every run takes the graph's, stand-in captured)
+        monkeypatch.setattr(train, "step_function", lambda r, entropy=False: train.train_graph(r, entropy=entropy))
+    steps = ["--sft_steps=8", "--rl_steps=0", f"--device={device}"]
+    initial = weights(run(tmp_path, "--sft_steps=0", "--rl_steps=0", f"--device={device}", name="init"))
+    full = weights(run(tmp_path, *steps))
     real = train.end_of_step
     monkeypatch.setattr(train, "end_of_step", lambda r, step: train.STOP.update(requested=step == 4) or real(r, step))
     part = run(tmp_path, *steps, name="part")  # stops after step 4, as after Ctrl-C
     monkeypatch.setattr(train, "end_of_step", real)
     train.STOP["requested"] = False
     assert torch.load(os.path.join(part, "ckpt.pt"), weights_only=True)["step"] == 4
+    captures.clear()
     train.main([f"--out_dir={part}", "--init_from=resume"])
+    assert len(captures) == 1  # at the resumed run's first step: AdamW's state came with the checkpoint
     for k, v in full.items():
         full_change, resumed_change = v - initial[k], weights(part)[k] - initial[k]
         assert (resumed_change - full_change).norm() <= 5e-2 * full_change.norm() + 1e-6, k
