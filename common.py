@@ -158,11 +158,12 @@ def autocast_copies(model):
     replay; the decode graph reads these instead (sample.decode_step), refreshed once per generate call
     (refresh_copies). The same values: autocast rounds to its dtype as .to() does."""
     device_type = model.transformer.wte.weight.device.type
-    dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
-    return {f"{name}.{key}": p.detach().to(dtype) for name, module in model.named_modules()
-            if dtype is not None and isinstance(module, torch.nn.Linear)
-            for key, p in module.named_parameters(recurse=False) if p.dtype in (torch.float16, torch.float32)
-            and p.dtype != dtype}  # (autocast leaves float64 as it is)
+    if not torch.is_autocast_enabled(device_type):
+        return {}
+    dtype, castable = torch.get_autocast_dtype(device_type), (torch.float16, torch.float32)  # (not float64)
+    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    return {f"{name}.{key}": p.detach().to(dtype) for name, m in linears
+            for key, p in m.named_parameters(recurse=False) if p.dtype in castable and p.dtype != dtype}
 
 def refresh_copies(model, copies):
     """Copy the model's current weights into autocast_copies' tensors, in place (a graph reads their memory)."""

@@ -321,10 +321,8 @@ class WeightedLogprobSum(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, coef, chunk_size, return_entropy):
         cdt, acc = _dtypes(hidden, weight)
-        N = hidden.shape[0]
-        c = torch.where(targets >= 0, coef.to(acc), 0.0)  # (N,) ignored rows count 0
-        safe = targets.clamp(min=0)
-        logprobs, entropy = (torch.zeros(N, dtype=acc, device=hidden.device) for _ in range(2))  # (N,) each
+        c, safe = torch.where(targets >= 0, coef.to(acc), 0.0), targets.clamp(min=0)  # (N,) ignored rows: c = 0
+        logprobs, entropy = (torch.zeros(len(hidden), dtype=acc, device=hidden.device) for _ in range(2))  # (N,)
         grad_h, grad_w = (torch.zeros(x.shape, dtype=acc, device=x.device) for x in (hidden, weight))  # dh, dW
         with torch.autocast(hidden.device.type, enabled=False):
             w = weight.to(cdt)  # (V, C)
@@ -355,13 +353,15 @@ def weighted_logprob_sum(hidden, weight, targets, coef, chunk_size=None, return_
                                     coef.reshape(-1).detach(), chunk_size or default_chunk_size(
                                         weight.shape[0], device_type=hidden.device.type), return_entropy)
 
+def linear_in_logprobs(loss_type="reinforce", clip_eps=0.0, kl_coef=0.0, **_):  # reinforce_loss's options
+    return loss_type == "reinforce" and not (clip_eps or kl_coef)  # plain on-policy REINFORCE: no clip, KL, mirror
+
 def reinforce_weights(rewards, group_ids, mask, **options):
     """rewards, group_ids (B,), mask (B, T) -> (w (B, T), metrics): reinforce_loss as weights on the log-probs
     (weighted_logprob_sum). Plain on-policy REINFORCE is linear in them: loss = Σ_t w_t log π(y_t), with
         w_t = ∂loss/∂log π(y_t) = −A/norm on trained tokens (seq-mean: −A/(len·norm); 0 elsewhere),
-    the same at every value of the log-probs, so the weights are the loss's gradient at a zero "probe". Only
-    for options that keep the loss linear: clip_eps, kl_coef and mirror raise (train.fused sends them elsewhere)."""
-    if options.get("loss_type", "reinforce") != "reinforce" or options.get("clip_eps") or options.get("kl_coef"):
+    the same at every value of the log-probs, so the weights are the loss's gradient at a zero "probe"."""
+    if not linear_in_logprobs(**options):  # (train.fused sends the other losses down the plain path)
         raise ValueError("reinforce_weights needs a loss linear in the log-probs: no clip_eps, kl_coef or mirror")
     probe = torch.zeros(mask.shape, device=mask.device, requires_grad=True)  # (B, T) float32
     loss, metrics = reinforce_loss(probe, probe.detach(), rewards, group_ids, mask, **options)

@@ -31,8 +31,8 @@ from common import (all_sum, append_record, autocast_context, build_model, check
                     check_out_dir, cuda_graph, decode, encode, get_tokenizer, init_processes, load_checkpoint,
                     parse_config, pick_device, save_checkpoint, start_metrics_log, to_device)
 from model import GPT
-from reinforce import (AGGREGATIONS, BASELINES, LOSS_TYPES, length_penalty, reinforce_loss, reinforce_weights,
-                       sft_weights, shape_rewards, token_logprobs, weighted_logprob_sum)
+from reinforce import (AGGREGATIONS, BASELINES, LOSS_TYPES, length_penalty, linear_in_logprobs, reinforce_loss,
+                       reinforce_weights, sft_weights, shape_rewards, token_logprobs, weighted_logprob_sum)
 from report import print_report
 from rewards import get_task
 from sample import generate, release_decoders
@@ -239,7 +239,7 @@ def step_function(run, entropy=False):
 
 def fused(cfg):
     """--fused_update applies where the RL loss is linear in the log-probs: plain on-policy REINFORCE."""
-    return cfg.fused_update and cfg.loss_type == "reinforce" and not (cfg.clip_eps or cfg.kl_coef)
+    return cfg.fused_update and linear_in_logprobs(**asdict(cfg))
 
 # -----------------------------------------------------------------------------
 # the RL update
