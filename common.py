@@ -147,10 +147,11 @@ def autocast_context(dtype, device_type):
     return dtype, nullcontext() if dtype == "float32" else torch.autocast(device_type, dtype=torch.bfloat16)
 
 def cache_dtype(model):
-    """The dtype the keys and values come out in: autocast's (bf16) when it is on, else the weights'."""
-    device_type = model.transformer.wte.weight.device.type
-    return (torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type)
-            else model.transformer.wte.weight.dtype)
+    """The dtype the keys and values come out in: autocast's (bf16) when it is on, else the weights'
+    (float64 weights too: autocast leaves them as they are)."""
+    weight = model.transformer.wte.weight
+    autocast = torch.is_autocast_enabled(weight.device.type) and weight.dtype != torch.float64
+    return torch.get_autocast_dtype(weight.device.type) if autocast else weight.dtype
 
 def autocast_copies(model):
     """Under autocast, with weights wider than its dtype (fp32 under bf16): {name: a copy in autocast's dtype}
@@ -160,10 +161,10 @@ def autocast_copies(model):
     device_type = model.transformer.wte.weight.device.type
     if not torch.is_autocast_enabled(device_type):
         return {}
-    dtype, castable = torch.get_autocast_dtype(device_type), (torch.float16, torch.float32)  # (not float64)
+    dtype = torch.get_autocast_dtype(device_type)
     linears = [(name, m) for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
-    return {f"{name}.{key}": p.detach().to(dtype) for name, m in linears
-            for key, p in m.named_parameters(recurse=False) if p.dtype in castable and p.dtype != dtype}
+    return {f"{name}.{key}": p.detach().to(dtype) for name, m in linears  # (autocast leaves float64 as it is)
+            for key, p in m.named_parameters(recurse=False) if p.dtype not in (dtype, torch.float64)}
 
 def refresh_copies(model, copies):
     """Copy the model's current weights into autocast_copies' tensors, in place (a graph reads their memory)."""
@@ -189,29 +190,35 @@ def cuda_graph(fn, state):
     saved = [t.detach().clone() for t in state]
     amp = torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"), enabled=torch.is_autocast_enabled("cuda"),
                          cache_enabled=False)
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream), amp:  # warm up (cuBLAS handles, the allocator) off the capture
-        fn()
-        with torch.no_grad():  # (the state may be parameters)
-            for t, s in zip(state, saved):
-                t.copy_(s)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph), amp:  # records the kernels without running them
-        out = fn()
+    with torch.cuda.device(state[0].device):  # the state's GPU (streams and capture), not only the current one
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream), amp:  # warm up (cuBLAS handles, the allocator) off the capture
+            fn()
+            with torch.no_grad():  # (the state may be parameters)
+                for t, s in zip(state, saved):
+                    t.copy_(s)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph), amp:  # records the kernels without running them
+            out = fn()
     return lambda: (graph.replay(), out)[1]
 
 # -----------------------------------------------------------------------------
 # a run's files (a crash or a hostile file never costs a run), its set-up checks, the model it starts from
 
-def check_out_dir(out_dir, ckpt, total_steps, overwrite):
+def check_out_dir(cfg, ckpt):
     """Never lose a run by accident: a fresh run refuses an out_dir that holds one (unless told to
-    overwrite it), and a resumed run (ckpt) may not end before the step its checkpoint has reached
-    (it would save under a smaller step)."""
+    overwrite it); a resumed run (ckpt) may not end before the step its checkpoint has reached (it would
+    save under a smaller step), nor change sft_steps (where SFT ends and its learning-rate schedule: RL
+    steps would be skipped or renumbered, SFT steps would follow RL's, the steps done had another lr)."""
+    out_dir, overwrite, total_steps = cfg.out_dir, cfg.overwrite, cfg.sft_steps + cfg.rl_steps
     if ckpt is not None and total_steps < ckpt["step"]:
         raise ValueError(f"--init_from=resume: the checkpoint in {out_dir} has done {ckpt['step']} steps, "
                          f"more than sft_steps + rl_steps = {total_steps}; ask for at least {ckpt['step']}")
+    if ckpt is not None and ckpt["config"]["sft_steps"] != cfg.sft_steps:
+        raise ValueError(f"--init_from=resume: the run in {out_dir} has sft_steps={ckpt['config']['sft_steps']}, "
+                         f"which a resume cannot change (--sft_steps={cfg.sft_steps}); extend it with --rl_steps")
     paths = [os.path.join(out_dir, f) for f in ("ckpt.pt", "metrics.jsonl")]
     # an empty log is what a run that failed before its first step leaves: nothing to lose
     found = [os.path.basename(p) for p in paths if os.path.exists(p) and os.path.getsize(p) > 0]
@@ -233,23 +240,31 @@ def check_completion_room(task, tokenizer, problems, cfg, block_size):
         if need > block_size:
             raise ValueError(f"the task's longest cold-start trace needs --block_size >= {need} (it is {block_size})")
 
-def check_prompts(prompts, max_new_tokens, block_size):
-    """sample.generate's prompts -> the longest one's length; a clear error for none, an empty one, or no room."""
+def check_prompts(prompts, max_new_tokens, block_size, temperature=1.0, top_k=None, top_p=None):
+    """sample.generate's inputs -> the longest prompt's length; a clear error for no prompts, an empty one,
+    no room, or a setting with no meaning (not a silent odd draw: a negative temperature inverts the odds)."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("generate needs a non-empty list of non-empty prompts")
+    if not (max_new_tokens >= 0 and 0 <= temperature < math.inf and (top_k is None or top_k >= 1)
+            and (top_p is None or 0 <= top_p <= 1)):
+        raise ValueError(f"generate needs max_new_tokens >= 0, a finite temperature >= 0, top_k >= 1 or None and "
+                         f"top_p in [0, 1] or None; got {max_new_tokens}, {temperature}, {top_k}, {top_p}")
     longest = max(len(p) for p in prompts)
     if longest + max_new_tokens > block_size:
         raise ValueError(f"prompt of {longest} tokens + max_new_tokens={max_new_tokens} = "
                          f"{longest + max_new_tokens} exceeds the model's block_size={block_size}")
     return longest
 
-def start_metrics_log(out_dir, start):
+def start_metrics_log(out_dir, start, fresh):
     """out_dir/metrics.jsonl (one JSON record per line) for a run that starts at step `start`: empty for a
     fresh run; a resumed one keeps what came before its restart point, and the eval made there. An old
-    summary.json goes: it described the run being replaced or extended, and is written anew at its end."""
-    path, summary = os.path.join(out_dir, "metrics.jsonl"), os.path.join(out_dir, "summary.json")
-    if os.path.exists(summary):
-        os.remove(summary)
+    summary.json goes: it described the run being replaced or extended, and is written anew at its end.
+    A fresh run (over one it replaces: --overwrite) removes the old ckpt.pt too, which a crash before its
+    first save would otherwise leave behind to be resumed under the new run's log."""
+    path = os.path.join(out_dir, "metrics.jsonl")
+    for old in ["summary.json"] + (["ckpt.pt"] if fresh else []):
+        if os.path.exists(os.path.join(out_dir, old)):
+            os.remove(os.path.join(out_dir, old))
     records = read_log(path) if start and os.path.exists(path) else []
     with open(path, "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in records
@@ -272,8 +287,10 @@ def append_record(path, record):
 
 def save_checkpoint(path, model, optimizer, cfg, step, extra):
     """Atomic: write a temp file, then rename over the old one (a crash leaves one or the other)."""
+    device = model.lm_head.weight.device  # (on CUDA, dropout draws from the GPU's generator)
     ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "config": asdict(cfg),
-            "model_config": asdict(model.config), "step": step, "torch_rng": torch.get_rng_state(), **extra}
+            "model_config": asdict(model.config), "step": step, "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None, **extra}
     tmp = path + ".tmp"
     try:
         with open(tmp, "wb") as f:
@@ -286,6 +303,16 @@ def save_checkpoint(path, model, optimizer, cfg, step, extra):
         raise OSError(f"could not save the checkpoint {path} ({e}); is the disk full? "
                       "The previous checkpoint, if any, is intact") from e
     os.replace(tmp, path)
+
+def restore_training_state(ckpt, optimizer, device):
+    """A checkpoint's optimizer state and random generators, into this process. The optimizer keeps its own
+    kernel (fused AdamW on CUDA, not on the CPU), so a run saved on one device resumes on another."""
+    kernel = {k: optimizer.defaults[k] for k in ("fused", "foreach", "capturable")}
+    optimizer.load_state_dict({**ckpt["optimizer"], "param_groups": [  # (the saved groups name the saving kernel)
+        {**group, **kernel} for group in ckpt["optimizer"]["param_groups"]]})
+    torch.set_rng_state(ckpt["torch_rng"])
+    if "cuda" in str(device) and ckpt.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
 
 def load_checkpoint(path, map_location="cpu"):
     """A train.py checkpoint dict, or one ValueError naming the file. weights_only: loading never

@@ -91,16 +91,16 @@ def compute_advantages(rewards, group_ids, baseline="group", std_normalize=False
 # the loss
 
 def _aggregate(x, mask, keep, aggregation, max_len):
-    """x, mask (B, T), keep (B,) -> (x reduced over the trained tokens, the normaliser it was divided by)"""
+    """x, mask (B, T), keep (B,) -> (x reduced over the trained tokens, the normaliser it was divided by (1 if 0))"""
     m = mask * keep[:, None]  # (B, T) dropped sequences weigh 0
     if aggregation == "seq-mean":
         # mean over sequences of token means (GRPO): short answers' tokens weigh more, a length bias
-        norm = keep.sum().clamp(min=1)
-        return ((x * m).sum(1) / mask.sum(1).clamp(min=1)).sum() / norm, norm
+        norm = keep.sum()
+        return ((x * m).sum(1) / mask.sum(1).clamp(min=1)).sum() / norm.clamp(min=1), norm
     # the variants: token-mean, every token weighs the same (DAPO, Yu et al. 2025); const, B · max_len,
     # a normaliser that does not depend on the lengths: unbiased (Dr. GRPO, Liu et al. 2025)
-    norm = m.sum().clamp(min=1) if aggregation == "token-mean" else torch.tensor(float(mask.size(0) * max_len))
-    return (x * m).sum() / norm, norm
+    norm = m.sum() if aggregation == "token-mean" else torch.tensor(float(mask.size(0) * max_len))
+    return (x * m).sum() / norm.clamp(min=1), norm
 
 def reinforce_loss(logprobs, old_logprobs, rewards, group_ids, completion_mask, *,
                    baseline="group", std_normalize=False, aggregation="seq-mean", max_len=None,
@@ -197,8 +197,8 @@ def _mirror_loss(logprobs, old_logprobs, r, group_ids, mask, keep, tau):
     adv = compute_advantages(r, group_ids, "group")  # (B,) r − r̄ (0 in all-equal groups)
     rho = ((logprobs - old_logprobs) * mask).sum(1)  # (B,) sequence log-ratio
     per_seq = (adv - tau * rho) ** 2 / (2 * tau)  # (B,)
-    norm = keep.sum().clamp(min=1)
-    return (per_seq * keep).sum() / norm, norm, adv
+    norm = keep.sum()
+    return (per_seq * keep).sum() / norm.clamp(min=1), norm, adv
 
 def _kl_penalty(logprobs, ref_logprobs, mask, keep, aggregation, max_len):
     """KL(π_θ ‖ π_ref) per token by the k3 estimator (Schulman 2020), ≥ 0 and unbiased:

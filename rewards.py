@@ -47,7 +47,8 @@ _ANSWER_PATTERNS = (
 )
 
 def _find_last_answer(text: str) -> tuple[int, str] | None:
-    """(where its marker starts, answer) for the last well-formed answer in text, else None."""
+    """(where its marker starts, answer) for the last answer in text; None if there is none, or if that
+    last one is malformed (empty, too long): an earlier answer never stands in for the final one."""
     if not isinstance(text, str):
         return None
     offset = max(0, len(text) - MAX_SCAN_CHARS)
@@ -55,11 +56,10 @@ def _find_last_answer(text: str) -> tuple[int, str] | None:
     best = None  # (where the answer itself starts, where its marker starts, answer)
     for pattern in _ANSWER_PATTERNS:
         for m in pattern.finditer(tail):
-            answer = m.group(1).strip()
-            if answer and len(answer) <= MAX_ANSWER_CHARS and (best is None or m.start(1) > best[0]):
-                best = (m.start(1), m.start(), answer)
+            if best is None or m.start(1) > best[0]:
+                best = (m.start(1), m.start(), m.group(1).strip())
     # ordering by where the answer starts lets "The answer is \boxed{5}" resolve to "5"
-    return None if best is None else (offset + best[1], best[2])
+    return (offset + best[1], best[2]) if best and 0 < len(best[2]) <= MAX_ANSWER_CHARS else None
 
 def extract_answer(text: str) -> str | None:
     """The last final answer in text, in any supported format; None if there is none."""
@@ -281,7 +281,7 @@ class PairsTask:
             sum_true = int(checked[2]) == sum(pair_sum(checked[1]))
             honest += sum_true and ((checked[3] == CHECK_RIGHT) == self._solves(checked[1], problem))
         return {"attempts": attempts, "checks": checks, "honest": honest, "answered": bool(marker),
-                "after_fail": bool(marker) and parts[-1].endswith(CHECK_WRONG)}
+                "after_fail": bool(marker) and head.rstrip(" ,").endswith(CHECK_WRONG)}
 
 def load_gsm8k(path) -> list[dict]:
     """Rows {"question", "answer"} of a GSM8K-format JSONL file; the answer ends in "#### N".
@@ -298,7 +298,8 @@ def load_gsm8k(path) -> list[dict]:
                 raise ValueError(f"{where}: not valid JSON ({e})") from None
             if not (isinstance(row, dict) and all(isinstance(row.get(k), str) for k in ("question", "answer"))):
                 raise ValueError(f"{where}: expected an object with string fields 'question' and 'answer'")
-            if "####" not in row["answer"] or not row["answer"].rpartition("####")[2].strip():
+            reference = row["answer"].rpartition("####")[2].strip()  # one line, something left once normalised
+            if "####" not in row["answer"] or not normalize_answer(reference) or "\n" in reference:
                 raise ValueError(f"{where}: answer does not end in '#### <final answer>'")
             rows.append({"question": row["question"], "answer": row["answer"]})
     if not rows:

@@ -14,8 +14,8 @@ There (fast=None: on when CUDA) each step is one replay of a CUDA graph of `deco
 static shapes: the batch never shrinks (finished rows decode on, unread), the cache is written at a
 slot held in a tensor, attention covers the whole cache under its `valid` mask; under autocast it
 reads copies of the Linear layers already in autocast's dtype (one cast per call, not per token).
-Sampling stays outside the graph, on the rows the plain loop samples: both paths draw the same tokens.
-"""
+Sampling stays outside the graph, on the rows the plain loop samples: both paths draw the same tokens
+(bitwise on the CPU; on CUDA other shapes may take other kernels, so a near-tie could go either way)."""
 import sys
 from dataclasses import dataclass
 
@@ -119,7 +119,7 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=
     """prompts: a list of token lists (any lengths) -> one list of new tokens per prompt, ending at (and
     including) the first stop token. fast: decode with the static-shape `decode_step`, a CUDA graph on
     CUDA (None = on when the model is on CUDA; on CPU the same step runs eagerly, for tests)."""
-    longest = check_prompts(prompts, max_new_tokens, model.config.block_size)
+    longest = check_prompts(prompts, max_new_tokens, model.config.block_size, temperature, top_k, top_p)
     device, B, size = model.transformer.wte.weight.device, len(prompts), longest + max_new_tokens
     was_training = model.training
     model.eval()

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from common import (all_sum, append_record, autocast_context, build_model, check_completion_room, check_numbers,
                     check_out_dir, cuda_graph, decode, encode, get_tokenizer, init_processes, load_checkpoint,
-                    parse_config, pick_device, save_checkpoint, start_metrics_log, to_device)
+                    parse_config, pick_device, restore_training_state, save_checkpoint, start_metrics_log, to_device)
 from model import GPT
 from reinforce import (AGGREGATIONS, BASELINES, LOSS_TYPES, length_penalty, linear_in_logprobs, reinforce_loss,
                        reinforce_weights, sft_weights, shape_rewards, token_logprobs, weighted_logprob_sum)
@@ -279,9 +279,9 @@ def policy_update(run, idx, targets, mask, rewards, group_ids, fused_step=None):
     return metrics, int(skipped)
 
 def ddp_scale(run, metrics):
-    """Each DDP rank divides by its own normaliser and DDP averages: × this = Σ over ranks / Σ normalisers."""
+    """Each DDP rank divides by its own normaliser (0: nothing trained) and DDP averages: × this = Σ / Σ normalisers."""
     norm = metrics["normaliser"]
-    return norm * dist.get_world_size() / all_sum(norm, run.device).item() if run.ddp else 1.0
+    return norm * dist.get_world_size() / max(1.0, all_sum(norm, run.device).item()) if run.ddp else 1.0
 
 def optimizer_step(model, optimizer, loss, cfg):
     """backward, clip, step -> 1 (a 0-dim float tensor) if the step was skipped because the gradient
@@ -470,15 +470,15 @@ def held_out_problems(task, cfg):
     return list(problems.values())
 
 def set_up(argv):
-    """Everything before the first step -> Run: the checked config (resuming: the saved one, updated by
-    argv), processes and devices, the task and its held-out problems, the model and optimizer
-    (restored when resuming), out_dir and its metrics log."""
+    """Everything before the first step -> Run: the checked config (resuming: the saved one, updated by argv,
+    in the out_dir read from: a copied run never writes into its original), processes and devices, the task
+    and its held-out problems, the model and optimizer (restored when resuming), out_dir and its metrics log."""
     cfg, ckpt = parse_config(TrainConfig, argv), None
     if cfg.init_from == "resume":
         ckpt = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))
-        cfg = parse_config(TrainConfig, argv, base={**ckpt["config"], "init_from": "resume"})
+        cfg = parse_config(TrainConfig, argv, base={**ckpt["config"], "init_from": "resume", "out_dir": cfg.out_dir})
     check_config(cfg)
-    check_out_dir(cfg.out_dir, ckpt, cfg.sft_steps + cfg.rl_steps, cfg.overwrite)  # before any rank writes there
+    check_out_dir(cfg, ckpt)  # before any rank writes there
     ddp, rank, device = init_processes(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -496,8 +496,7 @@ def set_up(argv):
     start, state = 0, {"before": None, "skipped": 0, "sft_time": 0.0, "rl_time": 0.0}
     success = torch.zeros(len(pool))
     if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        torch.set_rng_state(ckpt["torch_rng"])
+        restore_training_state(ckpt, optimizer, device)
         start = ckpt["step"]
         state.update({k: ckpt[k] for k in state})
         if len(ckpt["success"]) == len(pool):  # (empty when the saved run did not prioritize)
@@ -511,7 +510,7 @@ def set_up(argv):
               eval_problems, pool, success, start, state)
     os.makedirs(cfg.out_dir, exist_ok=True)
     if run.master:
-        start_metrics_log(cfg.out_dir, start)
+        start_metrics_log(cfg.out_dir, start, fresh=ckpt is None)
     return run
 
 def log(run, record):

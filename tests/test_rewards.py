@@ -70,6 +70,13 @@ def test_the_last_answer_in_the_text_counts(text, expected):
     assert extract_answer(text) == expected
 
 
+@pytest.mark.parametrize("text", ["#### 8+6\n####", "#### 8+6 ####", "#### 8+6\n#### 3+1 " + "x" * 300,
+                                  "\\boxed{8+6} <answer></answer>"])
+def test_a_malformed_last_answer_is_no_answer_not_an_earlier_one(text):
+    task, problem = pairs_problem()  # 8+6 is right: it must not score once a later answer replaced it
+    assert extract_answer(text) is None and task.reward(text, problem) == 0.0
+
+
 def test_only_the_tail_of_a_long_completion_is_searched():
     # answers live at the end; an answer followed by pages of text is not found (and cannot hang us)
     assert extract_answer("#### 5" + " and so on" * 1_000) is None
@@ -257,6 +264,8 @@ def test_gsm8k_problem_format():
     (['["question", "answer"]'], "string fields"),
     (['{"question": "q", "answer": "no final answer"}'], "####"),
     (['{"question": "q", "answer": "nothing after ####  "}'], "####"),
+    (['{"question": "q", "answer": "only a sign #### $"}'], "####"),  # nothing left to compare: unsolvable
+    (['{"question": "q", "answer": "#### 72\\nmore text"}'], "####"),  # would be the reference "72moretext"
 ])
 def test_gsm8k_loader_names_file_and_line_of_a_malformed_row(tmp_path, lines, message):
     path = tmp_path / "bad.jsonl"
@@ -435,6 +444,7 @@ def test_self_check_stats_on_hand_made_completions():
     assert stats("3+8=11✗,3+1", problem) == {"attempts": 2, "checks": 1, "honest": 1, "answered": False,
                                              "after_fail": False}
     assert stats("garbage ✗✓ ,,, = ####", problem)["attempts"] == 0
+    assert stats("3+8=11✗, #### 3+8", problem)["after_fail"]  # a comma before the answer hides no ✗
 
 
 def test_quitting_early_is_a_parameter_of_the_cold_start():

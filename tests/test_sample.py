@@ -134,6 +134,23 @@ def test_empty_prompts_are_an_error():
         generate(tiny_model(), [[1], []], 5)
 
 
+@pytest.mark.parametrize("setting", [dict(temperature=-1.0), dict(temperature=float("inf")), dict(top_k=0),
+                                     dict(top_p=1.5), dict(top_p=-0.1), dict(max_new_tokens=-1)])
+def test_generate_refuses_a_sampling_setting_that_has_no_meaning(setting):
+    # (a negative temperature would silently draw from the inverted distribution; top_k=0 would crash in topk)
+    with pytest.raises(ValueError, match="generate needs max_new_tokens >= 0, a finite temperature >= 0"):
+        generate(tiny_model(), [[1, 2]], **{"max_new_tokens": 4, **setting})
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_a_float64_model_under_autocast_decodes_in_float64(fast):
+    model = tiny_model().double()  # autocast leaves float64 as it is, so its cache must stay float64 too
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert common.cache_dtype(model) == torch.float64 and common.autocast_copies(model) == {}
+        out = generate(model, [[1, 2, 3], [4]], 6, temperature=0, fast=fast)
+    assert out == generate(model, [[1, 2, 3], [4]], 6, temperature=0, fast=fast)
+
+
 def test_generate_runs_under_bfloat16_autocast_with_a_bfloat16_cache():
     model = tiny_model()
     with torch.autocast("cpu", dtype=torch.bfloat16):

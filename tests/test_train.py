@@ -3,6 +3,7 @@ config errors, DDP, and the GSM8K + Hugging Face GPT-2 path."""
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -112,6 +113,15 @@ def test_resume_with_fewer_total_steps_than_done_is_refused_naming_both(tmp_path
     assert open(os.path.join(out, "ckpt.pt"), "rb").read() == ckpt
 
 
+def test_a_resume_may_not_change_where_sft_ends(tmp_path):
+    out = run(tmp_path, "--rl_steps=2")  # 4 SFT steps (their learning rates follow sft_steps), then 2 RL steps
+    ckpt = open(os.path.join(out, "ckpt.pt"), "rb").read()
+    for sft_steps in (2, 6):  # (2: RL steps 2-3 would be skipped; 6: SFT steps would follow RL's)
+        with pytest.raises(ValueError, match=f"has sft_steps=4, which a resume cannot change .--sft_steps={sft_steps}"):
+            train.main([f"--out_dir={out}", "--init_from=resume", f"--sft_steps={sft_steps}", "--rl_steps=4"])
+    assert open(os.path.join(out, "ckpt.pt"), "rb").read() == ckpt
+
+
 @pytest.mark.parametrize("fused", ["true", "false"])  # the loss's weights on log π (the default), or the loss
 def test_non_finite_loss_skips_the_update_and_keeps_the_weights(tmp_path, monkeypatch, fused):
     sft_only = run(tmp_path, "--rl_steps=0", name="sft_only")
@@ -153,9 +163,20 @@ def test_resuming_over_a_damaged_log_line_is_one_error_naming_the_file_and_line(
 
 def test_a_new_start_removes_the_old_summary(tmp_path):
     out = run(tmp_path)
-    common.start_metrics_log(out, 7)  # what a resumed run does first (an --overwrite=true run too, at 0)
+    common.start_metrics_log(out, 7, fresh=False)  # what a resumed run does first
     assert not os.path.exists(os.path.join(out, "summary.json"))
     assert len(open(os.path.join(out, "metrics.jsonl")).readlines()) > 0  # the log before step 7 stays
+    assert os.path.exists(os.path.join(out, "ckpt.pt"))
+
+
+def test_an_overwriting_run_removes_the_old_checkpoint_before_its_first_step(tmp_path, monkeypatch):
+    out = run(tmp_path)
+    monkeypatch.setattr(train, "sft_batch", lambda *a, **k: 1 / 0)  # a crash before the new run's first save
+    with pytest.raises(ZeroDivisionError):
+        run(tmp_path, "--seed=2", "--overwrite=true")
+    # nothing of the old run is left for --init_from=resume to continue under the new run's (empty) log
+    assert not os.path.exists(os.path.join(out, "ckpt.pt"))
+    assert open(os.path.join(out, "metrics.jsonl")).read() == ""
 
 
 @pytest.mark.parametrize("damage", ["cut in half", "random bytes", "empty", "missing", "a bare state_dict"])
@@ -318,14 +339,15 @@ def _as_run(model, optimizer, cfg, train_model=None):
                            ctx=nullcontext(), device="cpu", ref_model=None, ddp=train_model is not None)
 
 
-def _random_batch(seed, n_groups, G=4):
+def _random_batch(seed, n_groups, G=4, flat=False):
+    """flat: every reward 1, so every group is all-equal (no signal)"""
     g = torch.Generator().manual_seed(seed)
     prompts = [torch.randint(0, 20, (int(torch.randint(2, 6, (1,), generator=g)),), generator=g).tolist()
                for _ in range(n_groups) for _ in range(G)]
     completions = [torch.randint(0, 20, (int(torch.randint(1, 9, (1,), generator=g)),), generator=g).tolist()
                    for _ in prompts]
     idx, targets, mask = train.pad_batch(prompts, completions)
-    rewards = torch.randint(0, 2, (len(prompts),), generator=g).float()
+    rewards = torch.ones(len(prompts)) if flat else torch.randint(0, 2, (len(prompts),), generator=g).float()
     group_ids = torch.arange(n_groups).repeat_interleave(G)
     return idx, targets, mask, rewards, group_ids
 
@@ -335,10 +357,13 @@ def _random_batch(seed, n_groups, G=4):
     (["--aggregation=token-mean"], (3, 2)),                          # per-rank token counts differ
     (["--aggregation=const", "--drop_zero_signal=true"], (3, 3)),
     (["--drop_zero_signal=true", "--baseline=rloo"], (2, 4)),        # per-rank kept sequences differ
+    (["--drop_zero_signal=true"], (3, -2)),                          # rank 1 trains nothing: all groups flat
+    (["--drop_zero_signal=true", "--aggregation=token-mean"], (2, -3)),
     (["--fused_update=false", "--aggregation=token-mean"], (3, 2)),  # the plain update (the others: fused)
 ])
 def test_ddp_step_on_two_processes_equals_one_process_on_the_union_of_their_batches(tmp_path, options, groups):
-    halves = [_random_batch(1, groups[0]), _random_batch(2, groups[1])]
+    halves = [_random_batch(1, groups[0]), _random_batch(2, abs(groups[1]), flat=groups[1] < 0)]
+    groups = [abs(n) for n in groups]
     torch.multiprocessing.spawn(_ddp_worker, nprocs=2, join=True,
                                 args=(str(tmp_path / "init"), halves, str(tmp_path / "ddp.pt"), options))
     # the union: both halves in one batch (pad to a common length; padding is masked)
@@ -402,6 +427,48 @@ def test_fused_adamw_skips_a_non_finite_step_on_the_device_and_keeps_weights_and
         assert torch.equal(v, state[k]), k  # step count and moments untouched
     assert train.optimizer_step(model, optimizer, loss(), cfg).item() == 0
     assert optimizer.state[model.lm_head.weight]["step"].item() == 2
+
+
+@pytest.mark.parametrize("saved_fused, resumed_fused", [(False, True), (True, False)])
+def test_a_checkpoint_of_one_optimizer_kernel_resumes_on_the_other(tmp_path, saved_fused, resumed_fused):
+    # a run saved on the CPU (plain AdamW) resumed on CUDA (fused AdamW, which optimizer_step hands found_inf),
+    # and back: the saved groups name the saving kernel, and must not replace the resuming one's
+    def policy(fused):
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8))
+        return model, model.configure_optimizer(1e-2, device_type="cuda" if fused else "cpu")  # (fused runs on CPU)
+    loss = lambda model: model(torch.tensor([[1, 2, 3]]), targets=torch.tensor([[2, 3, 4]]))[1]
+    saved, saved_optimizer = policy(saved_fused)
+    train.optimizer_step(saved, saved_optimizer, loss(saved), train.TrainConfig())
+    torch.save({"optimizer": saved_optimizer.state_dict(), "torch_rng": torch.get_rng_state()}, tmp_path / "ckpt")
+    ckpt = torch.load(tmp_path / "ckpt", weights_only=True)  # (a copy: the loaded state shares no tensor)
+    resumed, optimizer = policy(resumed_fused)
+    resumed.load_state_dict(saved.state_dict())
+    common.restore_training_state(ckpt, optimizer, "cpu")
+    assert all(group["fused"] == resumed_fused for group in optimizer.param_groups)
+    for model, opt in ((saved, saved_optimizer), (resumed, optimizer)):  # the second step: the same on both
+        assert train.optimizer_step(model, opt, loss(model), train.TrainConfig()).item() == 0
+    for k, v in saved.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[k], v, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_resume_on_cuda_restores_the_gpus_random_generator(tmp_path):
+    out = run(tmp_path, "--device=cuda", "--dropout=0.1", "--rl_steps=1")  # dropout on CUDA draws from the GPU's
+    saved = torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)["cuda_rng"]
+    torch.cuda.manual_seed(12345)  # anything else
+    train.set_up([f"--out_dir={out}", "--init_from=resume", "--rl_steps=2"])
+    assert torch.equal(torch.cuda.get_rng_state(), saved)
+
+
+def test_a_resume_writes_to_the_out_dir_it_read_not_the_one_the_checkpoint_names(tmp_path, monkeypatch):
+    original = run(tmp_path, name="original")
+    files = {f: open(os.path.join(original, f), "rb").read() for f in ("ckpt.pt", "metrics.jsonl")}
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(original, tmp_path / "out")  # the default --out_dir=out: a copy of the run
+    train.main(["--init_from=resume", "--rl_steps=4"])
+    assert all(open(os.path.join(original, f), "rb").read() == data for f, data in files.items())  # untouched
+    assert torch.load(tmp_path / "out" / "ckpt.pt", weights_only=True)["step"] == 8
 
 
 def test_gsm8k_file_with_a_local_hugging_face_gpt2_runs_end_to_end(tmp_path):
