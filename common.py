@@ -154,7 +154,7 @@ def cache_dtype(model):
     return torch.get_autocast_dtype(weight.device.type) if autocast else weight.dtype
 
 def autocast_copies(model):
-    """Under autocast, with weights wider than its dtype (fp32 under bf16): {name: a copy in autocast's dtype}
+    """Under autocast, with weights in another dtype than its own (fp32 under bf16): {name: a copy in its dtype}
     of every nn.Linear weight and bias, else {}. A CUDA graph replays autocast's casts of the weights at every
     replay; the decode graph reads these instead (sample.decode_step), refreshed once per generate call
     (refresh_copies). The same values: autocast rounds to its dtype as .to() does."""

@@ -91,7 +91,7 @@ def compute_advantages(rewards, group_ids, baseline="group", std_normalize=False
 # the loss
 
 def _aggregate(x, mask, keep, aggregation, max_len):
-    """x, mask (B, T), keep (B,) -> (x reduced over the trained tokens, the normaliser it was divided by (1 if 0))"""
+    """x, mask (B, T), keep (B,) -> (x reduced over the trained tokens, its normaliser n: x was divided by max(1, n))"""
     m = mask * keep[:, None]  # (B, T) dropped sequences weigh 0
     if aggregation == "seq-mean":
         # mean over sequences of token means (GRPO): short answers' tokens weigh more, a length bias
@@ -154,7 +154,7 @@ def reinforce_loss(logprobs, old_logprobs, rewards, group_ids, completion_mask, 
         "zero_signal_frac": flat.float().mean().item(), "len_mean": lengths.mean().item(),
         "len_max": lengths.max().item(), "clip_frac": float(clip_frac), "kl": float(kl.detach()),
         "n_seqs_trained": keep.sum().item(),
-        "normaliser": float(norm),  # what the loss was divided by (train.py rescales it under DDP)
+        "normaliser": float(norm),  # the loss was divided by max(1, this); train.py sums it over DDP ranks
     }
 
 def sft_weights(targets, dtype=torch.float32):

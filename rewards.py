@@ -281,7 +281,7 @@ class PairsTask:
             sum_true = int(checked[2]) == sum(pair_sum(checked[1]))
             honest += sum_true and ((checked[3] == CHECK_RIGHT) == self._solves(checked[1], problem))
         return {"attempts": attempts, "checks": checks, "honest": honest, "answered": bool(marker),
-                "after_fail": bool(marker) and head.rstrip(" ,").endswith(CHECK_WRONG)}
+                "after_fail": bool(marker) and head.replace(",", " ").rstrip().endswith(CHECK_WRONG)}
 
 def load_gsm8k(path) -> list[dict]:
     """Rows {"question", "answer"} of a GSM8K-format JSONL file; the answer ends in "#### N".
@@ -298,8 +298,8 @@ def load_gsm8k(path) -> list[dict]:
                 raise ValueError(f"{where}: not valid JSON ({e})") from None
             if not (isinstance(row, dict) and all(isinstance(row.get(k), str) for k in ("question", "answer"))):
                 raise ValueError(f"{where}: expected an object with string fields 'question' and 'answer'")
-            reference = row["answer"].rpartition("####")[2].strip()  # one line, something left once normalised
-            if "####" not in row["answer"] or not normalize_answer(reference) or "\n" in reference:
+            ref = row["answer"].rpartition("####")[2].strip()  # the reference: extract_answer must read it back whole
+            if "####" not in row["answer"] or extract_answer(f"#### {ref}") != ref or not normalize_answer(ref):
                 raise ValueError(f"{where}: answer does not end in '#### <final answer>'")
             rows.append({"question": row["question"], "answer": row["answer"]})
     if not rows:

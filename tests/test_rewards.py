@@ -266,6 +266,8 @@ def test_gsm8k_problem_format():
     (['{"question": "q", "answer": "nothing after ####  "}'], "####"),
     (['{"question": "q", "answer": "only a sign #### $"}'], "####"),  # nothing left to compare: unsolvable
     (['{"question": "q", "answer": "#### 72\\nmore text"}'], "####"),  # would be the reference "72moretext"
+    (['{"question": "q", "answer": "#### 5 # about"}'], "####"),  # an answer is read up to a "#": never "5#about"
+    (['{"question": "q", "answer": "#### ' + "9" * 201 + '"}'], "####"),  # longer than an answer may be
 ])
 def test_gsm8k_loader_names_file_and_line_of_a_malformed_row(tmp_path, lines, message):
     path = tmp_path / "bad.jsonl"
@@ -444,7 +446,8 @@ def test_self_check_stats_on_hand_made_completions():
     assert stats("3+8=11✗,3+1", problem) == {"attempts": 2, "checks": 1, "honest": 1, "answered": False,
                                              "after_fail": False}
     assert stats("garbage ✗✓ ,,, = ####", problem)["attempts"] == 0
-    assert stats("3+8=11✗, #### 3+8", problem)["after_fail"]  # a comma before the answer hides no ✗
+    for text in ("3+8=11✗, #### 3+8", "3+8=11✗\n#### 3+8"):  # a comma or a newline before the answer hides no ✗
+        assert stats(text, problem)["after_fail"], text
 
 
 def test_quitting_early_is_a_parameter_of_the_cold_start():
