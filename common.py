@@ -15,6 +15,7 @@ import os
 import random
 from contextlib import nullcontext
 from dataclasses import asdict, fields
+from datetime import timedelta
 
 import tiktoken
 import torch
@@ -129,7 +130,8 @@ def init_processes(cfg):
     if use_cuda and ranks > gpus:  # rank `gpus` would find no device of its own
         raise ValueError(f"torchrun started {ranks} processes on this machine but it has {gpus} GPU(s): "
                          f"use --nproc_per_node={gpus}, or --device=cpu to run every process on the CPU")
-    dist.init_process_group("nccl" if use_cuda else "gloo")
+    # rank 0 evaluates and checkpoints alone while the others wait in a collective: give it an hour, not nccl's 10 min
+    dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(hours=1))
     device = f"cuda:{int(os.environ['LOCAL_RANK'])}" if use_cuda else "cpu"
     if use_cuda:
         torch.cuda.set_device(device)

@@ -50,6 +50,16 @@ with torch.no_grad():
         for _ in range(N):
             decode_step(model, cache, token_in, pos_in)
     report("decode_step eager, no graph", med(eager, 3) / N)
+    try:  # how many kernels one step is: the graph replays them back to back, so time per kernel = replay / count
+        from torch.profiler import ProfilerActivity, profile
+        cache.slot.fill_(16); pos_in.fill_(16)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            decode_step(model, cache, token_in, pos_in); torch.cuda.synchronize()
+        kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        busy = sum(e.device_time for e in kernels)  # us
+        print(f"kernels in one decode step: {len(kernels)}, GPU busy {busy:.0f} us of them", flush=True)
+    except Exception as e:
+        print(f"kernel count failed: {type(e).__name__}: {str(e)[:300]}")
     ref = None
     for mode in ("default",):
         try:
