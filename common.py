@@ -257,9 +257,11 @@ def check_prompts(prompts, max_new_tokens, block_size, temperature=1.0, top_k=No
                          f"{longest + max_new_tokens} exceeds the model's block_size={block_size}")
     return longest
 
-def start_metrics_log(out_dir, start, fresh):
+def start_metrics_log(out_dir, start, fresh, eval_at_start):
     """out_dir/metrics.jsonl (one JSON record per line) for a run that starts at step `start`: empty for a
-    fresh run; a resumed one keeps what came before its restart point, and the eval made there. An old
+    fresh run; a resumed one keeps what came before its restart point, and (eval_at_start: the run evaluates
+    there, after SFT or every eval_every steps) the first eval made there. Not a finished run's last eval:
+    the resumed run makes it again, at its own end. So the log reads as an uninterrupted run's. An old
     summary.json goes: it described the run being replaced or extended, and is written anew at its end.
     A fresh run (over one it replaces: --overwrite) removes the old ckpt.pt too, which a crash before its
     first save would otherwise leave behind to be resumed under the new run's log."""
@@ -268,9 +270,10 @@ def start_metrics_log(out_dir, start, fresh):
         if os.path.exists(os.path.join(out_dir, old)):
             os.remove(os.path.join(out_dir, old))
     records = read_log(path) if start and os.path.exists(path) else []
+    evals_at_start = [r for r in records if r["step"] == start and r["phase"] == "eval"]
+    kept = [r for r in records if r["step"] < start] + (evals_at_start[:1] if eval_at_start else [])
     with open(path, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in records
-                     if r["step"] < start or (r["step"] == start and r["phase"] == "eval"))
+        f.writelines(json.dumps(r) + "\n" for r in kept)
 
 def read_log(path):
     """metrics.jsonl -> its records; a damaged line (a crash mid-write) is one error naming file and line."""

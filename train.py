@@ -510,7 +510,7 @@ def set_up(argv):
               eval_problems, pool, success, start, state)
     os.makedirs(cfg.out_dir, exist_ok=True)
     if run.master:
-        start_metrics_log(cfg.out_dir, start, fresh=ckpt is None)
+        start_metrics_log(cfg.out_dir, start, ckpt is None, start == cfg.sft_steps or eval_due(cfg, start))
     return run
 
 def log(run, record):

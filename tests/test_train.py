@@ -80,16 +80,30 @@ def test_resume_restores_the_torch_rng_so_dropout_draws_the_same_masks(tmp_path)
     assert_same_weights(weights(full), weights(part))
 
 
+def log_records(out):
+    """metrics.jsonl without the wall times (which differ from run to run)"""
+    return [{k: v for k, v in json.loads(line).items() if not k.endswith("_time")}
+            for line in open(os.path.join(out, "metrics.jsonl"))]
+
+
 def test_resume_across_the_sft_to_rl_boundary_is_exact(tmp_path):
     full = run(tmp_path, name="full")
-    part = run(tmp_path, "--rl_steps=0", name="part")
+    part = run(tmp_path, "--rl_steps=0", name="part")  # it ends with its own final eval at step 4
     train.main([f"--out_dir={part}", "--init_from=resume", "--rl_steps=3"])
     assert_same_weights(weights(full), weights(part))
-    # the resumed log is the uninterrupted one: the same training records, the same losses to the bit
-    # (the interrupted run also has its own final eval at the step it stopped)
-    training = [[{k: v for k, v in json.loads(line).items() if not k.endswith("_time")}
-                 for line in open(os.path.join(out, "metrics.jsonl")) if '"eval"' not in line] for out in (full, part)]
-    assert training[0] == training[1] and len(training[0]) == 4 + 3
+    # the resumed log is the uninterrupted one: the same records, the same losses to the bit, and the same
+    # evals (after SFT at 4, at the end at 7: not the stopped run's own final eval at 4)
+    assert log_records(full) == log_records(part) and len(log_records(full)) == 4 + 1 + 3 + 1
+
+
+@pytest.mark.parametrize("extra", [[], ["--eval_every=2"]])
+def test_resuming_a_finished_run_or_extending_it_logs_what_an_uninterrupted_run_would(tmp_path, extra):
+    full = run(tmp_path, "--rl_steps=4", *extra, name="full")
+    part = run(tmp_path, "--rl_steps=2", *extra, name="part")  # its final eval at 6, and with eval_every=2
+    train.main([f"--out_dir={part}", "--init_from=resume", "--rl_steps=2"])  # finished: only its final eval again
+    assert [r["step"] for r in log_records(part) if r["phase"] == "eval"] == [4, 6]
+    train.main([f"--out_dir={part}", "--init_from=resume", "--rl_steps=4"])  # eval_every=2: 6 is due, else not
+    assert log_records(full) == log_records(part)
 
 
 def test_a_fresh_run_refuses_an_out_dir_that_holds_a_run_unless_told_to_overwrite(tmp_path):
@@ -163,7 +177,7 @@ def test_resuming_over_a_damaged_log_line_is_one_error_naming_the_file_and_line(
 
 def test_a_new_start_removes_the_old_summary(tmp_path):
     out = run(tmp_path)
-    common.start_metrics_log(out, 7, fresh=False)  # what a resumed run does first
+    common.start_metrics_log(out, 7, False, False)  # what a resumed run does first
     assert not os.path.exists(os.path.join(out, "summary.json"))
     assert len(open(os.path.join(out, "metrics.jsonl")).readlines()) > 0  # the log before step 7 stays
     assert os.path.exists(os.path.join(out, "ckpt.pt"))
