@@ -41,8 +41,7 @@ class KVCache:
     def __init__(self, config, batch_size, max_len, device, dtype):
         hs = config.n_embd // config.n_head
         shape = (config.n_layer, batch_size, config.n_head, max_len, hs)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.k, self.v = (torch.zeros(shape, device=device, dtype=dtype) for _ in range(2))  # keys, values
         self.valid = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)  # (B, S_max)
         self.length = 0  # slots [0, length) are filled
         self.slot = None  # static mode: (1,) long tensor, the slot the next token is written to
@@ -59,15 +58,16 @@ class KVCache:
         return self.k[layer, :, :, :self.length + T], self.v[layer, :, :, :self.length + T]
 
     def attn_mask(self, T):
-        """(B, 1, T, S) bool: query t may see key s if s is a real token at or before t.
+        """(B, 1, T, S) added to the attention scores: 0 where query t may see key s (a real token at or before
+        t), −inf elsewhere; made once for all layers (SDPA would turn a bool mask into it in each layer).
         A query always sees itself, so a padding query never has an empty row (NaN softmax)."""
-        if self.slot is not None:  # static, T = 1: the written slots so far, this step's included
-            return self.valid[:, None, None, :]  # (B, 1, 1, S_max)
-        S = self.length + T
-        q_pos = torch.arange(self.length, S, device=self.valid.device)[:, None]  # (T, 1)
-        k_pos = torch.arange(S, device=self.valid.device)[None, :]               # (1, S)
-        mask = (k_pos <= q_pos) & self.valid[:, None, :S]                        # (B, T, S)
-        return (mask | (k_pos == q_pos))[:, None]
+        sees = self.valid[:, None, None, :]  # (B, 1, 1, S_max) static, T = 1: the slots written so far, this step's too
+        if self.slot is None:
+            S = self.length + T
+            q_pos = torch.arange(self.length, S, device=self.valid.device)[:, None]  # (T, 1)
+            k_pos = torch.arange(S, device=self.valid.device)[None, :]               # (1, S)
+            sees = ((k_pos <= q_pos) & self.valid[:, None, :S] | (k_pos == q_pos))[:, None]  # (B, 1, T, S)
+        return torch.zeros(sees.shape, dtype=self.k.dtype, device=sees.device).masked_fill_(~sees, float("-inf"))
 
     def keep(self, rows):
         """Drop finished sequences: keep only the batch rows in `rows` (a LongTensor)."""

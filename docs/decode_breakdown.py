@@ -1,15 +1,18 @@
 """Where a decode step of GPT-2 small (bfloat16, B=1) goes on a GPU: sample.generate with its kept
 CUDA graph, the graph replayed alone (no sampling, no bookkeeping), the capture, decode_step
-eagerly, and decode_step compiled by torch.compile inside the same kind of graph. CUDA only.
+eagerly, its CUDA kernels, and decode_step compiled by torch.compile inside the same kind of graph.
+CUDA only, except --ops: the PyTorch ops of one decode step, counted on any device (each is a kernel
+on a GPU, views aside), so that the CPU can see what a change does to the graph's length.
 
     PYTHONPATH=. python docs/decode_breakdown.py
+    PYTHONPATH=. python docs/decode_breakdown.py --ops
 """
 import sys
 import time
+from collections import Counter
 
 import torch
-if not torch.cuda.is_available():
-    sys.exit("docs/decode_breakdown.py measures CUDA graphs: it needs a CUDA GPU")
+from torch.utils._python_dispatch import TorchDispatchMode
 from model import GPT, GPTConfig, KVCache
 import sample
 from common import cuda_graph
@@ -17,6 +20,31 @@ from sample import generate, decode_step, static_decoder
 
 torch.manual_seed(0)
 cfg = GPTConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)
+
+if "--ops" in sys.argv:
+    class CountOps(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops[func.overloadpacket.__name__] += 1
+            return func(*args, **(kwargs or {}))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = GPT(cfg).to(device, torch.bfloat16).eval()
+    cache = KVCache(cfg, 1, 192, device, torch.bfloat16)
+    cache.slot = torch.zeros(1, dtype=torch.long, device=device)
+    token, pos = (torch.zeros(1, 1, dtype=torch.long, device=device) for _ in range(2))
+    views = {"view", "t", "select", "transpose", "split", "unsqueeze", "slice", "expand", "_unsafe_view", "detach"}
+    with torch.no_grad(), CountOps() as counter:
+        decode_step(model, cache, token, pos)
+    work = {op: n for op, n in counter.ops.items() if op not in views}
+    print(f"one decode step of GPT-2 small (B=1, {device}): {sum(work.values())} ops that do work, "
+          f"{sum(counter.ops.values()) - sum(work.values())} views; " + ", ".join(f"{op} {n}" for op, n in
+                                                                               Counter(work).most_common()))
+    sys.exit(0)
+if not torch.cuda.is_available():
+    sys.exit("docs/decode_breakdown.py measures CUDA graphs: it needs a CUDA GPU (or --ops)")
 model = GPT(cfg).cuda().to(torch.bfloat16).eval()
 wbytes = sum(p.numel() * p.element_size() for p in model.parameters())
 floor = wbytes / 3.0e12
