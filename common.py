@@ -269,7 +269,7 @@ def start_metrics_log(out_dir, start, fresh, eval_at_start):
     for old in ["summary.json"] + (["ckpt.pt"] if fresh else []):
         if os.path.exists(os.path.join(out_dir, old)):
             os.remove(os.path.join(out_dir, old))
-    records = read_log(path) if start and os.path.exists(path) else []
+    records = read_log(path) if not fresh and os.path.exists(path) else []  # (a resume may start at step 0)
     evals_at_start = [r for r in records if r["step"] == start and r["phase"] == "eval"]
     kept = [r for r in records if r["step"] < start] + (evals_at_start[:1] if eval_at_start else [])
     with open(path, "w") as f:

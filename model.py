@@ -58,16 +58,16 @@ class KVCache:
         return self.k[layer, :, :, :self.length + T], self.v[layer, :, :, :self.length + T]
 
     def attn_mask(self, T):
-        """(B, 1, T, S) added to the attention scores: 0 where query t may see key s (a real token at or before
-        t), −inf elsewhere; made once for all layers (SDPA would turn a bool mask into it in each layer).
-        A query always sees itself, so a padding query never has an empty row (NaN softmax)."""
+        """(B, 1, T, S) added to the attention scores: 0 where query t may see key s (a real token at or before t),
+        else −65504 (fp16's lowest, SDPA's own choice for cuDNN: exp gives 0 as for −inf, and no kernel meets inf).
+        Made once for all layers (SDPA would convert a bool mask in each); a query always sees itself (no empty row)."""
         sees = self.valid[:, None, None, :]  # (B, 1, 1, S_max) static, T = 1: the slots written so far, this step's too
         if self.slot is None:
             S = self.length + T
             q_pos = torch.arange(self.length, S, device=self.valid.device)[:, None]  # (T, 1)
             k_pos = torch.arange(S, device=self.valid.device)[None, :]               # (1, S)
             sees = ((k_pos <= q_pos) & self.valid[:, None, :S] | (k_pos == q_pos))[:, None]  # (B, 1, T, S)
-        return torch.zeros(sees.shape, dtype=self.k.dtype, device=sees.device).masked_fill_(~sees, float("-inf"))
+        return torch.zeros(sees.shape, dtype=self.k.dtype, device=sees.device).masked_fill_(~sees, -65504.0)
 
     def keep(self, rows):
         """Drop finished sequences: keep only the batch rows in `rows` (a LongTensor)."""

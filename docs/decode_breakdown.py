@@ -1,8 +1,8 @@
 """Where a decode step of GPT-2 small (bfloat16, B=1) goes on a GPU: sample.generate with its kept
 CUDA graph, the graph replayed alone (no sampling, no bookkeeping), the capture, decode_step
 eagerly, its CUDA kernels, and decode_step compiled by torch.compile inside the same kind of graph.
-CUDA only, except --ops: the PyTorch ops of one decode step, counted on any device (each is a kernel
-on a GPU, views aside), so that the CPU can see what a change does to the graph's length.
+CUDA only, except --ops: the PyTorch ops of one decode step, counted on any device (most of them a
+kernel each on a GPU, views aside), so that the CPU can see what a change does to the graph's length.
 
     PYTHONPATH=. python docs/decode_breakdown.py
     PYTHONPATH=. python docs/decode_breakdown.py --ops

@@ -96,6 +96,14 @@ def test_resume_across_the_sft_to_rl_boundary_is_exact(tmp_path):
     assert log_records(full) == log_records(part) and len(log_records(full)) == 4 + 1 + 3 + 1
 
 
+def test_a_run_resumed_at_step_0_keeps_its_log(tmp_path):
+    full = run(tmp_path, "--sft_steps=0", name="full")  # RL from the initial weights
+    part = run(tmp_path, "--sft_steps=0", "--rl_steps=0", name="part")  # its checkpoint is at step 0
+    train.main([f"--out_dir={part}", "--init_from=resume", "--rl_steps=3"])
+    assert_same_weights(weights(full), weights(part))
+    assert log_records(full) == log_records(part)  # the eval "before RL" at step 0 is kept, not re-made
+
+
 @pytest.mark.parametrize("extra", [[], ["--eval_every=2"]])
 def test_resuming_a_finished_run_or_extending_it_logs_what_an_uninterrupted_run_would(tmp_path, extra):
     full = run(tmp_path, "--rl_steps=4", *extra, name="full")
