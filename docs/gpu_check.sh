@@ -61,7 +61,7 @@ EOF
 # the tests that only CUDA runs (the SFT and fused RL steps replayed as a CUDA graph equal the eager ones, also
 # across a re-capture; a run resumed inside the graphed SFT ends near the uninterrupted one; a kept decode graph
 # reads the current weights) and the smoke run
-run cuda_tests 100 $PY -m pytest -q tests -k "cuda or graph or smoke"
+run cuda_tests 120 $PY -m pytest -q tests -k "cuda or graph or smoke"
 
 # 2. the default run, whole (target: at most 30 s), then where an RL step's time goes on its checkpoint
 RUN=$(mktemp -d)

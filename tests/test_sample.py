@@ -19,24 +19,27 @@ def tiny_model(vocab_size=50, seed=0, sharpen=20.0):
 
 def naive_greedy(model, prompt, max_new_tokens, stop_tokens):
     """The obviously correct decoder: recompute the whole sequence for every new token."""
-    idx, out = torch.tensor([prompt]), []
+    idx, out = torch.tensor([prompt], device=model.lm_head.weight.device), []
     for _ in range(max_new_tokens):
         token = model(idx)[0, -1].argmax().item()
         out.append(token)
         if token in stop_tokens:
             break
-        idx = torch.cat([idx, torch.tensor([[token]])], dim=1)
+        idx = torch.cat([idx, torch.tensor([[token]], device=idx.device)], dim=1)
     return out
 
 
-def test_kv_cached_greedy_equals_naive_recompute_for_mixed_prompt_lengths():
-    model = tiny_model().eval()
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA"))])  # (on CUDA, the masked attention kernels SDPA picks there)
+@pytest.mark.parametrize("fast", [False, True])
+def test_kv_cached_greedy_equals_naive_recompute_for_mixed_prompt_lengths(device, fast):
+    model = tiny_model().to(device).eval()
     g = torch.Generator().manual_seed(3)
     prompts = [torch.randint(0, 50, (n,), generator=g).tolist() for n in (1, 7, 3, 12, 5, 9, 2, 4)]
     # a stop token that some rows hit early: the most common first greedy token
     firsts = [naive_greedy(model, p, 1, ())[0] for p in prompts]
     stop = max(set(firsts), key=firsts.count)
-    got = generate(model, prompts, 20, temperature=0, stop_tokens=(stop,))
+    got = generate(model, prompts, 20, temperature=0, stop_tokens=(stop,), fast=fast)
     expected = [naive_greedy(model, p, 20, (stop,)) for p in prompts]
     assert got == expected
     assert any(len(c) < 20 for c in got) and any(len(c) == 20 for c in got)  # early and full-length rows
