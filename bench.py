@@ -17,6 +17,7 @@ Sizes are --key=value flags, the fields of each command's dataclass below, e.g.
 Every time is the median of `repeats` runs after a warm-up; every ratio compares numbers measured
 by the same command, on the same machine, at the same moment.
 """
+import importlib.util
 import inspect
 import json
 import os
@@ -46,6 +47,7 @@ from train import (TrainConfig, check_config, fast_path, fused, make_task, pad_b
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 HAS_LINEAR_CROSS_ENTROPY = hasattr(F, "linear_cross_entropy")  # torch >= 2.13
+HAS_LIGER = importlib.util.find_spec("liger_kernel") is not None  # optional, CUDA only (Triton)
 
 # -----------------------------------------------------------------------------
 # the machine, the clock, the table
@@ -214,7 +216,7 @@ class LogprobsBench:
     threads: int = 0
     device: str = "auto"
     seed: int = 1337
-    impl: str = ""                 # set by the parent for each worker: naive | ours | fused | torch
+    impl: str = ""                 # set by the parent for each worker: naive | ours | fused | torch | liger
     chunk: int = 0                 # set by the parent for each worker (0 = the implementation's default)
 
 
@@ -229,6 +231,13 @@ def torch_logprobs(h, W, t, chunk=0):
     options = (LinearCrossEntropyOptions() if chunk == 0 else
                LinearCrossEntropyOptions(chunking_method=None, batch_chunk_size=chunk))
     return -F.linear_cross_entropy(h, W, t, reduction="none", options=options)
+
+
+def liger_logprobs(h, W, t):
+    """Liger-Kernel's fused linear cross-entropy (Triton: CUDA only), its per-token form (reduction "none",
+    whose backward recomputes each chunk's logits, as token_logprobs does). Cross-entropy is −log p(target)."""
+    from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+    return -LigerFusedLinearCrossEntropyLoss(reduction="none")(W, h, t)
 
 
 def peak_memory(device):
@@ -252,7 +261,7 @@ def logprobs_worker(argv):
     torch.manual_seed(cfg.seed)
     fn = {"naive": naive_logprobs, "ours": lambda h, W, t: token_logprobs(h, W, t, chunk_size=cfg.chunk),
           "fused": lambda h, W, t: weighted_logprob_sum(h, W, t, torch.ones(len(t), device=t.device), cfg.chunk)[0],
-          "torch": lambda h, W, t: torch_logprobs(h, W, t, cfg.chunk)}[cfg.impl]
+          "torch": lambda h, W, t: torch_logprobs(h, W, t, cfg.chunk), "liger": liger_logprobs}[cfg.impl]
     # a tiny run first: the first call pages in library code and starts autograd's threads,
     # which would otherwise count as memory of the implementation
     tiny_h, tiny_W = (torch.randn(n, cfg.C, device=device, requires_grad=True) for n in (64, 256))
@@ -282,7 +291,8 @@ def logprobs_worker(argv):
 
 LOGPROB_IMPLS = {"naive": "naive `log_softmax(h @ W.T).gather`", "ours": "ours `reinforce.token_logprobs`",
                  "fused": "ours, gradient in forward `reinforce.weighted_logprob_sum`",
-                 "torch": "PyTorch `F.linear_cross_entropy`"}
+                 "torch": "PyTorch `F.linear_cross_entropy`",
+                 "liger": "Liger-Kernel `LigerFusedLinearCrossEntropyLoss(reduction=\"none\")`"}
 
 
 def bench_logprobs(argv):
@@ -291,13 +301,14 @@ def bench_logprobs(argv):
     chunks = [int(c) for c in cfg.chunks.split(",")]
     variants = [("naive", 0)] + [("ours", c) for c in chunks] + [("fused", c) for c in chunks]
     variants += [("torch", c) for c in dict.fromkeys([0] + chunks)] if HAS_LINEAR_CROSS_ENTROPY else []
+    variants += [("liger", 0)] if HAS_LIGER and device.startswith("cuda") else []
     rows, naive = [], None
     for impl, chunk in variants:
         args = [f"--{k}={v}" for k, v in {**asdict(cfg), "impl": impl, "chunk": chunk}.items()]
         done = subprocess.run([sys.executable, os.path.join(ROOT, "bench.py"), "_logprobs_worker", *args],
                               capture_output=True, text=True)
         budget_rows = default_chunk_size(cfg.V, device_type=device.split(":")[0])  # ours: from the budget
-        auto = "auto" if impl == "torch" else f"default ({budget_rows})"
+        auto = "auto" if impl in ("torch", "liger") else f"default ({budget_rows})"
         row = [LOGPROB_IMPLS[impl], "—" if impl == "naive" else chunk or auto]
         if done.returncode != 0:  # e.g. out of memory: say so in the table and go on
             rows.append(row + ["failed: " + "".join(done.stderr.strip().splitlines()[-1:]), "", "", ""])
@@ -308,6 +319,8 @@ def bench_logprobs(argv):
         rows.append(row + [f"{r['ms']:,.0f}", f"{r['extra_mib']:,.0f}", *ratios])
     if not HAS_LINEAR_CROSS_ENTROPY:
         rows.append([LOGPROB_IMPLS["torch"], "—", f"not in torch {torch.__version__}", "", "", ""])
+    if not (HAS_LIGER and device.startswith("cuda")):  # (pip install liger-kernel; its Triton kernels need CUDA)
+        rows.append([LOGPROB_IMPLS["liger"], "—", "needs CUDA" if HAS_LIGER else "not installed", "", "", ""])
     memory = "allocated CUDA memory" if device.startswith("cuda") else "RSS"
     print_table(f"**logprobs**: {machine(device)}. N={cfg.N} tokens, C={cfg.C}, V={cfg.V}, float32; forward + "
                 f"backward of Σ g·log π(target), median of {cfg.repeats}; peak extra memory = peak {memory} "

@@ -5,6 +5,11 @@
 # from the start (default 420), so one hang costs only its own slot. Most important first.
 #
 #     OUT=/path/to/folder bash docs/gpu_check.sh
+#
+# Liger-Kernel's fused linear cross-entropy, a peer row of `bench.py logprobs` (optional): the GPU machine has no
+# network, so first download its wheel where there is one, `pip download liger-kernel --no-deps -d wheels`
+# (wheels/ is gitignored), and carry wheels/ to the GPU machine; this script installs it from there (torch and
+# triton, its dependencies, come with a CUDA build of torch).
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_out}
@@ -27,6 +32,9 @@ run() {  # run NAME SECONDS COMMAND...: its output in $OUT/NAME.md, a line in $O
 
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
 run versions 30 $PY -c "import torch, transformers; print(torch.__version__, torch.version.cuda, transformers.__version__, torch.cuda.get_device_name())"
+if ls wheels/liger_kernel-*.whl > /dev/null 2>&1; then
+    run liger_install 60 $PY -m pip install --no-deps --no-index wheels/liger_kernel-*.whl
+fi
 
 # 1. correctness first: on CUDA the fast path (CUDA graph) gives the plain loop's tokens
 run fast_equals_eager 90 $PY - <<'EOF'
@@ -85,7 +93,8 @@ run sample_default 60 $PY bench.py sample
 run sample_rl_size 60 $PY bench.py sample --n_embd=128 --vocab_size=257 --batch_size=128
 run sample_gpt2_small_B64 120 $PY bench.py sample --gpt2_small=true --batch_size=64 --repeats=2
 
-# 5. fused log-probs at N=16384 (F.linear_cross_entropy rows only where torch has it, >= 2.13)
+# 5. fused log-probs at N=16384 (F.linear_cross_entropy rows only where torch has it, >= 2.13; Liger-Kernel's row
+# where it was installed above)
 run logprobs_N16384 120 $PY bench.py logprobs --N=16384 --chunks=0,1024 --repeats=3
 
 # 6. where the time goes: a GPT-2-small decode step (B=1) and an SFT step of the default run

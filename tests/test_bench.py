@@ -43,6 +43,26 @@ def test_peer_logprobs_equal_ours_in_value_and_gradient(name):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="Liger-Kernel's Triton kernels need CUDA")
+def test_liger_peer_logprobs_equal_ours_on_cuda():
+    pytest.importorskip("liger_kernel")  # optional: bench.py logprobs adds its row where it is installed
+    h, W, t, upstream = (x.detach().cuda() for x in tiny_logprob_problem())
+    h.requires_grad_(), W.requires_grad_()
+    expected = values_and_grads(lambda h, W, t: token_logprobs(h, W, t, chunk_size=16), h, W, t, upstream)
+    for got, want in zip(values_and_grads(bench.liger_logprobs, h, W, t, upstream), expected):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_logprobs_command_prints_a_row_per_implementation_and_chunk():
+    out, table = table_of(["logprobs", "--N=64", "--C=8", "--V=50", "--chunks=16", "--repeats=1", "--device=cpu"])
+    rows = {tuple(cell.strip() for cell in line.split("|")[1:3]) for line in table[2:]}
+    ours = [bench.LOGPROB_IMPLS[impl] for impl in ("ours", "fused")]
+    assert {(bench.LOGPROB_IMPLS["naive"], "—"), *((name, "16") for name in ours)} <= rows
+    assert (bench.LOGPROB_IMPLS["liger"], "—") in rows  # on the CPU: a row that says why it was not run
+    assert "needs CUDA" in out or "not installed" in out
+    assert all("failed" not in line for line in table)
+
+
 def test_naive_sampler_is_greedy_decoding_without_a_cache():
     from sample import generate
     torch.manual_seed(0)
