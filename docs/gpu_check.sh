@@ -8,8 +8,8 @@
 #
 # Liger-Kernel's fused linear cross-entropy, a peer row of `bench.py logprobs` (optional): the GPU machine has no
 # network, so first download its wheel where there is one, `pip download liger-kernel --no-deps -d wheels`
-# (wheels/ is gitignored), and carry wheels/ to the GPU machine; this script installs it from there (torch and
-# triton, its dependencies, come with a CUDA build of torch).
+# (wheels/ is gitignored), and carry wheels/ to the GPU machine; this script unpacks that pure-Python wheel onto
+# PYTHONPATH, no pip needed (torch and triton, its dependencies, come with a CUDA build of torch).
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_out}
@@ -33,7 +33,9 @@ run() {  # run NAME SECONDS COMMAND...: its output in $OUT/NAME.md, a line in $O
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
 run versions 30 $PY -c "import torch, transformers; print(torch.__version__, torch.version.cuda, transformers.__version__, torch.cuda.get_device_name())"
 if ls wheels/liger_kernel-*.whl > /dev/null 2>&1; then
-    run liger_install 60 $PY -m pip install --no-deps --no-index wheels/liger_kernel-*.whl
+    LIGER=$(mktemp -d)
+    run liger_unpack 30 $PY -m zipfile -e wheels/liger_kernel-*.whl "$LIGER"
+    export PYTHONPATH=".:$LIGER"
 fi
 
 # 1. correctness first: on CUDA the fast path (CUDA graph) gives the plain loop's tokens
