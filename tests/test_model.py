@@ -79,6 +79,9 @@ def test_optimizer_decays_only_block_matrices():
     assert all(names[i].endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")) for i in decayed)
     assert id(model.transformer.wte.weight) not in decayed
     assert len(decayed) == 4 * model.config.n_layer
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
+    in_groups = sorted(id(p) for g in opt.param_groups for p in g["params"])
+    assert in_groups == sorted(id(p) for p in model.parameters())  # every parameter, once
 
 
 def test_logits_match_huggingface_gpt2_on_the_same_weights(hf_dir):

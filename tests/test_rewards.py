@@ -313,14 +313,17 @@ def test_get_task_builds_each_task_and_refuses_unknown_names():
         get_task("chess")
 
 
-@pytest.mark.parametrize("make", [
-    lambda: ArithmeticTask(digits=0), lambda: ArithmeticTask(digits=10),
-    lambda: ArithmeticTask().sample("val", random.Random(0)),
-    lambda: ArithmeticTask().trace(ArithmeticTask().sample("train", random.Random(0)), "cot"),
+@pytest.mark.parametrize("make, message", [
+    (lambda: ArithmeticTask(digits=0), "digits must be in 1..9"), (lambda: ArithmeticTask(digits=10), "digits must"),
+    (lambda: ArithmeticTask().sample("val", random.Random(0)), "split must be 'train' or 'test'"),
+    (lambda: ArithmeticTask().trace(ArithmeticTask().sample("train", random.Random(0)), "cot"), "unknown style 'cot'"),
+    (lambda: PairsTask(n_numbers=2), "n_numbers must be in 3..12"), (lambda: PairsTask(max_number=1000), "max_number"),
+    (lambda: PairsTask(quit_step=1.5), "quit_step and quit_max are probabilities"),
 ])
-def test_bad_task_arguments_raise_value_error(make):
-    with pytest.raises(ValueError):
-        make()
+def test_bad_task_arguments_raise_a_value_error_that_says_why(make, message):
+    with pytest.raises(ValueError, match=message):
+        task = make()
+        task.sample("train", random.Random(0))
 
 
 def test_arithmetic_splits_keep_a_plus_b_and_b_plus_a_together():

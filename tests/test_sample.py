@@ -80,6 +80,29 @@ def test_sampling_frequencies_follow_softmax_of_logits_over_temperature(temperat
     assert chi_square(counts, wrong) > critical  # the test can tell the difference
 
 
+@pytest.mark.parametrize("top_k, top_p, wrong_k, wrong_p", [(3, None, 4, None), (None, 0.7, None, 0.85),
+                                                        (4, 0.7, 3, 0.7)])
+def test_top_k_and_top_p_sample_the_renormalised_softmax_of_the_tokens_they_keep(top_k, top_p, wrong_k, wrong_p):
+    V, n = 8, 20000
+    logits = torch.tensor([[2.0, 1.6, 1.3, 1.0, 0.5, 0.2, -0.4, -1.0]])  # (1, V), best first
+
+    def kept_softmax(k, p):  # float64 reference: the k best tokens, then the smallest nucleus of mass >= p
+        probs = torch.softmax(logits[0].double(), -1)
+        keep = torch.arange(V) < (k or V)
+        if p is not None:
+            kept = probs * keep / (probs * keep).sum()
+            keep &= (kept.cumsum(-1) - kept) < p  # (sorted: mass before the token below p)
+        return probs * keep / (probs * keep).sum()
+    tokens = sample_next(logits.expand(n, V), top_k=top_k, top_p=top_p, generator=torch.Generator().manual_seed(0))
+    counts = torch.bincount(tokens, minlength=V).double()
+    right, wrong = kept_softmax(top_k, top_p), kept_softmax(wrong_k, wrong_p)  # wrong: keeps one token more/less
+    assert (counts[right == 0] == 0).all()
+    support = right > 0
+    critical = {2: 13.82, 3: 16.27, 4: 18.47}[int(support.sum()) - 1]  # chi-square, p = 0.001
+    assert chi_square(counts[support], right[support]) < critical
+    assert (counts[wrong == 0] > 0).any() or chi_square(counts[wrong > 0], wrong[wrong > 0]) > critical
+
+
 def test_top_k_never_emits_a_token_outside_the_k_most_likely():
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(64, 100, generator=g)
@@ -154,11 +177,13 @@ def test_a_float64_model_under_autocast_decodes_in_float64(fast):
     assert out == generate(model, [[1, 2, 3], [4]], 6, temperature=0, fast=fast)
 
 
-def test_generate_runs_under_bfloat16_autocast_with_a_bfloat16_cache():
-    model = tiny_model()
+def test_generate_under_bfloat16_autocast_keeps_a_bfloat16_cache_and_equals_full_recompute(monkeypatch):
+    model, dtypes = tiny_model(), []
+    monkeypatch.setattr(sample, "KVCache", lambda *a: dtypes.append(a[-1]) or KVCache(*a))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = generate(model, [[1, 2, 3], [4]], 6, temperature=0)
-    assert [len(c) for c in out] == [6, 6] and all(0 <= t < 50 for c in out for t in c)
+        expected = [naive_greedy(model, p, 6, ()) for p in ([1, 2, 3], [4])]  # the same autocast, no cache
+    assert dtypes == [torch.bfloat16] and out == expected
 
 
 def mixed_prompts_and_a_common_stop(model):

@@ -1,6 +1,7 @@
 """train.py end to end on a tiny config: metrics, checkpoints, exact resume, Ctrl-C, NaN steps,
 config errors, DDP, and the GSM8K + Hugging Face GPT-2 path."""
 import json
+import math
 import os
 import random
 import shutil
@@ -16,6 +17,7 @@ import pytest
 import torch
 
 import common
+import rewards
 import sample
 import train
 from model import GPT, GPTConfig
@@ -257,10 +259,17 @@ def test_unknown_config_key_is_refused_by_name():
                                           ("--task=gsm8k", "needs --data_path"),
                                           ("--device=gpu0", "--device=gpu0 is not a device"),
                                           ("--eval_problems=0", "--eval_problems must be >= 1"),
-                                          ("--quit_max=1.5", "--quit_max must be a probability")])
+                                          ("--quit_max=1.5", "--quit_max must be a probability"),
+                                          ("--dropout=1", "--dropout must be < 1"),
+                                          ("--dtype=float16", "--dtype=float16 is not one of auto, float32"),
+                                          ("--tokenizer=bpe", "--tokenizer=bpe is not one of auto, char, gpt2"),
+                                          ("--loss_type=ppo", "--loss_type=ppo is not one of"),
+                                          ("--temperature=0", "RL needs a temperature > 0"),
+                                          ("--loss_type=mirror --tau=0", "--loss_type=mirror needs --tau > 0"),
+                                          ("--prioritized=true --problem_pool=0", "needs --problem_pool >= 1")])
 def test_bad_values_name_the_key(arg, message):
     with pytest.raises(ValueError, match=message):
-        train.check_config(common.parse_config(train.TrainConfig, [arg]))
+        train.check_config(common.parse_config(train.TrainConfig, arg.split()))
 
 
 @pytest.mark.parametrize("arg", ["--temperature=-1", "--temperature=0"])
@@ -505,6 +514,76 @@ def test_gsm8k_file_with_a_local_hugging_face_gpt2_runs_end_to_end(tmp_path):
                 "--eval_problems=2", "--pass_k=2", "--eval_every=0", "--ckpt_every=0"])
     ckpt = torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)
     assert ckpt["step"] == 4 and ckpt["model_config"]["block_size"] == 512
+
+
+def test_learning_rate_warms_up_decays_to_a_tenth_in_sft_and_is_constant_after_rl_warm_up():
+    cfg = common.parse_config(train.TrainConfig, ["--sft_steps=10", "--warmup_steps=2", "--sft_lr=1.0", "--rl_lr=0.1"])
+    cosine = lambda step: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / 10))  # from 1 at step 0 towards 0.1
+    expected = {0: 0.5 * cosine(0), 1: cosine(1), 9: cosine(9), 10: 0.05, 11: 0.1, 500: 0.1}  # (RL: its own warm-up)
+    assert {step: train.learning_rate(cfg, step) for step in expected} == pytest.approx(expected)
+    assert cosine(9) == pytest.approx(0.1 + 0.9 * 0.5 * (1 - math.cos(math.pi / 10)))  # near the floor, above it
+
+
+def test_the_logged_learning_rates_are_the_schedules(tmp_path):
+    out = run(tmp_path, "--sft_lr=1e-3", "--rl_lr=1e-4")  # 4 SFT steps, warm-up 2, then 3 RL steps
+    lrs = [r["lr"] for r in log_records(out) if r["phase"] in ("sft", "rl")]
+    cos = [0.1 + 0.45 * (1 + math.cos(math.pi * s / 4)) for s in range(4)]
+    assert lrs == pytest.approx([1e-3 * w * c for w, c in zip((0.5, 1, 1, 1), cos)] + [0.5e-4, 1e-4, 1e-4])
+
+
+@pytest.mark.parametrize("grad_clip", [0.5, 0.0])
+def test_optimizer_step_clips_the_global_gradient_norm_to_grad_clip(grad_clip):
+    def model_and_loss():
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8))
+        return model, 1000 * model(torch.tensor([[1, 2, 3]]), targets=torch.tensor([[2, 3, 4]]))[1]
+    norm = lambda model: torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
+    unclipped, loss = model_and_loss()
+    loss.backward()
+    model, loss = model_and_loss()
+    cfg = common.parse_config(train.TrainConfig, [f"--grad_clip={grad_clip}"])
+    train.optimizer_step(model, model.configure_optimizer(1e-3), loss, cfg)
+    assert norm(unclipped) > 10  # (so a clip to 0.5 has something to do)
+    assert norm(model).item() == pytest.approx(grad_clip or norm(unclipped).item(), rel=1e-5)
+
+
+def test_evaluate_scores_scripted_completions_with_unbiased_pass_at_n(monkeypatch):
+    task = rewards.PairsTask()
+    problems = [task.sample("test", random.Random(i)) for i in (1, 2)]
+    tokenizer = common.get_tokenizer("char")
+    text = lambda s: common.encode(tokenizer, s) + [tokenizer.eot_token]
+    right = text(task.trace(problems[0], "direct"))  # "#### a+b" for problem 0
+    wrong = text("#### 0+0")
+    scripts = iter([[right, wrong],                       # greedy: problem 0 right, problem 1 wrong
+                    [right, wrong, wrong, wrong] + [wrong] * 4])  # 4 samples each: 1 of 4 right, 0 of 4 right
+    monkeypatch.setattr(train, "generate", lambda model, prompts, *a, **k: next(scripts))
+    cfg = common.parse_config(train.TrainConfig, ["--pass_k=4"])
+    model = GPT(GPTConfig(vocab_size=tokenizer.n_vocab, block_size=96, n_layer=1, n_head=1, n_embd=8))  # (unused)
+    result = train.evaluate(model, task, tokenizer, problems, cfg, nullcontext())
+    # pass@n = mean over problems of 1 - C(k - c, n) / C(k, n): c = 1 gives 1/4, 1/2, 3/4, 1; c = 0 gives 0
+    assert result["accuracy"] == 0.5 and result["pass@4"] == 0.5 and result["sample_accuracy"] == 1 / 8
+    assert result["pass_at"] == pytest.approx([0.125, 0.25, 0.375, 0.5])
+    assert result["length"] == (len(right) + len(wrong)) / 2
+
+
+def test_prioritized_problems_are_drawn_in_proportion_to_one_minus_success():
+    pool = list(range(4))  # stand-ins for problems
+    run_ = SimpleNamespace(cfg=SimpleNamespace(prompts_per_step=4000), pool=pool,
+                           success=torch.tensor([0.0, 0.5, 1.0, 0.75]))
+    chosen, problems = train.choose_problems(run_, random.Random(0))
+    assert problems == chosen
+    share = torch.bincount(torch.tensor(chosen), minlength=4).double() / len(chosen)
+    torch.testing.assert_close(share, torch.tensor([1.0, 0.5, 0.05, 0.25], dtype=torch.float64) / 1.8, atol=0.03,
+                               rtol=0)
+
+
+def test_a_resume_restores_the_pools_success_rates(tmp_path):
+    out = run(tmp_path, "--prioritized=true", "--problem_pool=8", "--rl_steps=2")
+    ckpt = torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)
+    ckpt["success"] = torch.linspace(0, 1, 8)  # (the tiny model is always wrong: its own are all 0)
+    torch.save(ckpt, os.path.join(out, "ckpt.pt"))
+    resumed = train.set_up([f"--out_dir={out}", "--init_from=resume", "--rl_steps=3"])
+    assert torch.equal(resumed.success, torch.linspace(0, 1, 8))
 
 
 def test_prioritized_sampling_weights_are_one_minus_success_with_a_floor():
