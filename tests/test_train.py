@@ -614,6 +614,41 @@ def test_length_reward_is_off_during_its_warm_up(tmp_path):
     assert [r["length_reward"] for r in rl[:2]] == [0.0, 0.0]
 
 
+def test_length_reward_switches_on_after_its_warm_up_and_is_added_to_the_rewards(tmp_path, monkeypatch):
+    cfg = common.parse_config(train.TrainConfig, ["--sft_steps=10", "--length_penalty=0.5", "--length_penalty_warmup=2"])
+    completions, correct, groups = [[1] * 4, [1] * 8, [1] * 6, [1] * 2], torch.tensor([1.0, 1.0, 0.0, 0.0]), \
+        torch.tensor([0, 0, 1, 1])
+    assert torch.equal(train.length_reward(cfg, 11, completions, correct, groups), torch.zeros(4))  # in the warm-up
+    # at its end: 0.5 x Kimi's λ = 0.5 - (len - min) / (max - min) in each group, wrong answers only its negative part
+    expected = 0.5 * torch.tensor([0.5, -0.5, min(0.0, -0.5), min(0.0, 0.5)])
+    torch.testing.assert_close(train.length_reward(cfg, 12, completions, correct, groups), expected)
+    # and the update sees it: with a constant length reward of 0.25 the logged mean reward rises by 0.25
+    means = {}
+    for bonus in (0.0, 0.25):
+        monkeypatch.setattr(train, "length_reward", lambda cfg, step, completions, *a: torch.full((len(completions),),
+                                                                                                  bonus))
+        out = run(tmp_path, "--rl_steps=1", name=f"bonus{bonus}")
+        means[bonus] = [r["reward_mean"] for r in log_records(out) if r["phase"] == "rl"][0]
+    assert means[0.25] == pytest.approx(means[0.0] + 0.25)
+
+
+@pytest.mark.parametrize("scratch_frac", [0.0, 0.3, 1.0])
+def test_arithmetic_cold_start_mixes_in_step_by_step_traces_at_scratch_frac(scratch_frac):
+    cfg = common.parse_config(train.TrainConfig, ["--task=arithmetic", f"--scratch_frac={scratch_frac}",
+                                                  "--sft_batch_size=400"])
+    task, tokenizer = train.make_task(cfg), common.get_tokenizer("char")
+    _, targets, mask = train.sft_batch(task, tokenizer, random.Random(0), cfg, block_size=256)
+    traces = [common.decode(tokenizer, row[m].tolist()) for row, m in zip(targets, mask)]
+    share = sum(map(task.is_step_by_step, traces)) / len(traces)
+    assert abs(share - scratch_frac) <= 3 * math.sqrt(0.3 * 0.7 / 400)  # 3 standard deviations of a binomial share
+
+
+def test_an_sft_trace_longer_than_the_block_is_a_clear_error():
+    cfg = common.parse_config(train.TrainConfig, ["--sft_batch_size=4"])
+    with pytest.raises(ValueError, match="a training trace of [0-9]+ tokens exceeds the model's block_size=8"):
+        train.sft_batch(train.make_task(cfg), common.get_tokenizer("char"), random.Random(0), cfg, block_size=8)
+
+
 def test_kl_penalty_is_zero_while_the_policy_equals_the_reference(tmp_path):
     # baseline none and -1 for wrong: the tiny model is always wrong, so every step moves the policy
     out = run(tmp_path, "--kl_coef=0.1", "--rl_steps=2", "--baseline=none", "--wrong_reward=-1")
