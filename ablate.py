@@ -113,6 +113,11 @@ def main(argv):
     if cfg.table not in TABLES:
         raise ValueError(f"--table={cfg.table} is not one of {', '.join(TABLES)}")
     check_numbers(cfg, at_least_one=("jobs", "seeds"))
+    owned = {"out_dir", "seed", "sft_steps", "rl_steps", "init_from", "cold_start", "overwrite", "eval_every"}
+    for arg in cfg.train_args.split():  # (a later flag wins in train.py: these would undo what each run is)
+        if arg.startswith("--") and arg[2:].split("=", 1)[0] in owned:
+            raise ValueError(f"--train_args={arg}: ablate.py sets {arg.split('=')[0]} for each run itself (use its "
+                             f"own --sft_steps, --rl_steps, --seeds, --out_dir)")
     defaults = train.TrainConfig()
     cfg.rl_steps, cfg.sft_steps = cfg.rl_steps or defaults.rl_steps, cfg.sft_steps or defaults.sft_steps
     variants = TABLES[cfg.table]

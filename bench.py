@@ -17,6 +17,7 @@ Sizes are --key=value flags, the fields of each command's dataclass below, e.g.
 Every time is the median of `repeats` runs after a warm-up; every ratio compares numbers measured
 by the same command, on the same machine, at the same moment.
 """
+import copy
 import importlib.util
 import inspect
 import json
@@ -313,7 +314,11 @@ def bench_logprobs(argv):
         if done.returncode != 0:  # e.g. out of memory: say so in the table and go on
             rows.append(row + ["failed: " + "".join(done.stderr.strip().splitlines()[-1:]), "", "", ""])
             continue
-        r = json.loads(done.stdout.splitlines()[-1])
+        lines = [line for line in done.stdout.splitlines() if line.startswith("{")]  # (a library may print too)
+        if not lines:
+            rows.append(row + ["failed: no result printed", "", "", ""])
+            continue
+        r = json.loads(lines[-1])
         naive = r if impl == "naive" else naive
         ratios = [f"{r[k] / naive[k]:.2f}" if naive else "—" for k in ("ms", "extra_mib")]
         rows.append(row + [f"{r['ms']:,.0f}", f"{r['extra_mib']:,.0f}", *ratios])
@@ -463,8 +468,9 @@ def bench_rl(argv):
         return [t1 - t0, t2 - t1, t3 - t2], sum(len(comp) for comp in completions)
 
     train_model = torch.compile(model) if cfg.compile else model  # as train.py: the update's forward only
+    ref_model = copy.deepcopy(model).eval().requires_grad_(False) if cfg.kl_coef > 0 else None  # as train.start_rl
     run = SimpleNamespace(cfg=cfg, ctx=ctx, device=device, model=model, train_model=train_model, optimizer=optimizer,
-                          ref_model=None, ddp=False)
+                          ref_model=ref_model, ddp=False)
     fused_step = step_function(run, entropy=True) if fused(cfg) else None  # as train.py: on CUDA a graph replay
     rl_step(), rl_step()  # warm-up (a graphed fused update captures in its second step)
     results = [rl_step() for _ in range(bench.steps)]
@@ -511,6 +517,8 @@ def bench_sft(argv):
             raise ValueError(f"--variants: {variant!r} is not eager, compiled or graph")
         if variant == "graph" and device_type != "cuda":
             raise ValueError("--variants=graph captures a CUDA graph: it needs a CUDA device")
+        if variant != "eager" and bench.warmup < 2:  # (the graph captures at step 2; compile compiles twice)
+            raise ValueError(f"--variants={variant} needs --warmup >= 2, or its capture or compile would be timed")
         torch.manual_seed(cfg.seed)
         model, tokenizer_name = build_model(cfg, device)
         tokenizer = get_tokenizer(tokenizer_name)

@@ -57,7 +57,9 @@ def print_summary(summary, records):
 
 def rise_profile(values):
     """Was the rise gradual? The total change from first to last value, the largest share of it that
-    one interval between two evals carries, and how many distinct values lie in between."""
+    one interval between two evals carries, and how many distinct values (to 2 decimals) the evals between
+    the first and the last take, other than the two end values. Read them together: a switch followed by
+    noise around the plateau also has several distinct values, but one interval then carries ~100%."""
     rise = values[-1] - values[0]
     if rise <= 0:
         return f"no rise ({values[0]:.2f} -> {values[-1]:.2f})"

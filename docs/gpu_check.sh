@@ -26,15 +26,16 @@ run() {  # run NAME SECONDS COMMAND...: its output in $OUT/NAME.md, a line in $O
         echo "$name: skipped, the $BUDGET s budget is spent" | tee -a "$OUT/summary.txt"
         return
     fi
-    timeout "$secs" "$@" > "$OUT/$name.md" 2>&1
+    timeout -k 10 "$secs" "$@" > "$OUT/$name.md" 2>&1  # (-k: a process that ignores SIGTERM is killed 10 s later)
     echo "$name: exit $? (124 = timed out after $secs s), $((SECONDS - start)) s" | tee -a "$OUT/summary.txt"
 }
 
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
 run versions 30 $PY -c "import torch, transformers; print(torch.__version__, torch.version.cuda, transformers.__version__, torch.cuda.get_device_name())"
-if ls wheels/liger_kernel-*.whl > /dev/null 2>&1; then
+WHEEL=$(ls wheels/liger_kernel-*.whl 2> /dev/null | tail -1)  # the newest, if there are several
+if [ -n "$WHEEL" ]; then
     LIGER=$(mktemp -d)
-    run liger_unpack 30 $PY -m zipfile -e wheels/liger_kernel-*.whl "$LIGER"
+    run liger_unpack 30 $PY -m zipfile -e "$WHEEL" "$LIGER"
     export PYTHONPATH=".:$LIGER"
 fi
 
@@ -103,7 +104,9 @@ run logprobs_N16384 120 $PY bench.py logprobs --N=16384 --chunks=0,1024 --repeat
 run decode_breakdown 100 $PY docs/decode_breakdown.py
 run sft_breakdown 60 $PY docs/sft_breakdown.py
 
-# 7. the GPU preset (README, "A preset that needs a GPU"): about 3 minutes; PRESET=1 to include it
+# 7. the GPU preset (README, "A preset that needs a GPU"): about 3 minutes more, which the default budget does not
+# leave after the rest: PRESET=1 with BUDGET=720 where one call may run that long; else run the README's preset
+# command as a device call of its own
 if [ "${PRESET:-0}" = 1 ]; then
     run preset 300 $PY train.py --numbers=6 --max_number=20 --quit_max=0.3 --n_layer=6 --n_head=6 --n_embd=384 \
         --block_size=192 --max_new_tokens=168 --sft_steps=2000 --sft_batch_size=128 --sft_lr=1e-3 \

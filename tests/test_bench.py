@@ -85,7 +85,7 @@ def test_rewards_command_prints_one_markdown_table():
     assert table[0].startswith("| reward | calls/s") and len(table) == 2 + 4  # header, rule, 4 rewards
 
 
-@pytest.mark.parametrize("update", [["--fused_update=false"], []])  # []: train.py's default, fused step
+@pytest.mark.parametrize("update", [["--fused_update=false"], [], ["--kl_coef=0.05"]])  # []: the default, fused
 def test_rl_command_times_the_three_phases_of_a_step(update):
     tiny = ["--steps=1", "--task=arithmetic", "--n_layer=1", "--n_embd=16", "--n_head=2", "--digits=2", "--block_size=40",
             "--prompts_per_step=2", "--samples_per_prompt=2", "--max_new_tokens=8", *update]
@@ -94,7 +94,12 @@ def test_rl_command_times_the_three_phases_of_a_step(update):
     assert done.returncode == 0, done.stderr
     table = [line for line in done.stdout.splitlines() if line.startswith("|")]
     assert table[0].startswith("| phase | ms/step") and len(table) == 2 + 4  # 3 phases + the whole step
-    assert ("fused update" in done.stdout) == (not update)
+    assert ("fused update" in done.stdout) == (not update)  # (KL is not linear in log π: the plain update)
+
+
+def test_sft_bench_refuses_a_warm_up_that_would_time_the_compile():
+    with pytest.raises(ValueError, match="--variants=compiled needs --warmup >= 2"):
+        bench.main(["sft", "--variants=compiled", "--warmup=1", "--steps=1"])
 
 
 def test_unknown_command_or_flag_is_refused_by_name():
