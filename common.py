@@ -13,7 +13,7 @@ import json
 import math
 import os
 import random
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, fields
 from datetime import timedelta
 
@@ -176,6 +176,17 @@ def refresh_copies(model, copies):
     with torch.no_grad():
         for name, copy in copies.items():
             copy.copy_(params[name])
+
+@contextmanager
+def eval_mode(model):
+    """model.eval() inside; then the mode it had before, also after an error (sampling must not leave a
+    model in training, or a trainer's model in eval mode: dropout silently off)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 def to_device(tensor, device):
     """A CPU batch -> the device without making the host wait for the GPU (pinned memory: a queued copy)."""

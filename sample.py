@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch.func import functional_call
 
-from common import (autocast_copies, cache_dtype, check_numbers, check_prompts, cuda_graph, decode, encode, load_model,
-                    parse_config, pick_device, refresh_copies)
+from common import (autocast_copies, cache_dtype, check_numbers, check_prompts, cuda_graph, decode, encode, eval_mode,
+                    load_model, parse_config, pick_device, refresh_copies)
 from model import KVCache
 
 # -----------------------------------------------------------------------------
@@ -121,49 +121,47 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=
     CUDA (None = on when the model is on CUDA; on CPU the same step runs eagerly, for tests)."""
     longest = check_prompts(prompts, max_new_tokens, model.config.block_size, temperature, top_k, top_p)
     device, B, size = model.transformer.wte.weight.device, len(prompts), longest + max_new_tokens
-    was_training = model.training
-    model.eval()
-    fast = device.type == "cuda" if fast is None else fast
-    if fast:  # static shapes (see decode_step); a round cache size, so that other prompt lengths reuse it
-        size = min(-(-size // 64) * 64, model.config.block_size)
-        cache, token_in, pos_in, step = static_decoder(model, B, size)
-    cache, logits, next_pos = prefill(model, prompts, size, cache if fast else None)  # (B, V) logits of the prompts
-    if fast:
-        cache.slot.fill_(longest)
-        pos_in.copy_(next_pos[:, None])
-
-    new_tokens = torch.zeros(B, max_new_tokens, dtype=torch.long, device=device)  # (B, max_new_tokens)
-    lengths = torch.full((B,), max_new_tokens, device=device)  # (B,) tokens up to and including the stop
-    active = torch.arange(B, device=device)  # (b,) the original row of each row still in the batch
-    finished = torch.zeros(B, dtype=torch.bool, device=device)  # (b,) rows that already hit a stop token
-    stop = torch.tensor(list(stop_tokens), dtype=torch.long, device=device)
-    for t in range(max_new_tokens):
-        token = sample_next(logits, temperature, top_k, top_p, generator)  # (b,)
-        new_tokens[active, t] = token  # what a finished row adds is cut off by its length
-        newly_done = torch.isin(token, stop) & ~finished
-        lengths[active] = torch.where(newly_done, t + 1, lengths[active])
-        finished |= newly_done
-        n_finished = int(finished.sum()) if len(stop) else 0  # the step's one host-device sync
-        if n_finished == len(active) or t == max_new_tokens - 1:
-            break
-        # Drop finished rows from the batch (and the cache) once they are a quarter of it: fewer rows
-        # cost less per step, and waiting for a quarter keeps the cache copies to a few per call.
-        if 4 * n_finished >= len(active):
-            keep = (~finished).nonzero().squeeze(1)
-            active, token, next_pos, finished = active[keep], token[keep], next_pos[keep], finished[keep]
-            if not fast:  # (a static cache keeps every row)
-                cache.keep(keep)
+    with eval_mode(model):  # (its train/eval mode comes back afterwards, also after an error)
+        fast = device.type == "cuda" if fast is None else fast
+        if fast:  # static shapes (see decode_step); a round cache size, so that other prompt lengths reuse it
+            size = min(-(-size // 64) * 64, model.config.block_size)
+            cache, token_in, pos_in, step = static_decoder(model, B, size)
+        cache, logits, next_pos = prefill(model, prompts, size, cache if fast else None)  # (B, V) logits of the prompts
         if fast:
-            token_in.index_copy_(0, active, token[:, None])
-            logits = step()  # (B, V)
-            logits = logits if len(active) == B else logits[active]  # (b, V): the plain loop's rows
-        else:
-            cache.valid[:, cache.length] = True
-            logits = model(token[:, None], cache=cache, positions=next_pos[:, None])[:, -1]  # (b, V)
-        next_pos = next_pos + 1
+            cache.slot.fill_(longest)
+            pos_in.copy_(next_pos[:, None])
 
-    model.train(was_training)
-    return [row[:n] for row, n in zip(new_tokens.tolist(), lengths.tolist())]
+        new_tokens = torch.zeros(B, max_new_tokens, dtype=torch.long, device=device)  # (B, max_new_tokens)
+        lengths = torch.full((B,), max_new_tokens, device=device)  # (B,) tokens up to and including the stop
+        active = torch.arange(B, device=device)  # (b,) the original row of each row still in the batch
+        finished = torch.zeros(B, dtype=torch.bool, device=device)  # (b,) rows that already hit a stop token
+        stop = torch.tensor(list(stop_tokens), dtype=torch.long, device=device)
+        for t in range(max_new_tokens):
+            token = sample_next(logits, temperature, top_k, top_p, generator)  # (b,)
+            new_tokens[active, t] = token  # what a finished row adds is cut off by its length
+            newly_done = torch.isin(token, stop) & ~finished
+            lengths[active] = torch.where(newly_done, t + 1, lengths[active])
+            finished |= newly_done
+            n_finished = int(finished.sum()) if len(stop) else 0  # the step's one host-device sync
+            if n_finished == len(active) or t == max_new_tokens - 1:
+                break
+            # Drop finished rows from the batch (and the cache) once they are a quarter of it: fewer rows
+            # cost less per step, and waiting for a quarter keeps the cache copies to a few per call.
+            if 4 * n_finished >= len(active):
+                keep = (~finished).nonzero().squeeze(1)
+                active, token, next_pos, finished = active[keep], token[keep], next_pos[keep], finished[keep]
+                if not fast:  # (a static cache keeps every row)
+                    cache.keep(keep)
+            if fast:
+                token_in.index_copy_(0, active, token[:, None])
+                logits = step()  # (B, V)
+                logits = logits if len(active) == B else logits[active]  # (b, V): the plain loop's rows
+            else:
+                cache.valid[:, cache.length] = True
+                logits = model(token[:, None], cache=cache, positions=next_pos[:, None])[:, -1]  # (b, V)
+            next_pos = next_pos + 1
+
+        return [row[:n] for row, n in zip(new_tokens.tolist(), lengths.tolist())]
 
 # -----------------------------------------------------------------------------
 # Command line: sample from a checkpoint written by train.py

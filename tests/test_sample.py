@@ -293,6 +293,16 @@ def test_a_kept_decoder_survives_an_error_during_prefill(monkeypatch):
     assert generate(model, prompts, 6, temperature=0, fast=True) == first
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_generate_gives_the_model_its_mode_back_also_after_an_error(monkeypatch, training):
+    model = tiny_model().train(training)
+    assert generate(model, [[1, 2]], 3) and model.training == training
+    monkeypatch.setattr(sample, "sample_next", lambda *a, **k: 1 / 0)  # e.g. Ctrl-C in the middle of decoding
+    with pytest.raises(ZeroDivisionError):
+        generate(model, [[1, 2]], 3)
+    assert model.training == training  # (a trainer's model left in eval mode would train with dropout off)
+
+
 def test_fast_path_under_inference_mode_does_not_spoil_later_calls():
     model, prompts = tiny_model(), [[1, 2, 3], [4]]
     sample.release_decoders()
