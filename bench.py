@@ -2,7 +2,7 @@
 Measurements against peers, each printed as one markdown table to paste into the README.
 
     python bench.py sample     # KV-cached sampler (plain loop, CUDA-graph fast path) vs no-cache loop vs Hugging Face
-    python bench.py logprobs   # fused token log-probs vs naive vs PyTorch's linear_cross_entropy
+    python bench.py logprobs   # fused token log-probs vs naive vs PyTorch's linear_cross_entropy (and Liger-Kernel)
     python bench.py rewards    # calls/s and the slowest call of each reward over a fuzz corpus
     python bench.py rl         # one RL step split into sampling, scoring and the update
     python bench.py sft        # SFT steps/s of train.py's cold start, eager vs torch.compile vs a CUDA graph
@@ -14,7 +14,8 @@ Sizes are --key=value flags, the fields of each command's dataclass below, e.g.
     python bench.py logprobs --N=1024 --chunks=1024
     python bench.py rl --ckpt=out/ckpt.pt --steps=5   # rl and sft also take any field of train.TrainConfig
 
-Every time is the median of `repeats` runs after a warm-up; every ratio compares numbers measured
+Every time is measured after a warm-up: sample and logprobs give the median of `repeats` runs, rl the
+median over its `steps`, sft the mean step of one timed block; every ratio compares numbers measured
 by the same command, on the same machine, at the same moment.
 """
 import copy

@@ -20,7 +20,7 @@ opt = model.configure_optimizer(cfg.sft_lr, device_type="cuda")
 _, ctx = autocast_context("auto", "cuda")
 def step(s, parts=None):
     t0 = time.perf_counter()
-    idx, targets, _ = sft_batch(task, tok, step_rng(cfg, s, 0, "sft"), cfg, 96)
+    idx, targets, _ = sft_batch(task, tok, step_rng(cfg, s, 0, "sft"), cfg, model.config.block_size)
     t1 = time.perf_counter()
     with ctx:
         hidden = model(to_device(idx, "cuda"), return_hidden=True)
