@@ -88,9 +88,8 @@ def run_variants(cfg, variants, shared_args):
     sft_dir = lambda style, seed: os.path.join(cfg.out_dir, f"sft-{style or 'default'}-{key}-seed{seed}")
     run_dir = lambda name, seed: os.path.join(cfg.out_dir, f"{cfg.table}{list(variants).index(name)}-seed{seed}")
     # 1. one cold start per (style, seed), kept from an earlier call if it finished
-    run_all([[f"--out_dir={sft_dir(style, seed)}", f"--seed={seed}", f"--sft_steps={cfg.sft_steps}",
-              "--rl_steps=0", "--eval_every=0", "--overwrite=true", *([f"--cold_start={style}"] if style else []),
-              *shared_args]
+    run_all([[*shared_args, f"--out_dir={sft_dir(style, seed)}", f"--seed={seed}", f"--sft_steps={cfg.sft_steps}",
+              "--rl_steps=0", "--eval_every=0", "--overwrite=true", *([f"--cold_start={style}"] if style else [])]
              for seed in seeds for style in styles
              if not os.path.exists(os.path.join(sft_dir(style, seed), "summary.json"))], cfg.jobs)
     # 2. every variant continues a copy of its cold start for the same RL budget
@@ -100,8 +99,8 @@ def run_variants(cfg, variants, shared_args):
             os.makedirs(run_dir(name, seed))
             for f in ("ckpt.pt", "metrics.jsonl"):
                 shutil.copy(os.path.join(sft_dir(style, seed), f), run_dir(name, seed))
-    run_all([[f"--out_dir={run_dir(name, seed)}", "--init_from=resume", f"--rl_steps={cfg.rl_steps}",
-              "--eval_every=0", *shared_args, *options] for seed in seeds for name, (_, options) in variants.items()],
+    run_all([[*shared_args, f"--out_dir={run_dir(name, seed)}", "--init_from=resume", f"--rl_steps={cfg.rl_steps}",
+              "--eval_every=0", *options] for seed in seeds for name, (_, options) in variants.items()],
             cfg.jobs)
     summary = lambda out: json.load(open(os.path.join(out, "summary.json")))
     return ({style: [summary(sft_dir(style, seed)) for seed in seeds] for style in styles},
@@ -113,7 +112,7 @@ def main(argv):
     if cfg.table not in TABLES:
         raise ValueError(f"--table={cfg.table} is not one of {', '.join(TABLES)}")
     check_numbers(cfg, at_least_one=("jobs", "seeds"))
-    owned = {"out_dir", "seed", "sft_steps", "rl_steps", "init_from", "cold_start", "overwrite", "eval_every"}
+    owned = {"out_dir", "seed", "sft_steps", "rl_steps", "cold_start", "overwrite", "eval_every"}  # (init_from: SFT's)
     for arg in cfg.train_args.split():  # (a later flag wins in train.py: these would undo what each run is)
         if arg.startswith("--") and arg[2:].split("=", 1)[0] in owned:
             raise ValueError(f"--train_args={arg}: ablate.py sets {arg.split('=')[0]} for each run itself (use its "

@@ -513,13 +513,14 @@ def bench_sft(argv):
     dtype, ctx = autocast_context(cfg.dtype, device_type)
     task = make_task(cfg)
     rows = []
-    for variant in bench.variants.split(","):
+    for variant in bench.variants.split(","):  # (all checked before any is timed)
         if variant not in ("eager", "compiled", "graph"):
             raise ValueError(f"--variants: {variant!r} is not eager, compiled or graph")
         if variant == "graph" and device_type != "cuda":
             raise ValueError("--variants=graph captures a CUDA graph: it needs a CUDA device")
         if variant != "eager" and bench.warmup < 2:  # (the graph captures at step 2; compile compiles twice)
             raise ValueError(f"--variants={variant} needs --warmup >= 2, or its capture or compile would be timed")
+    for variant in bench.variants.split(","):
         torch.manual_seed(cfg.seed)
         model, tokenizer_name = build_model(cfg, device)
         tokenizer = get_tokenizer(tokenizer_name)

@@ -7,7 +7,8 @@
 #     OUT=/path/to/folder bash docs/gpu_check.sh
 #
 # Liger-Kernel's fused linear cross-entropy, a peer row of `bench.py logprobs` (optional): the GPU machine has no
-# network, so first download its wheel where there is one, `pip download liger-kernel --no-deps -d wheels`
+# network, so first download its wheel where there is one, `pip download 'liger-kernel>=0.8.5' --no-deps -d wheels`
+# (0.8.5 or later: older ones have no per-token backward for reduction="none")
 # (wheels/ is gitignored), and carry wheels/ to the GPU machine; this script unpacks that pure-Python wheel onto
 # PYTHONPATH, no pip needed (torch and triton, its dependencies, come with a CUDA build of torch).
 set -u
@@ -27,16 +28,18 @@ run() {  # run NAME SECONDS COMMAND...: its output in $OUT/NAME.md, a line in $O
         return
     fi
     timeout -k 10 "$secs" "$@" > "$OUT/$name.md" 2>&1  # (-k: a process that ignores SIGTERM is killed 10 s later)
-    echo "$name: exit $? (124 = timed out after $secs s), $((SECONDS - start)) s" | tee -a "$OUT/summary.txt"
+    echo "$name: exit $? (124 = timed out after $secs s, 137 = killed 10 s later), $((SECONDS - start)) s" \
+        | tee -a "$OUT/summary.txt"
 }
 
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
 run versions 30 $PY -c "import torch, transformers; print(torch.__version__, torch.version.cuda, transformers.__version__, torch.cuda.get_device_name())"
-WHEEL=$(ls wheels/liger_kernel-*.whl 2> /dev/null | tail -1)  # the newest, if there are several
+WHEEL=$(ls -v wheels/liger_kernel-*.whl 2> /dev/null | tail -1)  # the newest (by version), if there are several
 if [ -n "$WHEEL" ]; then
     LIGER=$(mktemp -d)
     run liger_unpack 30 $PY -m zipfile -e "$WHEEL" "$LIGER"
     export PYTHONPATH=".:$LIGER"
+    run liger_version 30 $PY -c "import importlib.metadata as m, liger_kernel; print(m.version('liger-kernel'))"
 fi
 
 # 1. correctness first: on CUDA the fast path (CUDA graph) gives the plain loop's tokens

@@ -39,7 +39,7 @@ def test_equal_token_accuracy_is_best_of_n_at_the_defaults_token_count():
     assert ablate.equal_token_accuracy(runs, [5.0]) == "0.200 ± 0.000"  # a longer policy gets one sample
 
 
-@pytest.mark.parametrize("arg", ["--rl_steps=20", "--seed=3", "--cold_start=direct", "--init_from=gpt2", "--out_dir=x"])
+@pytest.mark.parametrize("arg", ["--rl_steps=20", "--seed=3", "--cold_start=direct", "--out_dir=x"])
 def test_train_args_may_not_set_what_ablate_sets_for_each_run(arg):
     # (train.py takes the last flag: these would turn the cold starts or the variants into other runs)
     with pytest.raises(ValueError, match=f"--train_args={arg}: ablate.py sets {arg.split('=')[0]} for each run"):

@@ -541,10 +541,12 @@ def test_optimizer_step_clips_the_global_gradient_norm_to_grad_clip(grad_clip):
     unclipped, loss = model_and_loss()
     loss.backward()
     model, loss = model_and_loss()
+    before = [p.detach().clone() for p in model.parameters()]
     cfg = common.parse_config(train.TrainConfig, [f"--grad_clip={grad_clip}"])
-    train.optimizer_step(model, model.configure_optimizer(1e-3), loss, cfg)
+    train.optimizer_step(model, torch.optim.SGD(model.parameters(), lr=1.0), loss, cfg)  # a step of -1 x gradient
+    step = torch.linalg.vector_norm(torch.stack([(p - b).norm() for p, b in zip(model.parameters(), before)]))
     assert norm(unclipped) > 10  # (so a clip to 0.5 has something to do)
-    assert norm(model).item() == pytest.approx(grad_clip or norm(unclipped).item(), rel=1e-5)
+    assert step.item() == pytest.approx(grad_clip or norm(unclipped).item(), rel=1e-4)  # the step took the clipped one
 
 
 def test_evaluate_scores_scripted_completions_with_unbiased_pass_at_n(monkeypatch):
@@ -555,8 +557,9 @@ def test_evaluate_scores_scripted_completions_with_unbiased_pass_at_n(monkeypatc
     right = text(task.trace(problems[0], "direct"))  # "#### a+b" for problem 0
     wrong = text("#### 0+0")
     scripts = iter([[right, wrong],                       # greedy: problem 0 right, problem 1 wrong
-                    [right, wrong, wrong, wrong] + [wrong] * 4])  # 4 samples each: 1 of 4 right, 0 of 4 right
-    monkeypatch.setattr(train, "generate", lambda model, prompts, *a, **k: next(scripts))
+                    [wrong, right, wrong, wrong] + [wrong] * 4])  # 4 samples each: 1 of 4 right, 0 of 4 right
+    calls = []
+    monkeypatch.setattr(train, "generate", lambda model, prompts, *a, **k: calls.append(prompts) or next(scripts))
     cfg = common.parse_config(train.TrainConfig, ["--pass_k=4"])
     model = GPT(GPTConfig(vocab_size=tokenizer.n_vocab, block_size=96, n_layer=1, n_head=1, n_embd=8))  # (unused)
     result = train.evaluate(model, task, tokenizer, problems, cfg, nullcontext())
@@ -564,6 +567,8 @@ def test_evaluate_scores_scripted_completions_with_unbiased_pass_at_n(monkeypatc
     assert result["accuracy"] == 0.5 and result["pass@4"] == 0.5 and result["sample_accuracy"] == 1 / 8
     assert result["pass_at"] == pytest.approx([0.125, 0.25, 0.375, 0.5])
     assert result["length"] == (len(right) + len(wrong)) / 2
+    prompt = [common.encode(tokenizer, p.prompt) for p in problems]
+    assert calls == [prompt, [prompt[0]] * 4 + [prompt[1]] * 4]  # each problem's k samples side by side
 
 
 def test_prioritized_problems_are_drawn_in_proportion_to_one_minus_success():
