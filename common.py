@@ -117,7 +117,7 @@ def pick_device(name):
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         raise ValueError(f"--device={name}, but there are {torch.cuda.device_count()} CUDA GPUs (cuda:0, ...)")
     if device.type == "cuda" and device.index is not None:
-        torch.cuda.set_device(device)  # the current GPU: CUDA graphs capture on its streams
+        torch.cuda.set_device(device)  # the current GPU: where CUDA calls that name no device go (streams, RNG)
     return name
 
 def init_processes(cfg):

@@ -322,7 +322,8 @@ class WeightedLogprobSum(torch.autograd.Function):
     def forward(ctx, hidden, weight, targets, coef, chunk_size, return_entropy):
         cdt, acc = _dtypes(hidden, weight)
         c, safe = torch.where(targets >= 0, coef.to(acc), 0.0), targets.clamp(min=0)  # (N,) ignored rows: c = 0
-        logprobs, entropy = (torch.zeros(len(hidden), dtype=acc, device=hidden.device) for _ in range(2))  # (N,)
+        logprobs, entropy = (torch.zeros(n, dtype=acc, device=hidden.device)
+                             for n in (len(hidden), len(hidden) if return_entropy else 0))  # (N,), (N,) or (0,)
         grad_h, grad_w = (torch.zeros(x.shape, dtype=acc, device=x.device) for x in (hidden, weight))  # dh, dW
         with torch.autocast(hidden.device.type, enabled=False):
             w = weight.to(cdt)  # (V, C)
@@ -332,7 +333,8 @@ class WeightedLogprobSum(torch.autograd.Function):
                 if return_entropy:  # (before _backprop_chunk overwrites z)
                     entropy[s:e] = _entropy(z, lse)
                 _backprop_chunk(z, lse, c[s:e], safe[s:e], h, w, grad_h, grad_w, s, e)
-        logprobs, entropy = (torch.where(targets >= 0, x, 0.0) for x in (logprobs, entropy))
+        logprobs = torch.where(targets >= 0, logprobs, 0.0)
+        entropy = torch.where(targets >= 0, entropy, 0.0) if return_entropy else entropy
         ctx.save_for_backward(grad_h, grad_w)
         ctx.dtypes = hidden.dtype, weight.dtype
         ctx.mark_non_differentiable(logprobs, entropy)
@@ -347,8 +349,8 @@ class WeightedLogprobSum(torch.autograd.Function):
 
 def weighted_logprob_sum(hidden, weight, targets, coef, chunk_size=None, return_entropy=False):
     """hidden (N, C), weight (V, C), targets (N,), coef (N,) no grad -> (Σ_n coef_n · log p(targets_n),
-    logprobs (N,) and, with return_entropy, each row's entropy (N,) (else 0), both detached and 0 where
-    ignored), the gradient made in the forward pass. chunk_size: rows per chunk (None: from the budget)."""
+    logprobs (N,) and, with return_entropy, each row's entropy (N,) (else an empty tensor, as token_logprobs),
+    both detached and 0 where ignored), the gradient made in the forward pass. chunk_size: rows per chunk."""
     return WeightedLogprobSum.apply(hidden.reshape(-1, hidden.shape[-1]), weight, targets.reshape(-1),
                                     coef.reshape(-1).detach(), chunk_size or default_chunk_size(
                                         weight.shape[0], device_type=hidden.device.type), return_entropy)
