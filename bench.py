@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, fields, replace
 from functools import partial
 from types import SimpleNamespace
@@ -43,6 +44,7 @@ from common import (autocast_context, build_model, check_numbers, decode, encode
                     load_model, parse_config, pick_device)
 from model import GPT
 from reinforce import default_chunk_size, sft_weights, shape_rewards, token_logprobs, weighted_logprob_sum
+import sample
 from sample import generate
 from train import (TrainConfig, check_config, fast_path, fused, make_task, pad_batch, policy_update, sft_batch,
                    step_function, step_rng, train_graph, train_step)
@@ -110,6 +112,7 @@ class SampleBench:
     gpt2_small: bool = False  # GPT-2 small: n_layer=12 n_head=12 n_embd=768 vocab_size=50257 bfloat16 (overrides those,
     #                           the dtype unless it is autocast)
     bandwidth: float = 3.0e12  # bytes/s assumed for the memory roofline (about what an H100 measures)
+    compiled: bool = False  # one row more: the fast path with decode_step through torch.compile (compiled in its warm-up)
     repeats: int = 3
     threads: int = 0        # torch CPU threads (0 = torch's default)
     device: str = "auto"
@@ -134,6 +137,19 @@ def sample_sizes(argv):
     if cfg.dtype not in ("float32", "bfloat16", "autocast"):
         raise ValueError(f"--dtype={cfg.dtype} is not one of float32, bfloat16, autocast")
     return cfg
+
+
+@contextmanager
+def compiled_decode_step():
+    """Inside: sample.decode_step compiled by torch.compile. Kept decoders are dropped on the way in and out
+    (a kept CUDA graph holds the step it was captured with)."""
+    plain, sample.decode_step = sample.decode_step, torch.compile(sample.decode_step)
+    sample.release_decoders()
+    try:
+        yield
+    finally:
+        sample.decode_step = plain
+        sample.release_decoders()
 
 
 @torch.no_grad()
@@ -182,11 +198,15 @@ def bench_sample(argv):
             ("nanoGPT", "nanoGPT-style loop, no cache", lambda k: naive_generate(ours, idx, k).tolist()),
             ("Hugging Face", "Hugging Face `GPT2LMHeadModel.generate` (DynamicCache)",
              lambda k: hf_generate(hf, idx, k).tolist())]
+    if cfg.compiled:
+        where = " in the CUDA graph" if device.startswith("cuda") else ", no CUDA graph on cpu"
+        runs.insert(1, ("compiled", f"ours: `sample.generate(fast=True)`, `decode_step` through `torch.compile`{where}",
+                        lambda k: generate(ours, idx.tolist(), k, temperature=0, fast=True)))
     default = "fast" if device.startswith("cuda") else "eager"  # what generate does with fast=None
     seconds, outputs = {}, {}
     for name, _, run in runs:
-        with ctx:  # warm-up first: the fast path captures its graph here, for the timed shape
-            run(n if name == "fast" else min(8, n))
+        with ctx, compiled_decode_step() if name == "compiled" else nullcontext():
+            run(n if name in ("fast", "compiled") else min(8, n))  # warm-up: the fast path captures (compiles) here
             seconds[name], outputs[name] = median_time(lambda: run(n), cfg.repeats, device)
     # the memory roofline: every weight is read once per step (under autocast: in bf16), at best at the bandwidth
     weight_bytes = sum(p.numel() * (2 if cfg.dtype == "autocast" else p.element_size()) for p in ours.parameters())

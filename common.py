@@ -212,6 +212,7 @@ def cuda_graph(fn, state):
                 for t, s in zip(state, saved):
                     t.copy_(s)
         torch.cuda.current_stream().wait_stream(stream)
+        torch.clear_autocast_cache()  # (fn may re-enable the cache, as train_step does: a cast made before is stale)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph), amp:  # records the kernels without running them
             out = fn()

@@ -32,16 +32,16 @@ class GPTConfig:
             raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
 
 class KVCache:
-    """Preallocated keys and values of every layer, written at explicit positions. Prompts of
-    different lengths are left-padded; `valid` marks the slots that hold real tokens.
-    Static mode (`slot` a (1,) tensor, see sample.decode_step): each step writes one token at that
-    position and attends over all max_len slots under `valid`, so no shape ever changes and the
+    """Preallocated keys and values, one tensor per layer (torch.compile writes a slice of one big tensor by copying
+    all of it), written at explicit positions. Prompts of different lengths are left-padded; `valid` marks the
+    slots that hold real tokens. Static mode (`slot` a (1,) tensor, see sample.decode_step): each step writes one
+    token at that position and attends over all max_len slots under `valid`, so no shape ever changes and the
     step can be captured as a CUDA graph; `length` then stays where it was."""
 
     def __init__(self, config, batch_size, max_len, device, dtype):
-        hs = config.n_embd // config.n_head
-        shape = (config.n_layer, batch_size, config.n_head, max_len, hs)
-        self.k, self.v = (torch.zeros(shape, device=device, dtype=dtype) for _ in range(2))  # keys, values
+        shape = (batch_size, config.n_head, max_len, config.n_embd // config.n_head)  # (B, nh, S_max, hs)
+        self.k, self.v = ([torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+                          for _ in range(2))  # keys, values of each layer
         self.valid = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)  # (B, S_max)
         self.length = 0  # slots [0, length) are filled
         self.slot = None  # static mode: (1,) long tensor, the slot the next token is written to
@@ -49,13 +49,13 @@ class KVCache:
     def write(self, layer, k, v):
         """Store this step's (B, nh, T, hs) keys/values; return all keys/values so far."""
         if self.slot is not None:  # static: (B, nh, 1, hs) at a tensor position; return every slot
-            self.k[layer].index_copy_(2, self.slot, k.to(self.k.dtype))
-            self.v[layer].index_copy_(2, self.slot, v.to(self.v.dtype))
+            self.k[layer].index_copy_(2, self.slot, k.to(self.k[layer].dtype))
+            self.v[layer].index_copy_(2, self.slot, v.to(self.v[layer].dtype))
             return self.k[layer], self.v[layer]  # (B, nh, S_max, hs)
         T = k.size(2)
-        self.k[layer, :, :, self.length:self.length + T] = k
-        self.v[layer, :, :, self.length:self.length + T] = v
-        return self.k[layer, :, :, :self.length + T], self.v[layer, :, :, :self.length + T]
+        self.k[layer][:, :, self.length:self.length + T] = k
+        self.v[layer][:, :, self.length:self.length + T] = v
+        return self.k[layer][:, :, :self.length + T], self.v[layer][:, :, :self.length + T]
 
     def attn_mask(self, T):
         """(B, 1, T, S) added to the attention scores: 0 where query t may see key s (a real token at or before t),
@@ -67,11 +67,11 @@ class KVCache:
             q_pos = torch.arange(self.length, S, device=self.valid.device)[:, None]  # (T, 1)
             k_pos = torch.arange(S, device=self.valid.device)[None, :]               # (1, S)
             sees = ((k_pos <= q_pos) & self.valid[:, None, :S] | (k_pos == q_pos))[:, None]  # (B, 1, T, S)
-        return torch.zeros(sees.shape, dtype=self.k.dtype, device=sees.device).masked_fill_(~sees, -65504.0)
+        return torch.zeros(sees.shape, dtype=self.k[0].dtype, device=sees.device).masked_fill_(~sees, -65504.0)
 
     def keep(self, rows):
         """Drop finished sequences: keep only the batch rows in `rows` (a LongTensor)."""
-        self.k, self.v = self.k[:, rows], self.v[:, rows]
+        self.k, self.v = [k[rows] for k in self.k], [v[rows] for v in self.v]
         self.valid = self.valid[rows]
 
 class CausalSelfAttention(nn.Module):

@@ -71,7 +71,7 @@ def prefill(model, prompts, size, cache=None):
     if cache is None:
         cache = KVCache(model.config, len(prompts), size, device, cache_dtype(model))
     else:  # reused: the earlier call's slots are no longer visible, and hold no NaN a masked product could spread
-        for t in (cache.valid, cache.k, cache.v):
+        for t in (cache.valid, *cache.k, *cache.v):
             t.zero_()
     cache.length, slot, cache.slot = 0, cache.slot, None  # the prompts are written in dynamic mode
     cache.valid[:, :longest] = torch.arange(longest, device=device)[None] >= pad[:, None]  # real prompt tokens

@@ -27,13 +27,15 @@ run() {  # run NAME SECONDS COMMAND...: its output in $OUT/NAME.md, a line in $O
         echo "$name: skipped, the $BUDGET s budget is spent" | tee -a "$OUT/summary.txt"
         return
     fi
-    timeout -k 10 "$secs" "$@" > "$OUT/$name.md" 2>&1  # (-k: a process that ignores SIGTERM is killed 10 s later)
+    # SIGINT at the time limit, as Ctrl-C: pytest still prints its summary, Python its traceback (where it hung);
+    # -k: a process that ignores it is killed 10 s later
+    timeout -s INT -k 10 "$secs" "$@" > "$OUT/$name.md" 2>&1
     echo "$name: exit $? (124 = timed out after $secs s, 137 = killed 10 s later), $((SECONDS - start)) s" \
         | tee -a "$OUT/summary.txt"
 }
 
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
-run versions 30 $PY -c "import torch, transformers; print(torch.__version__, torch.version.cuda, transformers.__version__, torch.cuda.get_device_name())"
+run versions 30 $PY -c "import torch, transformers; print(torch.__version__, torch.version.cuda, transformers.__version__, torch.cuda.get_device_name(), 'cudnn', torch.backends.cudnn.version(), 'cudnn sdpa', torch.backends.cuda.cudnn_sdp_enabled())"
 WHEEL=$(ls -v wheels/liger_kernel-*.whl 2> /dev/null | tail -1)  # the newest (by version), if there are several
 if [ -n "$WHEEL" ]; then
     LIGER=$(mktemp -d)
@@ -75,7 +77,7 @@ EOF
 # the tests that only CUDA runs (the SFT and fused RL steps replayed as a CUDA graph equal the eager ones, also
 # across a re-capture; a run resumed inside the graphed SFT ends near the uninterrupted one; a kept decode graph
 # reads the current weights) and the smoke run
-run cuda_tests 120 $PY -m pytest -q tests -k "cuda or graph or smoke"
+run cuda_tests 120 $PY -m pytest -q tests -k "(cuda or graph or smoke) and not cpu" --durations=10
 
 # 2. the default run, whole (target: at most 30 s), then where an RL step's time goes on its checkpoint
 RUN=$(mktemp -d)

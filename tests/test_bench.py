@@ -131,13 +131,31 @@ def table_of(args):
     return done.stdout, [line for line in done.stdout.splitlines() if line.startswith("|")]
 
 
-@pytest.mark.parametrize("dtype", ["float32", "autocast"])  # autocast: float32 weights under bf16 autocast
-def test_sample_command_times_fast_and_eager_paths_and_prints_the_memory_roofline(dtype):
+@pytest.mark.parametrize("dtype, compiled", [("float32", True), ("autocast", False)])  # autocast: fp32 weights, bf16
+def test_sample_command_times_fast_and_eager_paths_and_prints_the_memory_roofline(dtype, compiled):
     out, table = table_of(["sample", "--n_layer=1", "--n_head=2", "--n_embd=16", "--vocab_size=64", "--batch_size=2",
-                           "--prompt_len=4", "--new_tokens=4", "--repeats=1", "--bandwidth=1e9", f"--dtype={dtype}"])
-    assert "of memory roofline" in table[0] and len(table) == 2 + 4  # fast, eager, no-cache, Hugging Face
-    assert "fast=True" in table[2] and "fast=False" in table[3] and f", {dtype};" in out
+                           "--prompt_len=4", "--new_tokens=4", "--repeats=1", "--bandwidth=1e9", f"--dtype={dtype}",
+                           f"--compiled={compiled}"])
+    assert "of memory roofline" in table[0] and len(table) == 2 + 4 + compiled  # fast, eager, no cache, HF (, compiled)
+    assert "fast=True" in table[2] and "fast=False" in table[3 + compiled] and f", {dtype};" in out
     assert "at an assumed 1e+09 B/s" in out
+    if compiled:  # (compiled by inductor, for real: the slowest test of this file)
+        assert "torch.compile" in table[3] and "compiled: yes" in out  # the same tokens as the plain loop
+
+
+def test_compiled_row_decodes_through_a_compiled_step_and_drops_the_kept_decoders(monkeypatch):
+    compiled_calls = []
+    def fake_compile(fn):  # a stand-in for torch.compile that records each call of what it compiled
+        return lambda *args, **kwargs: compiled_calls.append(fn) or fn(*args, **kwargs)
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    model, plain = GPT(GPTConfig(vocab_size=16, block_size=16, n_layer=1, n_head=2, n_embd=8)), bench.sample.decode_step
+    expected = bench.generate(model, [[1, 2, 3]], 4, temperature=0, fast=True)
+    assert bench.sample._decoders  # kept, its step the plain one (on CUDA: a graph of it)
+    with bench.compiled_decode_step():
+        assert not bench.sample._decoders
+        assert bench.generate(model, [[1, 2, 3]], 4, temperature=0, fast=True) == expected
+        assert compiled_calls == [plain] * 3  # the 3 decode steps after the prompt's
+    assert bench.sample.decode_step is plain and not bench.sample._decoders
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU's answer")

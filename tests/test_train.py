@@ -23,8 +23,9 @@ import train
 from model import GPT, GPTConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--task=arithmetic", "--n_layer=1", "--n_head=2", "--n_embd=16", "--block_size=48", "--digits=2", "--sft_steps=4",
-        "--sft_batch_size=8", "--rl_steps=3", "--prompts_per_step=2", "--samples_per_prompt=4",
+# the CPU, also where there is a GPU: resumes are bitwise there (a CUDA test asks for --device=cuda after these)
+TINY = ["--device=cpu", "--task=arithmetic", "--n_layer=1", "--n_head=2", "--n_embd=16", "--block_size=48", "--digits=2",
+        "--sft_steps=4", "--sft_batch_size=8", "--rl_steps=3", "--prompts_per_step=2", "--samples_per_prompt=4",
         "--max_new_tokens=24", "--eval_problems=4", "--pass_k=2", "--eval_every=0", "--ckpt_every=0",
         "--warmup_steps=2"]
 
@@ -440,7 +441,7 @@ def test_torchrun_with_more_processes_than_gpus_is_a_clear_error(tmp_path, monke
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(ValueError, match=r"started 2 processes on this machine but it has 1 GPU.*--device=cpu"):
-        run(tmp_path)
+        run(tmp_path, "--device=auto")  # (the default)
 
 
 def test_fused_adamw_skips_a_non_finite_step_on_the_device_and_keeps_weights_and_state():
@@ -719,7 +720,7 @@ def test_the_fused_update_is_taken_where_the_loss_is_linear_in_the_log_probs(opt
 # -----------------------------------------------------------------------------
 # the default task: search with self-checks
 
-PAIRS_TINY = ["--task=pairs", "--n_layer=1", "--n_head=2", "--n_embd=16", "--block_size=128", "--sft_steps=4",
+PAIRS_TINY = ["--device=cpu", "--task=pairs", "--n_layer=1", "--n_head=2", "--n_embd=16", "--block_size=128", "--sft_steps=4",
               "--sft_batch_size=8", "--rl_steps=2", "--prompts_per_step=2", "--samples_per_prompt=4",
               "--max_new_tokens=112", "--eval_problems=4", "--pass_k=2", "--eval_every=1", "--ckpt_every=0",
               "--warmup_steps=2"]
