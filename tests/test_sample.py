@@ -14,6 +14,9 @@ def tiny_model(vocab_size=50, seed=0, sharpen=20.0):
     model = GPT(config)
     with torch.no_grad():  # sharper than the 0.02 init, so greedy paths differ between prompts
         model.transformer.wte.weight.mul_(sharpen)
+        for name, p in model.named_parameters():  # and blocks as strong: else the tied embedding alone picks
+            if name.endswith("weight") and p.dim() == 2 and "wte" not in name and "wpe" not in name:
+                p.mul_(sharpen)  # the next token (each row repeats its last), and no attention bug changes it
     return model
 
 
@@ -29,10 +32,24 @@ def naive_greedy(model, prompt, max_new_tokens, stop_tokens):
     return out
 
 
+def assert_greedy(model, prompts, completions, max_new_tokens, stop_tokens=(), tol=0.03):
+    """Each completion is greedy under `model` recomputed in full, without a cache: each token the argmax of one
+    forward pass over its prompt and the tokens before it, up to tol × the largest |logit| (in bfloat16 the cached
+    and the full pass round differently, so a near-tie may go either way), ending at its first stop token or
+    after max_new_tokens. Stricter than comparing with naive_greedy's tokens where near-ties make paths part."""
+    device = model.lm_head.weight.device
+    for prompt, completion in zip(prompts, completions):
+        logits = model(torch.tensor([prompt + completion], device=device))[0, len(prompt) - 1:-1].float()  # (n, V)
+        chosen = logits.gather(1, torch.tensor(completion, device=device)[:, None]).squeeze(1)  # (n,)
+        assert (chosen >= logits.max(-1).values - tol * logits.abs().max(-1).values).all(), (prompt, completion)
+        stops = [i for i, token in enumerate(completion) if token in stop_tokens]
+        assert stops == [len(completion) - 1] if stops else len(completion) == max_new_tokens
+
+
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
-@pytest.mark.parametrize("device, bf16", [("cpu", False), pytest.param("cuda", False, marks=CUDA),
+@pytest.mark.parametrize("device, bf16", [("cpu", False), ("cpu", True), pytest.param("cuda", False, marks=CUDA),
                                           pytest.param("cuda", True, marks=CUDA)])  # (CUDA: its masked attention)
 @pytest.mark.parametrize("fast", [False, True])
 def test_kv_cached_greedy_equals_naive_recompute_for_mixed_prompt_lengths(device, bf16, fast):
@@ -44,9 +61,22 @@ def test_kv_cached_greedy_equals_naive_recompute_for_mixed_prompt_lengths(device
     stop = max(set(firsts), key=firsts.count)
     with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):  # (bf16: train.py's CUDA default)
         got = generate(model, prompts, 20, temperature=0, stop_tokens=(stop,), fast=fast)
-        expected = [naive_greedy(model, p, 20, (stop,)) for p in prompts]
-    assert got == expected
+        if bf16:
+            assert_greedy(model, prompts, got, 20, (stop,))
+        else:
+            assert got == [naive_greedy(model, p, 20, (stop,)) for p in prompts]
     assert any(len(c) < 20 for c in got) and any(len(c) == 20 for c in got)  # early and full-length rows
+
+
+def test_assert_greedy_refuses_another_models_or_a_cut_completion():
+    model, other = tiny_model(), tiny_model(seed=1)
+    prompts = [[1, 2, 3], [4], [5, 6]]
+    completions = [naive_greedy(model, p, 10, ()) for p in prompts]
+    assert_greedy(model, prompts, completions, 10)
+    with pytest.raises(AssertionError):
+        assert_greedy(other, prompts, completions, 10)
+    with pytest.raises(AssertionError):  # 9 tokens, no stop token among them
+        assert_greedy(model, prompts, [c[:-1] for c in completions], 10)
 
 
 def test_completions_end_at_the_first_stop_token():
@@ -229,9 +259,10 @@ def test_fast_path_is_off_by_default_on_cpu(monkeypatch):
     generate(tiny_model(), [[1, 2]], 4)
 
 
-def reuse_across_calls(device, ctx):
+def reuse_across_calls(device, ctx, bf16_on_cuda=False):
     """Three fast calls on one model: other prompt lengths, then weights changed in place (as an
-    optimizer step does). Each must equal the plain loop, and all must share one kept decoder."""
+    optimizer step does). Each must equal the plain loop (bf16 on CUDA: both greedy up to near-ties, as
+    the two take other kernels there), and all must share one kept decoder."""
     model = tiny_model().to(device)
     prompts, stop = mixed_prompts_and_a_common_stop(model.cpu())
     model.to(device)
@@ -246,7 +277,10 @@ def reuse_across_calls(device, ctx):
         these = prompts if call == 0 else [[p[-1]] + p for p in prompts]  # other lengths, same batch size
         with ctx:
             fast = generate(model, these, 20, temperature=0, stop_tokens=(stop,), fast=True)
-            assert fast == generate(model, these, 20, temperature=0, stop_tokens=(stop,), fast=False)
+            plain = generate(model, these, 20, temperature=0, stop_tokens=(stop,), fast=False)
+            for completions in [fast, plain] if bf16_on_cuda else []:
+                assert_greedy(model, these, completions, 20, (stop,))
+            assert bf16_on_cuda or fast == plain
         outputs.append(fast)
     assert len(sample._decoders) == 1  # one capture, reused by the later calls
     assert outputs[2] != outputs[1]  # the third call decoded with the changed weights
@@ -283,7 +317,8 @@ def test_under_autocast_the_decode_step_reads_low_precision_copies_of_the_linear
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_kept_cuda_graph_reads_the_current_weights_under_autocast(dtype):
-    reuse_across_calls("cuda", torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32))
+    reuse_across_calls("cuda", torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32),
+                       bf16_on_cuda=dtype == torch.bfloat16)
 
 
 def test_a_kept_decoder_survives_an_error_during_prefill(monkeypatch):
