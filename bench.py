@@ -112,7 +112,7 @@ class SampleBench:
     gpt2_small: bool = False  # GPT-2 small: n_layer=12 n_head=12 n_embd=768 vocab_size=50257 bfloat16 (overrides those,
     #                           the dtype unless it is autocast)
     bandwidth: float = 3.0e12  # bytes/s assumed for the memory roofline (about what an H100 measures)
-    compiled: bool = False  # one row more: the fast path with decode_step through torch.compile (compiled in its warm-up)
+    compiled: bool = False  # a row more: the fast path, decode_step through torch.compile (compiled in its warm-up)
     repeats: int = 3
     threads: int = 0        # torch CPU threads (0 = torch's default)
     device: str = "auto"

@@ -125,7 +125,7 @@ def reinforce_loss(logprobs, old_logprobs, rewards, group_ids, completion_mask, 
     r = rewards.to(logprobs.dtype)  # (B,)
     g, n = _groups(group_ids)
     flat = _group_flat(r, g, n)  # (n_groups,) groups without signal
-    # DAPO dynamic sampling (Yu et al. 2025): drop all-equal groups from the loss and its normaliser
+    # DAPO dynamic sampling (Yu et al. 2025): drop all-equal groups from the loss and its normaliser (not const's)
     keep = (~flat[g]).to(mask.dtype) if drop_zero_signal else torch.ones_like(r)  # (B,)
     clip_frac = torch.zeros(())
 

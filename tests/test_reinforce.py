@@ -138,6 +138,12 @@ def test_token_logprobs_bf16_autocast_close_to_float32():
     torch.testing.assert_close(h1.grad, h2.grad, rtol=0, atol=0.05)
     torch.testing.assert_close(W1.grad, W2.grad, rtol=0, atol=0.1)
 
+def test_float64_inputs_under_autocast_stay_float64_bitwise():  # (autocast leaves float64 alone: so must we)
+    h, W, t = random_problem(N=16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        lp = token_logprobs(h, W, t, chunk_size=4)
+    assert lp.dtype == f64 and torch.equal(lp, token_logprobs(h, W, t, chunk_size=4))
+
 def test_token_logprobs_bf16_inputs_give_float32_logprobs_and_bf16_grads():
     h, W, t = random_problem(N=16, dtype=torch.bfloat16)
     h.requires_grad_(), W.requires_grad_()
@@ -175,6 +181,7 @@ def test_shape_rewards():
     correct = torch.tensor([1., 0., 1.])
     assert shape_rewards(correct).tolist() == [1., 0., 1.]
     assert shape_rewards(correct, wrong_reward=-1.0).tolist() == [1., -1., 1.]
+    assert shape_rewards(correct.to(f64)).dtype == f64 and shape_rewards(torch.tensor([True])).dtype == torch.float32
 
 def test_advantages_none_is_the_reward():
     assert compute_advantages(R, GROUPS, "none").tolist() == R.tolist()
@@ -248,6 +255,14 @@ def test_aggregation_by_hand(aggregation, expected):
     assert loss.item() == pytest.approx(expected)
     assert metrics["len_mean"] == 1.5 and metrics["len_max"] == 2 and metrics["reward_mean"] == 0.5
     assert metrics["adv_abs_mean"] == 0.5 and metrics["n_seqs_trained"] == 2
+    assert metrics["adv_std"] == 0.5  # population std of [0.5, -0.5]
+
+def test_seq_mean_counts_a_sequence_without_trained_tokens_as_zero_not_nan():
+    lp, r, ids, mask = hand_batch()
+    mask[1] = False  # (e.g. a completion cut to nothing)
+    loss, _ = reinforce_loss(lp, lp.detach(), r, ids, mask, aggregation="seq-mean")
+    loss.backward()
+    assert loss.item() == pytest.approx(0.75 / 2) and torch.isfinite(lp.grad).all()  # token mean −0.75, and 0
 
 def test_reinforce_gradient_is_minus_advantage_over_tokens():
     lp, r, ids, mask = hand_batch()
@@ -269,6 +284,45 @@ def test_drop_zero_signal_trains_on_informative_groups_only():
     loss.backward()
     assert (lp.grad[2:] == 0).all() and (lp.grad[:2] != 0).all()
     assert metrics["zero_signal_frac"] == 0.5 and metrics["n_seqs_trained"] == 2
+
+@pytest.mark.parametrize("options", [dict(aggregation="token-mean"), dict(aggregation="seq-mean"),
+                                     dict(aggregation="const", max_len=5), dict(loss_type="mirror"),
+                                     dict(aggregation="seq-mean", kl_coef=0.5), dict(aggregation="const", max_len=5,
+                                                                                     kl_coef=0.5),
+                                     dict(clip_eps=0.1)], ids=lambda o: "-".join(map(str, o.values())))
+def test_drop_zero_signal_gives_the_loss_and_metrics_of_the_informative_groups_alone(options):
+    """Dropping the flat group leaves the loss of the others alone, with their normaliser, except under const,
+    whose normaliser B · max_len keeps counting every sequence: a constant, as its name says."""
+    g = torch.Generator().manual_seed(1)
+    lp = (-torch.rand(6, 5, generator=g, dtype=f64)).requires_grad_()
+    old = lp.detach() + 0.3 * torch.randn(6, 5, generator=g, dtype=f64)  # off-policy: mirror's ρ, clip's ratio ≠ 1
+    ref = lp.detach() + 0.2 * torch.randn(6, 5, generator=g, dtype=f64)
+    mask = torch.arange(5)[None] < torch.tensor([5, 2, 4, 1, 3, 5])[:, None]  # (6, 5) lengths 5 2 4 1 3 5
+    r, ids = torch.tensor([1., 1., 1., 0., 0., 1.], dtype=f64), torch.tensor([0, 0, 1, 1, 2, 2])  # group 0 flat
+    both = dict(baseline="none", ref_logprobs=ref, **options)  # "none": the flat group would push its samples up
+    loss, metrics = reinforce_loss(lp, old, r, ids, mask, drop_zero_signal=True, **both)
+    kept = slice(2, 6)
+    alone, alone_metrics = reinforce_loss(lp[kept], old[kept], r[kept], ids[kept], mask[kept],
+                                          **{**both, "ref_logprobs": ref[kept]})
+    if options.get("aggregation") == "const":  # its normaliser stays B · max_len, whatever is dropped (README)
+        assert metrics["normaliser"] == 6 * 5 and alone_metrics["normaliser"] == 4 * 5
+        loss, metrics["kl"] = loss * 6 / 4, metrics["kl"] * 6 / 4
+    torch.testing.assert_close(loss, alone)
+    assert metrics["kl"] == pytest.approx(alone_metrics["kl"]) and metrics["clip_frac"] == alone_metrics["clip_frac"]
+    assert options.get("aggregation") == "const" or metrics["normaliser"] == alone_metrics["normaliser"]
+    loss.backward()
+    assert (lp.grad[:2] == 0).all() and (lp.grad[2:][mask[2:]] != 0).any()
+
+def test_kl_is_aggregated_like_the_loss():
+    lp, r, ids, mask = hand_batch()
+    ref = lp.detach() + torch.tensor([[0.3, -0.2, 0.], [0.1, 0., 0.]], dtype=f64)
+    _, m = reinforce_loss(lp, lp.detach(), r, ids, mask, kl_coef=0.5, ref_logprobs=ref, aggregation="seq-mean")
+    k3 = lambda d: math.exp(d) - d - 1
+    assert m["kl"] == pytest.approx(((k3(0.3) + k3(-0.2)) / 2 + k3(0.1)) / 2)  # mean over sequences of token means
+
+def test_mirror_needs_no_max_len_whatever_the_aggregation():  # (it ignores the aggregation)
+    lp, r, ids, mask = hand_batch()
+    reinforce_loss(lp, lp.detach(), r, ids, mask, loss_type="mirror", aggregation="const")
 
 def test_drop_zero_signal_all_groups_flat_gives_zero_loss_not_nan():
     lp = torch.randn(4, 3, dtype=f64).requires_grad_()
@@ -295,15 +349,15 @@ def test_kl_k3_is_zero_at_reference_and_positive_elsewhere():
 
 def test_clip_frac_and_clipped_objective_by_hand():
     # advantages [0.5, −0.5]; ratios chosen per token, ε = 0.2
-    lp = torch.zeros(2, 2, dtype=f64, requires_grad=True)
-    ratio = torch.tensor([[1.65, 1.0], [0.6, 1.5]], dtype=f64)
+    lp = torch.zeros(2, 3, dtype=f64, requires_grad=True)
+    ratio = torch.tensor([[1.65, 1.0, 1.65], [0.6, 1.5, 1.65]], dtype=f64)  # the third column is padding
     old = -ratio.log()  # so exp(lp − old) = ratio
-    r, ids, mask = torch.tensor([1., 0.], dtype=f64), torch.tensor([0, 0]), torch.ones(2, 2)
+    r, ids, mask = torch.tensor([1., 0.], dtype=f64), torch.tensor([0, 0]), torch.tensor([[1, 1, 0], [1, 1, 0]])
     loss, m = reinforce_loss(lp, old, r, ids, mask, clip_eps=0.2)
     # tokens: min(1.65·.5, 1.2·.5) = .6 clipped; 1·.5 = .5; min(.6·−.5, .8·−.5) = −.4 clipped;
     # min(1.5·−.5, 1.2·−.5) = −.75, not clipped (the pessimistic side): |ratio − 1| > ε is not enough
     assert loss.item() == pytest.approx(-(0.6 + 0.5 - 0.4 - 0.75) / 4)
-    assert m["clip_frac"] == 0.5
+    assert m["clip_frac"] == 0.5  # of the trained tokens: the padding's ratio counts for nothing
     loss.backward()
     assert lp.grad[0, 0] == 0 and lp.grad[1, 0] == 0 and lp.grad[0, 1] != 0 and lp.grad[1, 1] != 0
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import rewards  # noqa: E402
 from rewards import (  # noqa: E402
     ArithmeticTask, GSM8KTask, PairsTask, Problem, answers_match, exact_match, extract_answer, format_reward, get_task,
     load_gsm8k, normalize_answer, pair_sum,
@@ -78,9 +79,19 @@ def test_a_malformed_last_answer_is_no_answer_not_an_earlier_one(text):
 
 
 def test_only_the_tail_of_a_long_completion_is_searched():
-    # answers live at the end; an answer followed by pages of text is not found (and cannot hang us)
-    assert extract_answer("#### 5" + " and so on" * 1_000) is None
+    # answers live at the end; a well-formed answer followed by pages of text is not found (and cannot hang us)
+    assert extract_answer("#### 5\n" + "x" * 5_000) is None
+    assert extract_answer("#### 5" + " and so on" * 1_000) is None  # (here also a 10,000-character "answer")
+    assert extract_answer("#### 5\n" + "x" * 4_000) == "5"
     assert extract_answer("and so on " * 1_000 + "#### 5") == "5"
+
+
+def test_an_answer_of_up_to_200_characters_is_well_formed():
+    assert extract_answer("#### " + "7" * 200) == "7" * 200 and extract_answer("#### " + "7" * 201) is None
+
+
+def test_boxed_answers_nest_braces_three_deep():
+    assert extract_answer("\\boxed{a{b{c{d}}}}") == "a{b{c{d}}}"
 
 
 def test_a_self_correcting_completion_gets_credit_for_its_final_answer():
@@ -103,7 +114,8 @@ def test_normalize_answer_drops_formatting(raw, normal):
 
 
 @pytest.mark.parametrize("pred, ref", [
-    ("1,000", "1000"), ("$5", "5"), ("3.50", "7/2"), ("3.5", "3.50"), ("+4", "4"), ("5.", "5"),
+    ("1,000", "1000"), ("$ 1,000", "1000"), ("\\dfrac{1}{2}", "0.5"), ("$5", "5"), ("3.50", "7/2"), ("3.5", "3.50"),
+    ("+4", "4"), ("5.", "5"),
     ("\\frac{1}{2}", "0.5"), ("-\\frac{3}{4}", "-0.75"), (".5", "1/2"), ("0", "-0"), ("abc", " abc "),
 ])
 def test_equal_answers_match(pred, ref):
@@ -112,6 +124,7 @@ def test_equal_answers_match(pred, ref):
 
 @pytest.mark.parametrize("pred, ref", [
     ("5", "6"), ("3.51", "7/2"), ("-4", "4"), ("", ""), ("", "0"), ("1/0", "1"), ("abc", "abd"),
+    ("1,2345", "12345"), ("Yes", "yes"),  # (text compares exactly: case counts)
     ("1e400", "1"), ("1e0", "1"), (HUGE_NUMBER, "1"), (HUGE_NUMBER, HUGE_NUMBER[:-1]),
 ])
 def test_different_answers_do_not_match(pred, ref):
@@ -207,6 +220,21 @@ def test_train_and_test_splits_share_no_prompt(task):
     assert len(test) > 250 and not train & test
 
 
+def test_gsm8k_sample_draws_from_the_split_asked_for():
+    task, rng = GSM8KTask(GSM8K_TINY), random.Random(0)
+    for split in ("train", "test"):
+        assert all(task.sample(split, rng) in task.splits[split] for _ in range(50))
+
+
+def test_a_gsm8k_file_that_hashes_into_one_split_still_gives_both(tmp_path):
+    rows = [{"question": f"How many is {i}?", "answer": f"{i} #### {i}"} for i in range(3)]
+    assert {rewards.split_of(row["question"]) for row in rows} == {"train"}  # (as most questions do)
+    path = tmp_path / "three.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    task = GSM8KTask(path)
+    assert len(task.splits["train"]) == 2 and len(task.splits["test"]) == 1
+
+
 def test_gsm8k_splits_are_disjoint_and_both_non_empty():
     task = GSM8KTask(GSM8K_TINY)
     train, test = ({p.prompt for p in task.splits[s]} for s in ("train", "test"))
@@ -242,6 +270,15 @@ def test_scratch_traces_are_step_by_step_and_direct_ones_are_not():
     assert task.is_step_by_step(task.trace(problem, "scratch"))
     assert not task.is_step_by_step(task.trace(problem, "direct"))
     assert not task.is_step_by_step("no answer = given")
+
+
+def test_pairs_step_by_step_needs_work_before_the_answer():
+    assert PairsTask().is_step_by_step("3+8=11✗ #### 8+6") and not PairsTask().is_step_by_step(" #### 8+6")
+
+
+def test_gsm8k_step_by_step_reads_the_marker_of_a_long_completion():
+    text = " " * 4_500 + "x" * 600 + " #### 4"  # the work: 600 characters just before the answer, after 4,500 blanks
+    assert GSM8KTask(GSM8K_TINY).is_step_by_step(text) and not GSM8KTask(GSM8K_TINY).is_step_by_step(" #### 4")
 
 
 def test_gsm8k_step_by_step():
@@ -451,6 +488,18 @@ def test_self_check_stats_on_hand_made_completions():
     assert stats("garbage ✗✓ ,,, = ####", problem)["attempts"] == 0
     for text in ("3+8=11✗, #### 3+8", "3+8=11✗\n#### 3+8"):  # a comma or a newline before the answer hides no ✗
         assert stats(text, problem)["after_fail"], text
+
+
+@pytest.mark.parametrize("n_numbers", [3, 6])
+def test_longest_trace_tries_every_pair(n_numbers):
+    task = PairsTask(n_numbers=n_numbers, max_number=20)
+    problem = task.sample("train", random.Random(0))
+    assert task.self_check_stats(task.longest_trace(), problem)["attempts"] == n_numbers * (n_numbers - 1) // 2
+
+
+def test_task_sizes_at_their_limits_are_accepted():
+    assert ArithmeticTask(digits=9).sample("train", random.Random(0)).info["a"] >= 10 ** 8
+    assert len(PairsTask(n_numbers=3).sample("train", random.Random(0)).info["numbers"]) == 3
 
 
 def test_quitting_early_is_a_parameter_of_the_cold_start():
