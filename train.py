@@ -198,7 +198,9 @@ def train_step(run, idx, targets, weights, lr, entropy=False):
         loss, _, token_entropy = weighted_logprob_sum(hidden, run.model.lm_head.weight, targets, weights,
                                                       return_entropy=entropy)  # (), (B*T,)
     skip = optimizer_step(run.train_model, run.optimizer, loss, run.cfg)
-    return loss, skip, token_entropy.sum() / (targets >= 0).sum().clamp(min=1)
+    # detached: a loss that kept its autograd graph alive would keep its AccumulateGrad nodes, made on the
+    # default stream, and the next CUDA graph capture (train_graph) would fail joining that stream
+    return loss.detach(), skip, token_entropy.sum() / (targets >= 0).sum().clamp(min=1)
 
 def train_graph(run, capture=True, entropy=False):
     """train_step at static shapes, replayed as one CUDA graph (common.cuda_graph): a small model's step is

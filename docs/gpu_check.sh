@@ -23,6 +23,10 @@ run() {  # run NAME SECONDS COMMAND...: its output in $OUT/NAME.md, a line in $O
     local name=$1 secs=$2 start=$SECONDS
     shift 2
     (( secs > BUDGET - SECONDS )) && secs=$((BUDGET - SECONDS))
+    if [[ " ${SKIP:-} " == *" $name "* ]]; then  # SKIP="name ...": a rerun measures only what it lacks
+        echo "$name: skipped (SKIP)" | tee -a "$OUT/summary.txt"
+        return
+    fi
     if (( secs < 10 )); then
         echo "$name: skipped, the $BUDGET s budget is spent" | tee -a "$OUT/summary.txt"
         return
@@ -124,3 +128,5 @@ if [ "${PRESET:-0}" = 1 ]; then
 fi
 
 echo "done: tables in $OUT" | tee -a "$OUT/summary.txt"
+# the device tool brings back only a few files: all of them in one archive too
+tar czf "$OUT/../gpu_check.tgz" -C "$OUT" . && mv "$OUT/../gpu_check.tgz" "$OUT/"

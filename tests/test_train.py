@@ -820,6 +820,17 @@ def test_sft_step_at_static_shapes_takes_the_plain_steps(tmp_path):
     assert all(isinstance(g["lr"], float) and not g["capturable"] for g in groups)
 
 
+def test_a_training_steps_outputs_hold_no_autograd_graph(tmp_path):
+    # a kept loss would keep the step's autograd graph, and with it AccumulateGrad nodes made on the default
+    # stream: on CUDA the next step's graph capture then fails ("operation would make the legacy stream depend
+    # on a capturing blocking stream"), as train.py did on its first GPU run with the SFT graph
+    run_ = train.set_up(TINY + [f"--out_dir={tmp_path}"])
+    idx, targets = next(iter(varied_sft_batches()))
+    for step in (partial(train.train_step, run_), train.train_graph(run_, capture=False)):
+        outputs = step(idx, targets, train.sft_weights(targets), 1e-3)
+        assert all(t.grad_fn is None and not t.requires_grad for t in outputs)
+
+
 def test_the_varied_batches_pad_their_rows_and_cross_the_rounding():
     # (so that the test above pads, grows its fixed tensors and reuses them)
     batches = list(varied_sft_batches())
