@@ -130,8 +130,7 @@ def check_config(cfg):
         (cfg.loss_type == "mirror" and cfg.tau <= 0, "--loss_type=mirror needs --tau > 0 (the loss divides by it)"),
         (cfg.prioritized and cfg.problem_pool < 1, "--prioritized=true needs --problem_pool >= 1 (its problems)"),
         (cfg.updates_per_batch > 1 and cfg.clip_eps == 0 and cfg.loss_type != "mirror",
-         "--updates_per_batch > 1 re-uses samples from an older policy: set --clip_eps or --loss_type=mirror"),
-    ]
+         "--updates_per_batch > 1 re-uses samples from an older policy: set --clip_eps or --loss_type=mirror")]
     for broken, why in rules:
         if broken:
             raise ValueError(why)
@@ -198,8 +197,7 @@ def train_step(run, idx, targets, weights, lr, entropy=False):
         loss, _, token_entropy = weighted_logprob_sum(hidden, run.model.lm_head.weight, targets, weights,
                                                       return_entropy=entropy)  # (), (B*T,)
     skip = optimizer_step(run.train_model, run.optimizer, loss, run.cfg)
-    # detached: a loss that kept its autograd graph alive would keep its AccumulateGrad nodes, made on the
-    # default stream, and the next CUDA graph capture (train_graph) would fail joining that stream
+    # detached: a kept autograd graph keeps AccumulateGrad nodes of the default stream; a capture then fails
     return loss.detach(), skip, token_entropy.sum() / (targets >= 0).sum().clamp(min=1)
 
 def train_graph(run, capture=True, entropy=False):

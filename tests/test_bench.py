@@ -71,6 +71,18 @@ def test_naive_sampler_is_greedy_decoding_without_a_cache():
     assert bench.naive_generate(model, idx, 10).tolist() == generate(model, idx.tolist(), 10, temperature=0)
 
 
+def test_parting_gap_is_the_top_two_gap_where_two_completions_first_differ():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=97, block_size=32, n_layer=2, n_head=2, n_embd=16)).eval()
+    prompt, best = [5, 7, 11], [3, 1, 4, 1, 5]
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + best[:2]]))[0, -1]  # at the third token, where the rows part
+    second, first = logits.topk(2).indices.tolist()[::-1]
+    expected = ((logits[first] - logits[second]) / logits.abs().max()).item()
+    assert bench.parting_gap(model, prompt, best[:2] + [first, 9], best[:2] + [second, 9]) == pytest.approx(expected)
+    assert bench.parting_gap(model, prompt, best, best) == 0.0
+
+
 def test_fuzz_corpus_is_seeded_and_covers_every_kind():
     corpus = bench.fuzz_corpus(18, seed=3)
     assert corpus == bench.fuzz_corpus(18, seed=3)
@@ -140,7 +152,7 @@ def test_sample_command_times_fast_and_eager_paths_and_prints_the_memory_rooflin
     assert "fast=True" in table[2] and "fast=False" in table[3 + compiled] and f", {dtype};" in out
     assert "at an assumed 1e+09 B/s" in out
     if compiled:  # (compiled by inductor, for real: the slowest test of this file)
-        assert "torch.compile" in table[3] and "compiled: yes" in out  # the same tokens as the plain loop
+        assert "torch.compile" in table[3] and "compiled: 2/2," in out  # the same tokens as the plain loop
 
 
 def test_compiled_row_decodes_through_a_compiled_step_and_drops_the_kept_decoders(monkeypatch):
