@@ -613,7 +613,7 @@ def log_rl_step(run, step, lr, problems, texts, correct, len_reward, metrics, sk
 
 def eval_due(cfg, step):
     """A held-out evaluation every eval_every RL steps (the last one is finish's)."""
-    return cfg.eval_every and (step - cfg.sft_steps) % cfg.eval_every == 0 and step < cfg.sft_steps + cfg.rl_steps
+    return cfg.eval_every and 0 < step - cfg.sft_steps < cfg.rl_steps and (step - cfg.sft_steps) % cfg.eval_every == 0
 
 def checkpoint(run, step):
     flush_sft_log(run)

@@ -831,6 +831,20 @@ def test_a_training_steps_outputs_hold_no_autograd_graph(tmp_path):
         assert all(t.grad_fn is None and not t.requires_grad for t in outputs)
 
 
+def test_the_static_steps_padding_is_in_no_mean(tmp_path):
+    # the fixed tensors' right-padding (to 32 tokens) has target -1: in no loss and no entropy mean
+    outputs = []
+    for name, make in (("plain", lambda r: partial(train.train_step, r, entropy=True)),
+                       ("static", lambda r: train.train_graph(r, capture=False, entropy=True))):
+        run_ = train.set_up(TINY + [f"--out_dir={tmp_path / name}"])
+        with torch.no_grad():  # peaked predictions that differ with the token (an untrained model's are all uniform)
+            run_.model.transformer.wte.weight.mul_(30)
+        idx, targets = next(iter(varied_sft_batches(lengths=(11,))))
+        outputs.append([t.item() for t in make(run_)(idx, targets, train.sft_weights(targets), 1e-3)])
+    (loss, _, entropy), (static_loss, _, static_entropy) = outputs
+    assert static_loss == pytest.approx(loss, rel=1e-5) and static_entropy == pytest.approx(entropy, rel=1e-5)
+
+
 def test_the_varied_batches_pad_their_rows_and_cross_the_rounding():
     # (so that the test above pads, grows its fixed tensors and reuses them)
     batches = list(varied_sft_batches())
@@ -1006,3 +1020,110 @@ def test_the_readmes_gpu_preset_command_runs_end_to_end_when_shrunk(tmp_path):
               "--prompts_per_step=2", "--samples_per_prompt=2", "--eval_problems=3", "--pass_k=2"]
     summary = train.main(flags[2:] + shrink + [f"--out_dir={tmp_path / 'preset'}"])
     assert summary["config"]["numbers"] == 6 and summary["config"]["quit_max"] == 0.3
+
+
+# what each step draws, and from which split
+
+def test_every_cold_start_trace_ends_with_end_of_text():
+    cfg = common.parse_config(train.TrainConfig, TINY)
+    tokenizer = common.get_tokenizer("char")
+    _, targets, mask = train.sft_batch(train.make_task(cfg), tokenizer, random.Random(0), cfg, 48)
+    last = mask.int().cumsum(1).argmax(1)  # (B,) each row's last completion position
+    assert (targets[torch.arange(len(targets)), last] == tokenizer.eot_token).all()
+
+
+def test_each_step_and_rank_draws_its_own_randomness():
+    cfg = train.TrainConfig()
+    draws = {train.step_rng(cfg, step, rank, what).random()
+             for step in (0, 1) for rank in (0, 1) for what in ("sft", "rl")}
+    assert len(draws) == 8 and train.step_rng(cfg, 1, 1, "rl").random() == train.step_rng(cfg, 1, 1, "rl").random()
+
+
+class SplitSpy:
+    """A task that records the split of every problem drawn."""
+    def __init__(self, task):
+        self.task, self.splits = task, []
+
+    def sample(self, split, rng):
+        self.splits.append(split)
+        return self.task.sample(split, rng)
+
+    def __getattr__(self, name):
+        return getattr(self.task, name)
+
+
+def test_training_draws_from_the_train_split_and_evaluation_from_the_test_split(tmp_path):
+    cfg = common.parse_config(train.TrainConfig, TINY)
+    task = SplitSpy(train.make_task(cfg))
+    train.sft_batch(task, common.get_tokenizer("char"), random.Random(0), cfg, 48)
+    _, fresh = train.choose_problems(SimpleNamespace(cfg=cfg, pool=[], task=task), random.Random(0))
+    assert set(task.splits) == {"train"} and len(task.splits) == cfg.sft_batch_size + len(fresh)
+    run_ = train.set_up(TINY + ["--prioritized=true", "--problem_pool=30", f"--out_dir={tmp_path}"])
+    split = lambda p: rewards.split_of(p.info["split_key"])
+    assert {split(p) for p in fresh + run_.pool} == {"train"} and {split(p) for p in run_.eval_problems} == {"test"}
+
+
+def test_the_pool_success_rates_count_every_ranks_problems(monkeypatch):
+    # this rank drew problem 1 (one sample of two right); the other rank drew problem 3 (both right)
+    others = iter([torch.tensor([0.0, 0.0, 0.0, 1.0]), torch.tensor([0.0, 0.0, 0.0, 1.0])])  # its sums, then counts
+    monkeypatch.setattr(train, "all_sum", lambda value, device: value + next(others))
+    run_ = SimpleNamespace(pool=[None] * 4, cfg=SimpleNamespace(prompts_per_step=1, samples_per_prompt=2), ddp=True,
+                           device="cpu", success=torch.full((4,), 0.25))
+    train.remember_success(run_, [1], torch.tensor([1.0, 0.0]))
+    assert run_.success.tolist() == [0.25, 0.5, 0.25, 1.0]
+
+
+@pytest.mark.parametrize("init", ["scratch", "gpt2"])
+def test_the_model_takes_the_dropout_asked_for(tmp_path, init):
+    if init == "gpt2":
+        transformers = pytest.importorskip("transformers")
+        config = transformers.GPT2Config(vocab_size=300, n_positions=32, n_embd=16, n_layer=1, n_head=2)
+        transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path)
+        init = str(tmp_path)
+    cfg = common.parse_config(train.TrainConfig, [f"--init_from={init}", "--dropout=0.25", "--tokenizer=char"])
+    model, _ = common.build_model(cfg, "cpu")
+    assert model.config.dropout == 0.25 and model.transformer.drop.p == 0.25
+
+
+# updates, skips, and what the summary says
+
+def test_updates_per_batch_takes_that_many_steps_and_counts_every_skip(monkeypatch):
+    model, optimizer, cfg = _tiny_policy(["--updates_per_batch=3", "--clip_eps=0.2"])
+    flags = iter([1.0, 0.0, 1.0])  # the first and the last step not finite
+    monkeypatch.setattr(train, "optimizer_step", lambda *a: torch.tensor(next(flags)))
+    _, skipped = train.policy_update(_as_run(model, optimizer, cfg), *_random_batch(0, 2))
+    assert skipped == 2 and next(flags, None) is None  # three steps taken
+
+
+def test_the_summary_holds_the_after_sft_and_final_evaluations_times_and_skips(tmp_path, monkeypatch):
+    real_weights, calls = train.sft_weights, []
+
+    def first_step_not_finite(targets):  # its gradient is not finite: skipped
+        calls.append(1)
+        return real_weights(targets) * (float("nan") if len(calls) == 1 else 1.0)
+    monkeypatch.setattr(train, "sft_weights", first_step_not_finite)
+    out = run(tmp_path, "--eval_every=0")
+    summary, ckpt = json.load(open(os.path.join(out, "summary.json"))), torch.load(os.path.join(out, "ckpt.pt"))
+    evals = [record for record in map(json.loads, open(os.path.join(out, "metrics.jsonl"))) if record["phase"] == "eval"]
+    evals = [{k: v for k, v in record.items() if k not in ("step", "phase")} for record in evals]
+    assert summary["before"] == evals[0] and summary["after"] == evals[-1] and evals[0] != evals[-1]
+    assert summary["skipped_steps"] == ckpt["skipped"] == 1
+    assert (summary["sft_time"], summary["rl_time"]) == (ckpt["sft_time"], ckpt["rl_time"])
+    assert summary["sft_time"] != summary["rl_time"]
+
+
+def test_evaluations_fall_every_eval_every_rl_steps_counted_from_the_end_of_sft():
+    cfg = common.parse_config(train.TrainConfig, ["--sft_steps=7", "--rl_steps=20", "--eval_every=5"])
+    assert [step for step in range(28) if train.eval_due(cfg, step)] == [12, 17, 22]  # (7: after SFT; 27: finish's)
+
+
+# checkpoints: an interrupted SFT loses no record
+
+def test_a_checkpoint_in_sft_logs_every_step_before_it(tmp_path, monkeypatch):
+    real = train.end_of_step  # stop after step 3, as after Ctrl-C: the log then holds steps 0, 1, 2
+    monkeypatch.setattr(train, "end_of_step", lambda r, step: train.STOP.update(requested=step == 3) or real(r, step))
+    try:
+        out = run(tmp_path, "--sft_steps=10")
+    finally:
+        train.STOP["requested"] = False
+    assert [r["step"] for r in log_records(out) if r["phase"] == "sft"] == [0, 1, 2]
