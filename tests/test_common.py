@@ -1,11 +1,17 @@
-"""common.py: the tokenizers and the number checks here; the parser, device checks, run files and
-checkpoints are tested through the commands that use them (tests/test_train.py, test_sample.py)."""
-from dataclasses import dataclass
+"""common.py: the tokenizers, the number checks, what a run's files may hold and the room checks here; the
+parser, device checks and checkpoints also through the commands that use them (tests/test_train.py, ...)."""
+import os
+from dataclasses import asdict, dataclass
+from types import SimpleNamespace
 
 import pytest
+import torch
 
+import common
 import train
 from common import check_numbers, get_tokenizer
+from model import GPT, GPTConfig
+from rewards import Problem
 
 
 def test_char_tokenizer_round_trips_text_and_has_end_of_text():
@@ -62,3 +68,91 @@ def test_help_prints_every_field_with_its_default_and_comment(flag, capsys):
     printed = capsys.readouterr().out
     assert done.value.code == 0
     assert "class TrainConfig" in printed and "rl_lr: float = 1e-4" in printed and "# optimizer steps of the cold start" in printed
+
+
+# what a run's files may hold
+
+def test_model_text_that_spells_a_special_token_stays_text():
+    tokenizer = get_tokenizer("char")
+    tokens = common.encode(tokenizer, "1+2=<|endoftext|>")
+    assert tokenizer.eot_token not in tokens and common.decode(tokenizer, tokens) == "1+2=<|endoftext|>"
+
+
+def test_a_saved_config_resumes_without_the_keys_this_version_no_longer_has():
+    cfg = common.parse_config(train.TrainConfig, ["--rl_steps=9"], base={"rl_steps": 5, "sft_steps": 3, "gone": 1})
+    assert (cfg.rl_steps, cfg.sft_steps) == (9, 3)
+
+
+class Hostile:
+    """Unpickling this runs code: a checkpoint must never be loaded in a way that lets it."""
+    def __reduce__(self):
+        return (open, (HOSTILE_MARK, "w"))
+
+
+HOSTILE_MARK = ""
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(tmp_path):
+    global HOSTILE_MARK
+    HOSTILE_MARK = str(tmp_path / "it ran")
+    path = str(tmp_path / "ckpt.pt")
+    torch.save({"model": Hostile(), "model_config": {}, "config": {}, "step": 0, "tokenizer": "char"}, path)
+    with pytest.raises(ValueError, match="is not a train.py checkpoint"):
+        common.load_checkpoint(path)
+    assert not os.path.exists(HOSTILE_MARK)
+
+
+def test_a_checkpoint_without_its_tokenizer_is_refused(tmp_path):
+    path = str(tmp_path / "ckpt.pt")
+    torch.save({"model": {}, "model_config": {}, "config": {}, "step": 0}, path)
+    with pytest.raises(ValueError, match="keys missing"):
+        common.load_checkpoint(path)
+
+
+def test_a_checkpoint_missing_a_weight_is_an_error_naming_it():
+    model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8))
+    state = model.state_dict()
+    del state["lm_head.weight"], state["transformer.wte.weight"]  # (tied: one tensor, two names)
+    with pytest.raises(RuntimeError, match="Missing key.*wte.weight"):
+        common.model_from_checkpoint({"model": state, "model_config": asdict(model.config)}, "cpu")
+
+
+def test_an_out_dir_with_only_an_empty_log_is_free_for_a_fresh_run(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text("")  # what a run that failed before its first step leaves
+    common.check_out_dir(common.parse_config(train.TrainConfig, [f"--out_dir={tmp_path}"]), None)
+    (tmp_path / "metrics.jsonl").write_text('{"step": 0}\n')
+    with pytest.raises(ValueError, match="already holds a run"):
+        common.check_out_dir(common.parse_config(train.TrainConfig, [f"--out_dir={tmp_path}"]), None)
+
+
+# room for the completions: exact fits pass, one token more does not
+
+def room_task(train_prompt, trace=None):
+    """A task with one training problem and, if given, a longest cold-start trace."""
+    task = SimpleNamespace(splits={"train": [Problem(train_prompt, "", {})]})
+    if trace is not None:
+        task.longest_trace = lambda: trace
+    return task
+
+
+def check_room(task, max_new_tokens, block_size, eval_prompt="ab"):
+    cfg = common.parse_config(train.TrainConfig, [f"--max_new_tokens={max_new_tokens}"])
+    common.check_completion_room(task, get_tokenizer("char"), [Problem(eval_prompt, "", {})], cfg, block_size)
+
+
+def test_completion_room_counts_the_training_prompts_too():
+    check_room(room_task("abcdefghij"), max_new_tokens=20, block_size=30)  # exactly full
+    with pytest.raises(ValueError, match="the longest prompt has 10 tokens"):
+        check_room(room_task("abcdefghij"), max_new_tokens=21, block_size=30)
+
+
+def test_the_longest_cold_start_trace_needs_room_for_its_end_of_text():
+    check_room(room_task("abc", trace="x" * 10), max_new_tokens=1, block_size=14)  # 3 + 10 + end-of-text
+    with pytest.raises(ValueError, match="needs --block_size >= 14"):
+        check_room(room_task("abc", trace="x" * 10), max_new_tokens=1, block_size=13)
+
+
+def test_generate_takes_a_prompt_that_exactly_fills_the_block_with_its_new_tokens():
+    assert common.check_prompts([[1] * 8, [2] * 3], 24, 32) == 8
+    with pytest.raises(ValueError, match="exceeds the model's block_size=32"):
+        common.check_prompts([[1] * 8], 25, 32)

@@ -267,7 +267,13 @@ def test_unknown_config_key_is_refused_by_name():
                                           ("--loss_type=ppo", "--loss_type=ppo is not one of"),
                                           ("--temperature=0", "RL needs a temperature > 0"),
                                           ("--loss_type=mirror --tau=0", "--loss_type=mirror needs --tau > 0"),
-                                          ("--prioritized=true --problem_pool=0", "needs --problem_pool >= 1")])
+                                          ("--prioritized=true --problem_pool=0", "needs --problem_pool >= 1"),
+                                          ("--clip_eps=-0.2", "--clip_eps must be >= 0"),
+                                          ("--kl_coef=-0.1", "--kl_coef must be >= 0"),
+                                          ("--length_penalty=-1", "--length_penalty must be >= 0"),
+                                          ("--quit_max=-0.1", "--quit_max must be a probability"),
+                                          ("--pass_k=0", "--pass_k must be >= 1"),
+                                          ("--warmup_steps=0", "--warmup_steps must be >= 1")])
 def test_bad_values_name_the_key(arg, message):
     with pytest.raises(ValueError, match=message):
         train.check_config(common.parse_config(train.TrainConfig, arg.split()))
@@ -1127,3 +1133,13 @@ def test_a_checkpoint_in_sft_logs_every_step_before_it(tmp_path, monkeypatch):
     finally:
         train.STOP["requested"] = False
     assert [r["step"] for r in log_records(out) if r["phase"] == "sft"] == [0, 1, 2]
+
+
+def test_a_cold_start_batch_may_fill_the_block_exactly():
+    cfg = common.parse_config(train.TrainConfig, TINY)
+    task, tokenizer = train.make_task(cfg), common.get_tokenizer("char")
+    idx, _, _ = train.sft_batch(task, tokenizer, random.Random(0), cfg, 48)
+    longest = idx.size(1) + 1  # (inputs and targets are the traces shifted by one)
+    train.sft_batch(task, tokenizer, random.Random(0), cfg, longest)
+    with pytest.raises(ValueError, match=f"a training trace of {longest} tokens exceeds"):
+        train.sft_batch(task, tokenizer, random.Random(0), cfg, longest - 1)
