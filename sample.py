@@ -132,16 +132,13 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=
             pos_in.copy_(next_pos[:, None])
 
         new_tokens = torch.zeros(B, max_new_tokens, dtype=torch.long, device=device)  # (B, max_new_tokens)
-        lengths = torch.full((B,), max_new_tokens, device=device)  # (B,) tokens up to and including the stop
         active = torch.arange(B, device=device)  # (b,) the original row of each row still in the batch
         finished = torch.zeros(B, dtype=torch.bool, device=device)  # (b,) rows that already hit a stop token
         stop = torch.tensor(list(stop_tokens), dtype=torch.long, device=device)
         for t in range(max_new_tokens):
             token = sample_next(logits, temperature, top_k, top_p, generator)  # (b,)
-            new_tokens[active, t] = token  # what a finished row adds is cut off by its length
-            newly_done = torch.isin(token, stop) & ~finished
-            lengths[active] = torch.where(newly_done, t + 1, lengths[active])
-            finished |= newly_done
+            new_tokens[active, t] = token  # what a row adds after its first stop token is cut off below
+            finished |= torch.isin(token, stop)
             n_finished = int(finished.sum()) if len(stop) else 0  # the step's one host-device sync
             if n_finished == len(active) or t == max_new_tokens - 1:
                 break
@@ -161,6 +158,9 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=
                 logits = model(token[:, None], cache=cache, positions=next_pos[:, None])[:, -1]  # (b, V)
             next_pos = next_pos + 1
 
+        # each row ends at (and includes) its first stop token: the tokens before it, + 1 if there is one
+        before_stop = (~torch.isin(new_tokens, stop)).long().cumprod(dim=1).sum(dim=1)  # (B,)
+        lengths = torch.where(before_stop < max_new_tokens, before_stop + 1, before_stop)  # (B,)
         return [row[:n] for row, n in zip(new_tokens.tolist(), lengths.tolist())]
 
 # -----------------------------------------------------------------------------

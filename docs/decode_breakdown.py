@@ -1,10 +1,13 @@
 """Where a decode step of GPT-2 small (bfloat16, B=1) goes on a GPU: sample.generate with its kept
 CUDA graph, the graph replayed alone (no sampling, no bookkeeping), the capture, decode_step
 eagerly, its CUDA kernels, and decode_step compiled by torch.compile inside the same kind of graph.
-CUDA only, except --ops: the PyTorch ops of one decode step, counted on any device (most of them a
-kernel each on a GPU, views aside), so that the CPU can see what a change does to the graph's length.
+--rl_size: the same for about the RL's size instead (4 layers, 128 wide, V=257, float32, B=128).
+CUDA only, except --ops: the PyTorch ops of one decode step, and generate's own ops per token around it,
+counted on any device (most of them a kernel each on a GPU, views aside), so that the CPU can see what a
+change does to the graph's length and to the work outside it.
 
     PYTHONPATH=. python docs/decode_breakdown.py
+    PYTHONPATH=. python docs/decode_breakdown.py --rl_size
     PYTHONPATH=. python docs/decode_breakdown.py --ops
 """
 import sys
@@ -20,6 +23,9 @@ from sample import generate, decode_step, static_decoder
 
 torch.manual_seed(0)
 cfg = GPTConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)
+B, dtype = 1, torch.bfloat16
+if "--rl_size" in sys.argv:
+    cfg, B, dtype = GPTConfig(vocab_size=257, block_size=256, n_layer=4, n_head=4, n_embd=128), 128, torch.float32
 
 if "--ops" in sys.argv:
     class CountOps(TorchDispatchMode):
@@ -42,13 +48,21 @@ if "--ops" in sys.argv:
     print(f"one decode step of GPT-2 small (B=1, {device}): {sum(work.values())} ops that do work, "
           f"{sum(counter.ops.values()) - sum(work.values())} views; " + ", ".join(f"{op} {n}" for op, n in
                                                                                Counter(work).most_common()))
+    # generate's own work per token around the step (sampling, the stop check, bookkeeping): the ops of
+    # 32 new tokens less those of 16, per token, less the step's (fast=True: the static step, eagerly here)
+    totals = []
+    for n in (16, 32):
+        with torch.no_grad(), CountOps() as counter:
+            generate(model, [[1, 2, 3]], n, temperature=0, stop_tokens=(7,), fast=True)
+        totals.append(sum(k not in views and v for k, v in counter.ops.items()))
+    print(f"generate's ops per token outside the step: {(totals[1] - totals[0]) / 16 - sum(work.values()):.0f}")
     sys.exit(0)
 if not torch.cuda.is_available():
     sys.exit("docs/decode_breakdown.py measures CUDA graphs: it needs a CUDA GPU (or --ops)")
-model = GPT(cfg).cuda().to(torch.bfloat16).eval()
+model = GPT(cfg).cuda().to(dtype).eval()
 wbytes = sum(p.numel() * p.element_size() for p in model.parameters())
 floor = wbytes / 3.0e12
-prompt = [torch.randint(0, 50257, (16,)).tolist()]
+prompt = torch.randint(0, cfg.vocab_size, (B, 16)).tolist()
 N = 128
 
 def med(fn, n=5):
@@ -66,7 +80,7 @@ with torch.no_grad():
     report("generate(fast=False), plain loop", med(lambda: generate(model, prompt, N, temperature=0, fast=False), 3) / N)
     sample._decoders.clear()
     torch.cuda.synchronize(); t0 = time.perf_counter()
-    cache, token_in, pos_in, step = static_decoder(model, 1, 192)
+    cache, token_in, pos_in, step = static_decoder(model, B, 192)
     torch.cuda.synchronize(); print(f"capture (new static_decoder): {1000 * (time.perf_counter() - t0):.1f} ms")
     def replay():
         cache.slot.fill_(16); pos_in.fill_(16)
@@ -93,9 +107,9 @@ with torch.no_grad():
         try:
             torch._dynamo.reset()
             compiled = torch.compile(decode_step, mode=mode, fullgraph=True)
-            c2 = KVCache(cfg, 1, 192, "cuda", torch.bfloat16)
+            c2 = KVCache(cfg, B, 192, "cuda", dtype)
             c2.slot = torch.zeros(1, dtype=torch.long, device="cuda")
-            t2 = torch.zeros(1, 1, dtype=torch.long, device="cuda"); p2 = torch.zeros(1, 1, dtype=torch.long, device="cuda")
+            t2 = torch.zeros(B, 1, dtype=torch.long, device="cuda"); p2 = torch.zeros(B, 1, dtype=torch.long, device="cuda")
             t0 = time.perf_counter()
             compiled(model, c2, t2, p2); compiled(model, c2, t2, p2); torch.cuda.synchronize()
             print(f"compile {mode}: {time.perf_counter() - t0:.1f} s", flush=True)

@@ -116,6 +116,7 @@ run logprobs_N16384 120 $PY bench.py logprobs --N=16384 --chunks=0,1024 --repeat
 
 # 6. where the time goes: a GPT-2-small decode step (B=1) and an SFT step of the default run
 run decode_breakdown 100 $PY docs/decode_breakdown.py
+run decode_breakdown_rl_size 60 $PY docs/decode_breakdown.py --rl_size  # (the size whose 5x target is not met)
 run sft_breakdown 60 $PY docs/sft_breakdown.py
 
 # 7. the GPU preset (README, "A preset that needs a GPU"): about 3 minutes more, which the default budget does not

@@ -186,3 +186,12 @@ def test_sft_command_prints_steps_per_second():
     _, table = table_of(["sft", "--task=arithmetic", "--steps=2", "--warmup=1", "--variants=eager", "--n_layer=1",
                          "--n_embd=16", "--n_head=2", "--digits=2", "--block_size=40", "--sft_batch_size=4"])
     assert table[0].startswith("| train step | warm-up (s) | steps/s") and len(table) == 2 + 1
+
+
+def test_decode_breakdown_counts_the_ops_of_a_step_and_of_generates_loop_on_the_cpu():
+    done = subprocess.run([sys.executable, "docs/decode_breakdown.py", "--ops"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": ROOT})
+    assert done.returncode == 0, done.stderr
+    step, loop = done.stdout.splitlines()[-2:]
+    assert "ops that do work" in step and "addmm 48" in step  # GPT-2 small: 4 Linear layers in each of 12 blocks
+    assert 0 < int(loop.split(": ")[1]) < 20
