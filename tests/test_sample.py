@@ -87,6 +87,18 @@ def test_completions_end_at_the_first_stop_token():
         assert stops == [] and len(completion) == 30 or stops == [len(completion) - 1]
 
 
+@pytest.mark.parametrize("fast", [False, True])
+def test_decoding_stops_once_every_row_has_stopped(fast):
+    # rows stop at different steps (and draw on after it until a quarter of them have): once the last one
+    # has stopped there is no forward pass more, so the passes are the prefill and one per step before that
+    model, passes = tiny_model(sharpen=3.0), []
+    model.register_forward_pre_hook(lambda *_: passes.append(1))
+    out = generate(model, [[1, 2]] * 32, 46, stop_tokens=range(10), generator=torch.Generator().manual_seed(0),
+                   fast=fast)
+    assert all(c[-1] < 10 for c in out) and len({len(c) for c in out}) > 2  # (all stopped, at different steps)
+    assert len(passes) == max(len(c) for c in out) < 46
+
+
 def test_same_generator_seed_gives_the_same_samples():
     model = tiny_model()
     draw = lambda: generate(model, [[1], [2, 3]], 15, generator=torch.Generator().manual_seed(7))
