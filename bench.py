@@ -221,14 +221,15 @@ def bench_sample(argv):
                  f"ours ({default}) is faster by"], rows)
     print(f"\nmemory roofline: {weight_bytes / 1e6:,.1f} MB of weights read once per step at an assumed "
           f"{cfg.bandwidth:.2g} B/s (--bandwidth) = {1e6 * floor:,.1f} µs per step at best (KV cache reads left out)")
-    rows, agree = range(min(4, B)), []
-    for name in (name for name, _, _ in runs if name != default):
-        same = sum(outputs[name][i] == outputs[default][i] for i in rows)
+    shown, agree = range(min(4, B)), []
+    for peer in (name for name, _, _ in runs if name != default):
+        same = sum(outputs[peer][i] == outputs[default][i] for i in shown)
         with ctx:
-            gaps = [parting_gap(ours, idx[i].tolist(), outputs[default][i], outputs[name][i]) for i in rows]
-        agree.append(f"{name}: {same}/{len(rows)}" + ("" if same == len(rows) else
-                     f" (the others part at a top-2 gap of at most {max(gaps):.2%} of the largest |logit|)"))
-    print(f"rows identical to ours ({default}; first {len(rows)} rows): " + ", ".join(agree))
+            gaps = [parting_gap(ours, idx[i].tolist(), outputs[default][i], outputs[peer][i]) for i in shown]
+        agree.append(f"{peer}: {same}/{len(shown)}" + ("" if same == len(shown) else
+                     f" (the others part where the two tokens' logits are at most {max(gaps):.2%} of the largest "
+                     "|logit| apart)"))
+    print(f"rows identical to ours ({default}; first {len(shown)} rows): " + ", ".join(agree))
 
 
 @torch.no_grad()

@@ -279,7 +279,7 @@ def policy_update(run, idx, targets, mask, rewards, group_ids, fused_step=None):
     return metrics, int(skipped)
 
 def ddp_scale(run, metrics):
-    """Each DDP rank divides by its own normaliser (0: nothing trained) and DDP averages: × this = Σ / Σ normalisers."""
+    """Each DDP rank divides by its own normaliser (0: nothing trained), DDP averages: × this = Σ / Σ normalisers."""
     norm = metrics["normaliser"]
     return norm * dist.get_world_size() / max(1.0, all_sum(norm, run.device).item()) if run.ddp else 1.0
 
@@ -612,7 +612,7 @@ def log_rl_step(run, step, lr, problems, texts, correct, len_reward, metrics, sk
     run.bar.set_postfix(acc=f"{record['accuracy']:.2f}", len=f"{metrics['len_mean']:.0f}", **search)
 
 def eval_due(cfg, step):
-    """A held-out evaluation every eval_every RL steps (the last one is finish's)."""
+    """A held-out evaluation every eval_every RL steps; none in SFT, at its end or at the last step (others do)."""
     return cfg.eval_every and 0 < step - cfg.sft_steps < cfg.rl_steps and (step - cfg.sft_steps) % cfg.eval_every == 0
 
 def checkpoint(run, step):

@@ -23,9 +23,10 @@ from sample import generate, decode_step, static_decoder
 
 torch.manual_seed(0)
 cfg = GPTConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)
-B, dtype = 1, torch.bfloat16
+B, dtype, size = 1, torch.bfloat16, "GPT-2 small, bf16, B=1"
 if "--rl_size" in sys.argv:
     cfg, B, dtype = GPTConfig(vocab_size=257, block_size=256, n_layer=4, n_head=4, n_embd=128), 128, torch.float32
+    size = "4 layers, 128 wide, V=257, float32, B=128"
 
 if "--ops" in sys.argv:
     class CountOps(TorchDispatchMode):
@@ -37,15 +38,15 @@ if "--ops" in sys.argv:
             self.ops[func.overloadpacket.__name__] += 1
             return func(*args, **(kwargs or {}))
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = GPT(cfg).to(device, torch.bfloat16).eval()
-    cache = KVCache(cfg, 1, 192, device, torch.bfloat16)
+    model = GPT(cfg).to(device, dtype).eval()
+    cache = KVCache(cfg, B, 192, device, dtype)
     cache.slot = torch.zeros(1, dtype=torch.long, device=device)
-    token, pos = (torch.zeros(1, 1, dtype=torch.long, device=device) for _ in range(2))
+    token, pos = (torch.zeros(B, 1, dtype=torch.long, device=device) for _ in range(2))
     views = {"view", "t", "select", "transpose", "split", "unsqueeze", "slice", "expand", "_unsafe_view", "detach"}
     with torch.no_grad(), CountOps() as counter:
         decode_step(model, cache, token, pos)
     work = {op: n for op, n in counter.ops.items() if op not in views}
-    print(f"one decode step of GPT-2 small (B=1, {device}): {sum(work.values())} ops that do work, "
+    print(f"one decode step ({size}, {device}): {sum(work.values())} ops that do work, "
           f"{sum(counter.ops.values()) - sum(work.values())} views; " + ", ".join(f"{op} {n}" for op, n in
                                                                                Counter(work).most_common()))
     # generate's own work per token around the step (sampling, the stop check, bookkeeping): the ops of
@@ -53,7 +54,7 @@ if "--ops" in sys.argv:
     totals = []
     for n in (16, 32):
         with torch.no_grad(), CountOps() as counter:
-            generate(model, [[1, 2, 3]], n, temperature=0, stop_tokens=(7,), fast=True)
+            generate(model, [[1, 2, 3]] * B, n, temperature=0, stop_tokens=(cfg.vocab_size,), fast=True)  # (no stop)
         totals.append(sum(k not in views and v for k, v in counter.ops.items()))
     print(f"generate's ops per token outside the step: {(totals[1] - totals[0]) / 16 - sum(work.values()):.0f}")
     sys.exit(0)
@@ -109,7 +110,7 @@ with torch.no_grad():
             compiled = torch.compile(decode_step, mode=mode, fullgraph=True)
             c2 = KVCache(cfg, B, 192, "cuda", dtype)
             c2.slot = torch.zeros(1, dtype=torch.long, device="cuda")
-            t2 = torch.zeros(B, 1, dtype=torch.long, device="cuda"); p2 = torch.zeros(B, 1, dtype=torch.long, device="cuda")
+            t2, p2 = (torch.zeros(B, 1, dtype=torch.long, device="cuda") for _ in range(2))
             t0 = time.perf_counter()
             compiled(model, c2, t2, p2); compiled(model, c2, t2, p2); torch.cuda.synchronize()
             print(f"compile {mode}: {time.perf_counter() - t0:.1f} s", flush=True)

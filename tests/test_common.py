@@ -84,22 +84,20 @@ def test_a_saved_config_resumes_without_the_keys_this_version_no_longer_has():
 
 
 class Hostile:
-    """Unpickling this runs code: a checkpoint must never be loaded in a way that lets it."""
+    """Unpickling this runs code (it creates the file `mark`): a checkpoint is never loaded in a way that lets it."""
+    def __init__(self, mark):
+        self.mark = mark
+
     def __reduce__(self):
-        return (open, (HOSTILE_MARK, "w"))
-
-
-HOSTILE_MARK = ""
+        return (open, (self.mark, "w"))
 
 
 def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(tmp_path):
-    global HOSTILE_MARK
-    HOSTILE_MARK = str(tmp_path / "it ran")
-    path = str(tmp_path / "ckpt.pt")
-    torch.save({"model": Hostile(), "model_config": {}, "config": {}, "step": 0, "tokenizer": "char"}, path)
+    mark, path = str(tmp_path / "it ran"), str(tmp_path / "ckpt.pt")
+    torch.save({"model": Hostile(mark), "model_config": {}, "config": {}, "step": 0, "tokenizer": "char"}, path)
     with pytest.raises(ValueError, match="is not a train.py checkpoint"):
         common.load_checkpoint(path)
-    assert not os.path.exists(HOSTILE_MARK)
+    assert not os.path.exists(mark)
 
 
 def test_a_checkpoint_without_its_tokenizer_is_refused(tmp_path):

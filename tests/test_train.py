@@ -826,13 +826,14 @@ def test_sft_step_at_static_shapes_takes_the_plain_steps(tmp_path):
     assert all(isinstance(g["lr"], float) and not g["capturable"] for g in groups)
 
 
-def test_a_training_steps_outputs_hold_no_autograd_graph(tmp_path):
+@pytest.mark.parametrize("entropy", [False, True])  # SFT's step, the fused RL update's
+def test_a_training_steps_outputs_hold_no_autograd_graph(tmp_path, entropy):
     # a kept loss would keep the step's autograd graph, and with it AccumulateGrad nodes made on the default
     # stream: on CUDA the next step's graph capture then fails ("operation would make the legacy stream depend
     # on a capturing blocking stream"), as train.py did on its first GPU run with the SFT graph
     run_ = train.set_up(TINY + [f"--out_dir={tmp_path}"])
     idx, targets = next(iter(varied_sft_batches()))
-    for step in (partial(train.train_step, run_), train.train_graph(run_, capture=False)):
+    for step in (partial(train.train_step, run_, entropy=entropy), train.train_graph(run_, False, entropy)):
         outputs = step(idx, targets, train.sft_weights(targets), 1e-3)
         assert all(t.grad_fn is None and not t.requires_grad for t in outputs)
 
@@ -1109,10 +1110,11 @@ def test_the_summary_holds_the_after_sft_and_final_evaluations_times_and_skips(t
         return real_weights(targets) * (float("nan") if len(calls) == 1 else 1.0)
     monkeypatch.setattr(train, "sft_weights", first_step_not_finite)
     out = run(tmp_path, "--eval_every=0")
-    summary, ckpt = json.load(open(os.path.join(out, "summary.json"))), torch.load(os.path.join(out, "ckpt.pt"))
-    evals = [record for record in map(json.loads, open(os.path.join(out, "metrics.jsonl"))) if record["phase"] == "eval"]
+    with open(os.path.join(out, "summary.json")) as f, open(os.path.join(out, "metrics.jsonl")) as log_file:
+        summary, evals = json.load(f), [r for r in map(json.loads, log_file) if r["phase"] == "eval"]
+    ckpt = torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)
     evals = [{k: v for k, v in record.items() if k not in ("step", "phase")} for record in evals]
-    assert summary["before"] == evals[0] and summary["after"] == evals[-1] and evals[0] != evals[-1]
+    assert summary["before"] == evals[0] and summary["after"] == evals[-1]  # (each with its own eval_time)
     assert summary["skipped_steps"] == ckpt["skipped"] == 1
     assert (summary["sft_time"], summary["rl_time"]) == (ckpt["sft_time"], ckpt["rl_time"])
     assert summary["sft_time"] != summary["rl_time"]
@@ -1126,8 +1128,12 @@ def test_evaluations_fall_every_eval_every_rl_steps_counted_from_the_end_of_sft(
 # checkpoints: an interrupted SFT loses no record
 
 def test_a_checkpoint_in_sft_logs_every_step_before_it(tmp_path, monkeypatch):
-    real = train.end_of_step  # stop after step 3, as after Ctrl-C: the log then holds steps 0, 1, 2
-    monkeypatch.setattr(train, "end_of_step", lambda r, step: train.STOP.update(requested=step == 3) or real(r, step))
+    real = train.end_of_step
+
+    def ctrl_c_after_step_3(run_, step):  # as after Ctrl-C: a checkpoint, then stop; the log holds steps 0, 1, 2
+        train.STOP["requested"] = step == 3
+        return real(run_, step)
+    monkeypatch.setattr(train, "end_of_step", ctrl_c_after_step_3)
     try:
         out = run(tmp_path, "--sft_steps=10")
     finally:
