@@ -96,6 +96,8 @@ cp "$RUN/summary.json" "$RUN/metrics.jsonl" "$OUT/" 2>/dev/null
 run rl_trained 60 $PY bench.py rl --ckpt="$RUN/ckpt.pt" --steps=5
 # the same with the plain (unfused, eager) RL update, for the before/after of the RL update's CUDA graph
 run rl_trained_plain 60 $PY bench.py rl --ckpt="$RUN/ckpt.pt" --steps=5 --fused_update=false
+# the fused update without its graph (and decoding without the fast path): what the graph alone gives
+run rl_trained_fused_eager 60 $PY bench.py rl --ckpt="$RUN/ckpt.pt" --steps=5 --cuda_graphs=false
 
 # 3. the training step: SFT steps/s eager vs one CUDA graph per step (train.py's CUDA default) vs
 # torch.compile (capture and compile times in the warm-up column)
