@@ -101,9 +101,31 @@ with torch.no_grad():
         kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
         busy = sum(e.device_time for e in kernels)  # us
         print(f"kernels in one decode step: {len(kernels)}, GPU busy {busy:.0f} us of them", flush=True)
+        by_name = {}  # kernel name -> (count, us)
+        for e in kernels:
+            n, t = by_name.get(e.name, (0, 0.0))
+            by_name[e.name] = n + 1, t + e.device_time
+        for name, (n, t) in sorted(by_name.items(), key=lambda kv: -kv[1][1])[:12]:  # where the busy time goes
+            print(f"  {t:7.1f} us  {n:3d}x  {name[:110]}")
     except Exception as e:
         print(f"kernel count failed: {type(e).__name__}: {str(e)[:300]}")
-    ref = None
+    # which attention kernel SDPA picks matters at q_len 1 over a masked static cache: the graph replayed
+    # with each backend SDPA has (a backend that cannot take these inputs says so)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    for backend in (SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH):
+        try:
+            with sdpa_kernel(backend):
+                c3 = KVCache(cfg, B, 192, "cuda", dtype)
+                c3.slot = torch.zeros(1, dtype=torch.long, device="cuda")
+                t3, p3 = (torch.zeros(B, 1, dtype=torch.long, device="cuda") for _ in range(2))
+                g3 = cuda_graph(lambda: decode_step(model, c3, t3, p3), [c3.slot, c3.valid, p3])
+            def replay3():
+                c3.slot.fill_(16); p3.fill_(16)
+                for _ in range(N):
+                    g3()
+            report(f"graph replay only, SDPA backend {backend.name}", med(replay3) / N)
+        except Exception as e:
+            print(f"SDPA backend {backend.name} failed: {type(e).__name__}: {str(e)[:200]}")
     for mode in ("default",):
         try:
             torch._dynamo.reset()
