@@ -71,6 +71,26 @@ def test_incremental_decoding_with_kv_cache_equals_full_forward_in_float64():
     torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=0, atol=1e-12)
 
 
+def test_static_decoding_steps_equal_full_forward_in_float64():
+    # the static step (a cache slot held in a tensor, attention over every slot under `valid`) writes its float32
+    # and float64 attention out by hand; slots not yet written hold garbage that the mask must hide
+    torch.manual_seed(1)
+    model = GPT(tiny_config()).double().eval()
+    idx = torch.randint(0, 97, (2, 12))
+    full = model(idx)
+    cache = KVCache(model.config, 2, 16, "cpu", torch.float64)
+    for t in cache.k + cache.v:
+        t.normal_(std=100.0)
+    cache.valid[:, :5] = True
+    steps = [model(idx[:, :5], cache=cache)]  # the prompt, in dynamic mode
+    cache.slot = torch.tensor([5])
+    for t in range(5, 12):
+        cache.valid[:, t] = True
+        steps.append(model(idx[:, t:t + 1], cache=cache, positions=torch.full((2, 1), t)))
+        cache.slot += 1
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=0, atol=1e-12)
+
+
 def test_optimizer_decays_only_block_matrices():
     model = GPT(tiny_config())
     opt = model.configure_optimizer(lr=1e-3, weight_decay=0.1)
