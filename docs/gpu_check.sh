@@ -121,6 +121,7 @@ run logprobs_N16384 120 $PY bench.py logprobs --N=16384 --chunks=0,1024 --repeat
 run decode_breakdown 100 $PY docs/decode_breakdown.py
 run decode_breakdown_rl_size 60 $PY docs/decode_breakdown.py --rl_size  # (the size whose 5x target is not met)
 run sft_breakdown 60 $PY docs/sft_breakdown.py
+run attention_variants 60 $PY docs/attention_variants.py  # the static step's attention: SDPA vs written out
 
 # 7. the GPU preset (README, "A preset that needs a GPU"): about 3 minutes more, which the default budget does not
 # leave after the rest: PRESET=1 with BUDGET=720 where one call may run that long; else run the README's preset
