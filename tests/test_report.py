@@ -93,3 +93,140 @@ def test_the_summary_table_puts_each_number_in_its_row_and_column(capsys):
         in lines
     assert "length: 5.00 -> 9.00, the largest single interval carries 75% of the rise, 1 distinct values in between" \
         in lines
+
+
+def test_rise_profile_says_no_rise_with_the_first_and_last_values():
+    assert report.rise_profile([3.0, 2.5, 2.0]) == "no rise (3.00 -> 2.00)"
+
+
+def test_rise_profile_takes_the_largest_rise_between_two_evals_not_a_larger_dip():
+    # rise 0.5; intervals +1, -2, +1.5: the largest share of the rise is 1.5 / 0.5, not the dip's 2 / 0.5
+    assert "the largest single interval carries 300% of the rise" in report.rise_profile([1.0, 2.0, 0.0, 1.5])
+
+
+def test_rise_profile_counts_values_distinct_to_two_decimals():
+    # 0.51 and 0.52 are two values to 2 decimals (one, 0.5, to 1)
+    assert report.rise_profile([0.0, 0.51, 0.52, 1.0]).endswith(", 2 distinct values in between")
+
+
+def test_the_example_is_the_first_problem_when_rl_turned_none_from_wrong_to_right(capsys):
+    def evaluation(step, examples):
+        return {"step": step, "phase": "eval", "accuracy": 0.5, "pass@2": 0.5, "sample_accuracy": 0.5,
+                "length": 5.0, "sample_length": 5.0, "examples": examples}
+    before = evaluation(10, [["p1 wrong", 0], ["p2 right", 1], ["p3 wrong", 0]])
+    after = evaluation(12, [["p1 still wrong", 0], ["p2 now wrong", 0], ["p3 still wrong", 0]])
+    summary = {"config": {"pass_k": 2, "eval_problems": 3, "sft_steps": 10}, "before": before, "after": after,
+               "sft_time": 1.0, "rl_time": 2.0}
+    report.print_summary(summary, [before, after])
+    lines = capsys.readouterr().out.splitlines()
+    assert "a held-out problem after SFT: 'p1 wrong'" in lines
+    assert "the same problem after RL:    'p1 still wrong'" in lines
+
+
+class Axes:
+    """Stands in for a matplotlib Axes: records the (x, y) of each plot call as (axes name, label, x, y)."""
+    def __init__(self, plotted, name):
+        self.plotted, self.name = plotted, name
+
+    def plot(self, x, y, *args, label=None, **kwargs):
+        self.plotted.append((self.name, label, list(x), list(y)))
+        return type("Line", (), {"get_label": lambda _: label})()
+
+    def twinx(self):
+        return Axes(self.plotted, self.name + " twin")
+
+    def get_legend_handles_labels(self):
+        return [], []
+
+    def __getattr__(self, name):  # set, set_ylabel, legend: nothing to record
+        return lambda *args, **kwargs: None
+
+
+def plotted_curves(monkeypatch, records):
+    """plot_curves(records) with pyplot's subplots and close replaced -> (what was plotted, the figures closed,
+    the figure made)."""
+    plt = pytest.importorskip("matplotlib.pyplot")
+    plotted, closed = [], []
+    fig = type("Figure", (), {"tight_layout": lambda self: None, "savefig": lambda self, *a, **k: None})()
+    monkeypatch.setattr(plt, "subplots", lambda *a, **k: (fig, (Axes(plotted, "left"), Axes(plotted, "right"))))
+    monkeypatch.setattr(plt, "close", closed.append)
+    report.plot_curves(records, "unused.png")
+    return plotted, closed, fig
+
+
+def curve_records(attempts):
+    """A hand-made log: evals at steps 10, 12, 14 (SFT ended at 10) and RL batches at steps 10..13, every
+    number distinct."""
+    evals = [{"step": step, "phase": "eval", "accuracy": 0.1 * i, "sample_accuracy": 0.1 * i + 0.05,
+              "length": 10.0 + i, "sample_length": 20.0 + i,
+              **({"attempts": 1.0 + i, "sample_attempts": 2.0 + i} if attempts else {})}
+             for i, step in enumerate((10, 12, 14))]
+    batches = [{"step": step, "phase": "rl", "reward_mean": 0.01 * step, "len_mean": 3.0 * step}
+               for step in (10, 11, 12, 13)]
+    return [evals[0], batches[0], batches[1], evals[1], batches[2], batches[3], evals[2]]
+
+
+def test_curves_plot_greedy_and_sampled_accuracy_against_rl_steps_from_the_first_eval(monkeypatch):
+    plotted, _, _ = plotted_curves(monkeypatch, curve_records(attempts=False))
+    left = [(label, x, y) for axes, label, x, y in plotted if axes == "left"]
+    assert left == [("accuracy, greedy", [0, 2, 4], [0.0, 0.1, 0.2]),
+                    ("accuracy, sampled", [0, 2, 4], [0.05, 0.15000000000000002, 0.25])]
+
+
+def test_curves_plot_greedy_and_sampled_attempts_when_the_task_counts_them(monkeypatch):
+    plotted, _, _ = plotted_curves(monkeypatch, curve_records(attempts=True))
+    twin = [(label, x, y) for axes, label, x, y in plotted if axes == "left twin"]
+    assert twin == [("attempts, greedy", [0, 2, 4], [1.0, 2.0, 3.0]), ("attempts, sampled", [0, 2, 4], [2.0, 3.0, 4.0])]
+
+
+def test_curves_plot_greedy_and_sampled_length_when_the_task_has_no_attempts(monkeypatch):
+    plotted, _, _ = plotted_curves(monkeypatch, curve_records(attempts=False))
+    twin = [(label, x, y) for axes, label, x, y in plotted if axes == "left twin"]
+    assert twin == [("length, greedy", [0, 2, 4], [10.0, 11.0, 12.0]),
+                    ("length, sampled", [0, 2, 4], [20.0, 21.0, 22.0])]
+
+
+def test_curves_plot_the_training_batches_reward_and_length_against_rl_steps(monkeypatch):
+    plotted, _, _ = plotted_curves(monkeypatch, curve_records(attempts=True))
+    right = [(axes, label, x, y) for axes, label, x, y in plotted if axes.startswith("right")]
+    assert right == [("right", "mean reward", [0, 1, 2, 3], [0.1, 0.11, 0.12, 0.13]),
+                     ("right twin", "length", [0, 1, 2, 3], [30.0, 33.0, 36.0, 39.0])]
+
+
+def test_curves_of_a_run_without_rl_steps_plot_its_evaluations_from_step_0(monkeypatch):
+    # (an SFT-only run, as ablate.py's cold starts are: evaluations, no RL batches)
+    evaluation = {"step": 4, "phase": "eval", "accuracy": 0.3, "sample_accuracy": 0.2, "length": 7.0,
+                  "sample_length": 8.0}
+    plotted, _, _ = plotted_curves(monkeypatch, [evaluation])
+    assert ("left", "accuracy, greedy", [0], [0.3]) in plotted and ("right", "mean reward", [], []) in plotted
+
+
+def test_curves_close_their_figure(monkeypatch):
+    _, closed, fig = plotted_curves(monkeypatch, curve_records(attempts=True))
+    assert closed == [fig]
+
+
+def test_report_names_a_missing_metrics_log(tmp_path):
+    (tmp_path / "summary.json").write_text(json.dumps({"before": {}, "after": {}, "config": {}, "sft_time": 1.0,
+                                                        "rl_time": 2.0}))
+    with pytest.raises(ValueError, match=f"{tmp_path / 'metrics.jsonl'} not found"):
+        report.main([f"--out_dir={tmp_path}"])
+
+
+def test_report_refuses_a_summary_that_is_not_a_dict(tmp_path):
+    (tmp_path / "summary.json").write_text("[]")
+    (tmp_path / "metrics.jsonl").write_text("")
+    with pytest.raises(ValueError, match="is not a train.py summary"):
+        report.main([f"--out_dir={tmp_path}"])
+
+
+@pytest.mark.parametrize("missing", ["sft_time", "rl_time"])
+def test_report_refuses_a_summary_without_a_wall_time(tmp_path, missing):
+    evaluation = {"accuracy": 0.5, "pass@2": 0.5, "sample_accuracy": 0.5, "examples": [["p", 0]]}
+    summary = {"before": evaluation, "after": evaluation, "config": {"pass_k": 2, "eval_problems": 1, "sft_steps": 1},
+               "sft_time": 1.0, "rl_time": 2.0}
+    del summary[missing]
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    (tmp_path / "metrics.jsonl").write_text("")
+    with pytest.raises(ValueError, match="is not a train.py summary"):
+        report.main([f"--out_dir={tmp_path}"])
