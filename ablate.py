@@ -102,7 +102,9 @@ def run_variants(cfg, variants, shared_args):
     run_all([[*shared_args, f"--out_dir={run_dir(name, seed)}", "--init_from=resume", f"--rl_steps={cfg.rl_steps}",
               "--eval_every=0", *options] for seed in seeds for name, (_, options) in variants.items()],
             cfg.jobs)
-    summary = lambda out: json.load(open(os.path.join(out, "summary.json")))
+    def summary(out):
+        with open(os.path.join(out, "summary.json")) as f:
+            return json.load(f)
     return ({style: [summary(sft_dir(style, seed)) for seed in seeds] for style in styles},
             {name: [summary(run_dir(name, seed)) for seed in seeds] for name in variants})
 

@@ -46,10 +46,11 @@ def test_equal_token_accuracy_is_best_of_n_at_the_defaults_token_count():
 
 
 @pytest.mark.parametrize("arg", ["--rl_steps=20", "--seed=3", "--cold_start=direct", "--out_dir=x"])
-def test_train_args_may_not_set_what_ablate_sets_for_each_run(arg):
+def test_train_args_may_not_set_what_ablate_sets_for_each_run(arg, monkeypatch, tmp_path):
     # (train.py takes the last flag: these would turn the cold starts or the variants into other runs)
+    fake_train(monkeypatch)  # (were it not refused: no training run)
     with pytest.raises(ValueError, match=f"--train_args={arg}: ablate.py sets {arg.split('=')[0]} for each run"):
-        ablate.main([f"--train_args={arg}"])
+        ablate.main([f"--out_dir={tmp_path}", f"--train_args={arg}"])
 
 
 # -----------------------------------------------------------------------------
