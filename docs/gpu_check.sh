@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU measurement of issue 10 in one go, about 6-7 minutes on one H100 or H200 (torch >= 2.11, transformers,
+# Every GPU measurement of issue 10 in one go, about 7-8 minutes on one H100 or H200 (torch >= 2.11, transformers,
 # no network needed). Each table goes to its own file in $OUT, and summary.txt lists each command's
 # exit code and seconds. Every command has its own timeout, and none may run past BUDGET seconds
 # from the start (default 480), so one hang costs only its own slot. Most important first. Every table also goes
@@ -98,6 +98,12 @@ run rl_trained 60 $PY bench.py rl --ckpt="$RUN/ckpt.pt" --steps=5
 run rl_trained_plain 60 $PY bench.py rl --ckpt="$RUN/ckpt.pt" --steps=5 --fused_update=false
 # the fused update without its graph (and decoding without the fast path): what the graph alone gives
 run rl_trained_fused_eager 60 $PY bench.py rl --ckpt="$RUN/ckpt.pt" --steps=5 --cuda_graphs=false
+# the same without cuDNN's attention (session 10: sampling took 2,031 ms per step in the row above, 70x the graph's;
+# the guess to test: a cuDNN attention plan is built for every new (rows, keys) shape of the plain loop)
+run rl_trained_fused_eager_no_cudnn 60 $PY -c "import sys, runpy, torch
+torch.backends.cuda.enable_cudnn_sdp(False)
+sys.argv = ['bench.py', 'rl', '--ckpt=$RUN/ckpt.pt', '--steps=5', '--cuda_graphs=false']
+runpy.run_path('bench.py', run_name='__main__')"
 
 # 3. the training step: SFT steps/s eager vs one CUDA graph per step (train.py's CUDA default) vs
 # torch.compile (capture and compile times in the warm-up column)
@@ -115,7 +121,7 @@ run sample_gpt2_small_B64 120 $PY bench.py sample --gpt2_small=true --batch_size
 
 # 5. fused log-probs at N=16384 (F.linear_cross_entropy rows only where torch has it, >= 2.13; Liger-Kernel's row
 # where it was installed above)
-run logprobs_N16384 120 $PY bench.py logprobs --N=16384 --chunks=0,1024 --repeats=3
+run logprobs_N16384 120 $PY bench.py logprobs --N=16384 --chunks=0,2048 --repeats=3  # (0: the default, 1024 rows)
 
 # 6. where the time goes: a GPT-2-small decode step (B=1) and an SFT step of the default run
 run decode_breakdown 100 $PY docs/decode_breakdown.py
