@@ -94,7 +94,7 @@ class CausalSelfAttention(nn.Module):
             k, v = cache.write(self.layer_idx, k, v)  # (B, nh, S, hs)
             if cache.slot is None or q.dtype in (torch.float16, torch.bfloat16):
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-            else:  # the static step (T = 1) in full precision: SDPA's float32 kernel tiles 64 queries (63 wasted)
+            else:  # the static step (T = 1) in float32/64: on CUDA SDPA's float32 kernel tiles 64 queries (63 idle)
                 att = (q * (1.0 / math.sqrt(q.size(-1)))) @ k.transpose(-2, -1) + mask  # (B, nh, 1, S_max)
                 y = att.softmax(dim=-1) @ v  # (B, nh, 1, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side

@@ -98,7 +98,7 @@ run rl_trained 60 $PY bench.py rl --ckpt="$RUN/ckpt.pt" --steps=5
 run rl_trained_plain 60 $PY bench.py rl --ckpt="$RUN/ckpt.pt" --steps=5 --fused_update=false
 # the fused update without its graph (and decoding without the fast path): what the graph alone gives
 run rl_trained_fused_eager 60 $PY bench.py rl --ckpt="$RUN/ckpt.pt" --steps=5 --cuda_graphs=false
-# the same without cuDNN's attention (session 10: sampling took 2,031 ms per step in the row above, 70x the graph's;
+# the same without cuDNN's attention (session 10: sampling took 2,031 ms per step in the row above, 68x the graph's;
 # the guess to test: a cuDNN attention plan is built for every new (rows, keys) shape of the plain loop)
 run rl_trained_fused_eager_no_cudnn 60 $PY -c "import sys, runpy, torch
 torch.backends.cuda.enable_cudnn_sdp(False)
@@ -125,7 +125,7 @@ run logprobs_N16384 120 $PY bench.py logprobs --N=16384 --chunks=0,2048 --repeat
 
 # 6. where the time goes: a GPT-2-small decode step (B=1) and an SFT step of the default run
 run decode_breakdown 100 $PY docs/decode_breakdown.py
-run decode_breakdown_rl_size 60 $PY docs/decode_breakdown.py --rl_size  # (the size whose 5x target is not met)
+run decode_breakdown_rl_size 60 $PY docs/decode_breakdown.py --rl_size  # (the size that was 4.5x Hugging Face before session 10)
 run sft_breakdown 60 $PY docs/sft_breakdown.py
 run attention_variants 60 $PY docs/attention_variants.py  # the static step's attention: SDPA vs written out
 
