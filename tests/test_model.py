@@ -166,3 +166,43 @@ def test_greedy_continuations_match_huggingface_generate(hf_dir):
 def test_from_pretrained_names_the_missing_directory(tmp_path):
     with pytest.raises(OSError, match="no_such_model"):
         GPT.from_pretrained(str(tmp_path / "no_such_model"))
+
+
+def test_attn_mask_lets_a_query_see_the_real_tokens_up_to_itself_and_always_itself():
+    cache = KVCache(tiny_config(), 2, 6, "cpu", torch.float64)
+    cache.valid[0, 2:4] = True  # row 0: two pad slots, then its prompt
+    cache.valid[1, :4] = True
+    O, X = 0.0, -65504.0
+    assert cache.attn_mask(4).tolist() == [[[[O, X, X, X], [X, O, X, X], [X, X, O, X], [X, X, O, O]]],
+                                           [[[O, X, X, X], [O, O, X, X], [O, O, O, X], [O, O, O, O]]]]
+
+
+def test_static_steps_leave_the_cache_length_where_it_was():
+    model = GPT(tiny_config()).eval()
+    cache = KVCache(model.config, 1, 8, "cpu", torch.float32)
+    cache.valid[:, :4] = True
+    model(torch.tensor([[1, 2, 3, 4]]), cache=cache)
+    cache.slot = torch.tensor([4])
+    cache.valid[:, 4] = True
+    model(torch.tensor([[5]]), cache=cache, positions=torch.tensor([[4]]))
+    assert cache.length == 4
+
+
+def test_optimizer_leaves_out_frozen_parameters():
+    model = GPT(tiny_config())
+    model.transformer.wpe.weight.requires_grad_(False)
+    opt = model.configure_optimizer(lr=1e-3, weight_decay=0.1)
+    in_groups = sorted(id(p) for g in opt.param_groups for p in g["params"])
+    assert in_groups == sorted(id(p) for p in model.parameters() if p is not model.transformer.wpe.weight)
+
+
+def test_optimizer_betas_default_to_gpt2s_and_can_be_set():
+    model = GPT(tiny_config())
+    assert model.configure_optimizer(lr=1e-3).defaults["betas"] == (0.9, 0.95)
+    assert model.configure_optimizer(lr=1e-3, betas=(0.8, 0.99)).defaults["betas"] == (0.8, 0.99)
+
+
+def test_linear_biases_start_at_zero():
+    model = GPT(tiny_config())
+    biases = [m.bias for m in model.modules() if isinstance(m, torch.nn.Linear) and m.bias is not None]
+    assert len(biases) == 4 * model.config.n_layer and all(torch.equal(b, torch.zeros_like(b)) for b in biases)

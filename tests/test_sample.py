@@ -8,9 +8,9 @@ import sample
 from sample import generate, sample_next
 
 
-def tiny_model(vocab_size=50, seed=0, sharpen=20.0):
+def tiny_model(vocab_size=50, seed=0, sharpen=20.0, block_size=48):
     torch.manual_seed(seed)
-    config = GPTConfig(vocab_size=vocab_size, block_size=48, n_layer=2, n_head=2, n_embd=32)
+    config = GPTConfig(vocab_size=vocab_size, block_size=block_size, n_layer=2, n_head=2, n_embd=32)
     model = GPT(config)
     with torch.no_grad():  # sharper than the 0.02 init, so greedy paths differ between prompts; the blocks too,
         for name, p in model.named_parameters():  # else the tied embedding alone picks the next token (each row
@@ -370,3 +370,129 @@ def test_release_decoders_frees_every_kept_cache():
     assert sample._decoders
     sample.release_decoders()
     assert not sample._decoders
+
+
+def test_top_k_larger_than_the_vocabulary_keeps_every_token():
+    logits = torch.randn(16, 10, generator=torch.Generator().manual_seed(0))
+    draw = lambda **k: sample_next(logits, generator=torch.Generator().manual_seed(1), **k)
+    assert torch.equal(draw(top_k=13), draw())
+
+
+def test_top_p_stops_at_the_token_whose_mass_reaches_it_exactly():
+    # four equal logits: each token has probability 0.25 exactly, so the two best reach top_p = 0.5 and a third
+    # (the mass before it is 0.5, not below) stays out
+    tokens = sample_next(torch.zeros(4000, 4), top_p=0.5, generator=torch.Generator().manual_seed(0))
+    assert len(set(tokens.tolist())) == 2
+
+
+def test_prefill_gives_each_row_the_position_after_its_own_prompt():
+    model = tiny_model()
+    with torch.no_grad():
+        cache, logits, next_pos = sample.prefill(model, [[5, 6, 7], [8], [9, 10]], 8)
+    assert next_pos.tolist() == [3, 1, 2]  # (left-padded rows: the position counts the row's own tokens only)
+
+
+def scripted_stops(monkeypatch, stop, stop_at):
+    """sample.sample_next replaced: at step t the row at index stop_at[t] of the current batch draws `stop`, every
+    other row draws 1; -> the batch sizes it was called with, one per step."""
+    sizes = []
+
+    def fake(logits, *args, **kwargs):
+        t = len(sizes)
+        sizes.append(logits.size(0))
+        token = torch.ones(logits.size(0), dtype=torch.long)
+        if t in stop_at:
+            token[stop_at[t]] = stop
+        return token
+    monkeypatch.setattr(sample, "sample_next", fake)
+    return sizes
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_finished_rows_leave_the_batch_once_they_are_a_quarter_of_it(monkeypatch, fast):
+    # 8 rows: one stops at step 0 (an eighth: all 8 go on), another at step 1 (a quarter: the 6 left go on)
+    sizes = scripted_stops(monkeypatch, 7, {0: 0, 1: 1})
+    out = generate(tiny_model(), [[2, 3]] * 8, 5, stop_tokens=(7,), fast=fast)
+    assert sizes == [8, 8, 6, 6, 6]
+    assert out == [[7], [1, 7]] + [[1] * 5] * 6
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_no_forward_pass_follows_the_last_new_token(fast):
+    model, passes = tiny_model(), []
+    model.register_forward_pre_hook(lambda *_: passes.append(1))
+    out = generate(model, [[1, 2], [3]], 7, generator=torch.Generator().manual_seed(0), fast=fast)
+    assert [len(c) for c in out] == [7, 7] and len(passes) == 7  # the prefill, then one per token but the last
+
+
+def test_a_kept_decoder_does_not_spread_nan_left_in_its_cache_by_an_earlier_call():
+    # (e.g. keys that overflowed once): a masked slot's 0 weight times a NaN value is NaN, so every slot is zeroed
+    model, prompts = tiny_model(), [[1, 2, 3], [4]]
+    sample.release_decoders()
+    bias = model.transformer.h[0].attn.c_attn.bias
+    saved = bias.detach().clone()
+    with torch.no_grad():
+        bias.fill_(float("nan"))
+        generate(model, prompts, 10, temperature=0, fast=True)  # fills the kept cache's slots with NaN
+        bias.copy_(saved)
+    assert generate(model, prompts, 10, temperature=0, fast=True) == generate(model, prompts, 10, temperature=0)
+
+
+def test_fast_calls_of_one_batch_size_but_a_larger_cache_get_a_decoder_of_their_own():
+    model, prompts = tiny_model(block_size=160), [[1, 2, 3], [4]]
+    sample.release_decoders()
+    for max_new_tokens in (10, 70):  # caches of 64, then 128 slots
+        fast = generate(model, prompts, max_new_tokens, temperature=0, fast=True)
+        assert fast == generate(model, prompts, max_new_tokens, temperature=0, fast=False)
+    assert len(sample._decoders) == 2
+
+
+def test_fast_calls_of_one_cache_size_but_more_rows_get_a_decoder_of_their_own():
+    model = tiny_model()
+    sample.release_decoders()
+    for prompts in ([[1, 2, 3], [4]], [[1, 2, 3], [4], [5, 6]]):
+        fast = generate(model, prompts, 10, temperature=0, fast=True)
+        assert fast == generate(model, prompts, 10, temperature=0, fast=False)
+    assert len(sample._decoders) == 2
+
+
+def test_kept_decoders_are_the_four_used_last():
+    model = tiny_model()
+    sample.release_decoders()
+    for B in (1, 2, 3, 4, 1, 5):  # B=1 used again before B=5 comes: B=2 is the one used longest ago
+        generate(model, [[1, 2]] * B, 2, temperature=0, fast=True)
+    assert [token_in.size(0) for _, _, token_in, *_ in sample._decoders.values()] == [3, 4, 1, 5]
+
+
+def test_a_fast_call_under_float16_autocast_after_one_under_bfloat16_decodes_with_a_float16_cache(monkeypatch):
+    model, dtypes = tiny_model(), []
+    sample.release_decoders()
+    monkeypatch.setattr(sample, "KVCache", lambda *a: dtypes.append(a[-1]) or KVCache(*a))
+    for dtype in (torch.bfloat16, torch.float16):
+        with torch.autocast("cpu", dtype=dtype):
+            generate(model, [[1, 2, 3], [4]], 6, temperature=0, fast=True)
+    assert dtypes == [torch.bfloat16, torch.float16]
+
+
+def test_fast_calls_with_and_without_autocast_keep_a_decoder_each():
+    # a bfloat16 model's cache is bfloat16 either way, but a CUDA graph captured under autocast (float32 norms and
+    # softmax) must not replay for a call without it
+    model = tiny_model().to(torch.bfloat16)
+    sample.release_decoders()
+    for enabled in (False, True):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
+            generate(model, [[1, 2, 3], [4]], 6, temperature=0, fast=True)
+    assert len(sample._decoders) == 2
+
+
+def test_a_model_whose_weights_moved_to_new_memory_gets_a_new_decoder():
+    # a CUDA graph reads the weights at the addresses it was captured with: after .double().float() (new tensors,
+    # same dtype) the kept one would read freed memory
+    model = tiny_model()
+    sample.release_decoders()
+    generate(model, [[1, 2, 3], [4]], 6, temperature=0, fast=True)
+    old = [p.data for p in model.parameters()]  # (kept alive: the new tensors cannot take their addresses)
+    model.double().float()
+    assert all(p.data_ptr() != o.data_ptr() for p, o in zip(model.parameters(), old))
+    generate(model, [[1, 2, 3], [4]], 6, temperature=0, fast=True)
+    assert len(sample._decoders) == 2
