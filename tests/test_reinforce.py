@@ -227,6 +227,13 @@ def test_advantages_all_equal_rewards_are_exact_zeros():
             assert (adv == 0).all(), (baseline, std_normalize)
     assert (compute_advantages(r, ids, "none", std_normalize=True) == 0).all()  # not r / eps = 1e5
 
+def test_std_normalize_adds_eps_to_the_std_rather_than_flooring_it():
+    # a group [0, 2e-6]: A = ±1e-6, population std 1e-6, so A / (std + eps) = ±1e-6 / 2e-6 = ±0.5
+    r, ids = torch.tensor([0., 2e-6], dtype=f64), torch.tensor([0, 0])
+    adv = compute_advantages(r, ids, "group", std_normalize=True, eps=1e-6)
+    torch.testing.assert_close(adv, torch.tensor([-0.5, 0.5], dtype=f64), rtol=1e-9, atol=0)
+
+
 def test_length_penalty_by_hand():
     lengths = torch.tensor([10, 20, 30, 12, 7, 7])
     correct = torch.tensor([1., 1., 0., 0., 1., 0.])
@@ -360,6 +367,55 @@ def test_clip_frac_and_clipped_objective_by_hand():
     assert m["clip_frac"] == 0.5  # of the trained tokens: the padding's ratio counts for nothing
     loss.backward()
     assert lp.grad[0, 0] == 0 and lp.grad[1, 0] == 0 and lp.grad[0, 1] != 0 and lp.grad[1, 1] != 0
+
+def test_clip_frac_does_not_count_tokens_without_advantage():
+    # a flat group: A = 0 exactly, so no clip zeroes any gradient, however far the ratio moved
+    lp = torch.zeros(2, 2, dtype=f64, requires_grad=True)
+    old = -torch.full((2, 2), 1.5, dtype=f64).log()  # every ratio exp(lp − old) = 1.5 > 1 + ε
+    r, ids, mask = torch.tensor([1., 1.], dtype=f64), torch.tensor([0, 0]), torch.ones(2, 2)
+    _, m = reinforce_loss(lp, old, r, ids, mask, clip_eps=0.2)
+    assert m["clip_frac"] == 0
+
+def test_clip_frac_counts_a_negative_advantage_token_only_when_its_ratio_is_below_one_minus_eps():
+    # advantages [0.5, −0.5]; the second sequence's ratios 0.7 (clipped: < 0.8) and 0.9 (inside [0.8, 1.2])
+    lp = torch.zeros(2, 2, dtype=f64, requires_grad=True)
+    old = -torch.tensor([[1.0, 1.0], [0.7, 0.9]], dtype=f64).log()
+    r, ids, mask = torch.tensor([1., 0.], dtype=f64), torch.tensor([0, 0]), torch.ones(2, 2)
+    _, m = reinforce_loss(lp, old, r, ids, mask, clip_eps=0.2)
+    assert m["clip_frac"] == 0.25
+
+def test_mirror_loss_sums_the_log_ratio_over_trained_tokens_only():
+    lp, r, ids, mask = hand_batch()  # advantages [0.5, −0.5]
+    old = lp.detach() - torch.tensor([[0.1, 0.2, 5.0], [0.3, 7.0, 7.0]], dtype=f64)  # padding moved a lot
+    loss, _ = reinforce_loss(lp, old, r, ids, mask, loss_type="mirror", tau=0.1)
+    # ρ = [0.1 + 0.2, 0.3] = [0.3, 0.3]: L = ((0.5 − 0.03)² + (−0.5 − 0.03)²) / (2 · 0.1) / 2
+    assert loss.item() == pytest.approx((0.47 ** 2 + 0.53 ** 2) / 0.2 / 2, rel=1e-12)
+
+def test_reinforce_loss_divides_its_advantages_by_the_group_std_when_asked():
+    lp, r, ids, mask = hand_batch()  # rewards [1, 0]: A = ±0.5, std 0.5 -> ±0.5 / (0.5 + 1e-6)
+    loss, m = reinforce_loss(lp, lp.detach(), r, ids, mask, aggregation="token-mean", std_normalize=True)
+    a = 0.5 / (0.5 + 1e-6)
+    assert loss.item() == pytest.approx(-(a * (-1 - 2) + -a * -1) / 3, rel=1e-12)  # ≈ 2/3, not 1/3
+    assert m["adv_abs_mean"] == pytest.approx(a, rel=1e-6)
+
+def test_adv_mean_metric_is_the_signed_mean_of_the_advantages():
+    lp, r, ids, mask = hand_batch()  # advantages [0.5, −0.5]
+    _, m = reinforce_loss(lp, lp.detach(), r, ids, mask)
+    assert m["adv_mean"] == 0 and m["adv_abs_mean"] == 0.5
+
+def test_zero_signal_frac_is_the_share_of_groups_not_of_samples():
+    lp = torch.zeros(5, 2, dtype=f64, requires_grad=True)
+    r, ids = torch.tensor([1., 1., 1., 1., 0.], dtype=f64), torch.tensor([0, 0, 0, 1, 1])  # 3 flat samples, 1 of 2 groups
+    _, m = reinforce_loss(lp, lp.detach(), r, ids, torch.ones(5, 2))
+    assert m["zero_signal_frac"] == 0.5
+
+
+def test_a_group_whose_rewards_are_all_negative_is_zero_signal():
+    # wrong_reward = −1: an all-wrong group is as flat as an all-right one, and is dropped like it
+    lp = torch.zeros(4, 2, dtype=f64, requires_grad=True)
+    r, ids = torch.tensor([-1., -1., 1., -1.], dtype=f64), torch.tensor([0, 0, 1, 1])
+    _, m = reinforce_loss(lp, lp.detach(), r, ids, torch.ones(4, 2), baseline="none", drop_zero_signal=True)
+    assert m["zero_signal_frac"] == 0.5 and m["n_seqs_trained"] == 2
 
 def test_unknown_options_raise_value_error_naming_them():
     lp, r, ids, mask = hand_batch()
@@ -537,3 +593,12 @@ def test_reinforce_weights_refuse_a_loss_that_is_not_linear_in_the_log_probs(opt
     assert reinforce_weights(R.float(), GROUPS, mask)[0].shape == (len(R), 3)  # the plain loss: its weights
     with pytest.raises(ValueError, match="linear in the log-probs"):
         reinforce_weights(R.float(), GROUPS, mask, **option)
+
+
+def test_reinforce_weights_are_the_gradient_of_reinforce_loss_with_respect_to_the_log_probs():
+    from reinforce import reinforce_weights
+    _, r, ids, mask = hand_batch()  # advantages [0.5, −0.5], 3 trained tokens
+    w, metrics = reinforce_weights(r.float(), ids, mask, aggregation="token-mean")
+    expected = torch.tensor([[-0.5, -0.5, 0], [0.5, 0, 0]]) / 3  # −A / #tokens on trained tokens, as reinforce_loss's
+    torch.testing.assert_close(w, expected)
+    assert metrics["adv_abs_mean"] == 0.5

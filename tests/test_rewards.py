@@ -86,6 +86,18 @@ def test_only_the_tail_of_a_long_completion_is_searched():
     assert extract_answer("and so on " * 1_000 + "#### 5") == "5"
 
 
+def test_exactly_the_last_max_scan_chars_characters_are_searched():
+    pad = rewards.MAX_SCAN_CHARS - len("#### 5\n")
+    assert extract_answer("#### 5\n" + "x" * pad) == "5"  # the marker is the tail's first character
+    assert extract_answer("#### 5\n" + "x" * (pad + 1)) is None  # one more: the tail starts at "### 5"
+
+
+def test_rewards_of_a_completion_that_is_not_a_string_are_zero_not_an_error():
+    for completion in (None, b"#### 5", 5):
+        assert extract_answer(completion) is None
+        assert exact_match(completion, "5") == 0.0 and format_reward(completion) == 0.0
+
+
 def test_an_answer_of_up_to_200_characters_is_well_formed():
     assert extract_answer("#### " + "7" * 200) == "7" * 200 and extract_answer("#### " + "7" * 201) is None
 
@@ -129,6 +141,15 @@ def test_equal_answers_match(pred, ref):
 ])
 def test_different_answers_do_not_match(pred, ref):
     assert not answers_match(pred, ref)
+
+
+def test_a_number_of_up_to_100_characters_is_compared_by_value():
+    assert answers_match("0" * 99 + "5", "5")  # 100 characters: a number, equal to 5
+    assert not answers_match("0" * 100 + "5", "5")  # 101: too long to convert, compared as text
+
+
+def test_a_latex_fraction_is_a_number_only_when_it_is_the_whole_answer():
+    assert answers_match("\\frac{1}{2}", "0.5") and not answers_match("\\frac{1}{2}3", "0.5")
 
 
 @pytest.mark.parametrize("completion, answer, reward", [
@@ -235,6 +256,14 @@ def test_a_gsm8k_file_that_hashes_into_one_split_still_gives_both(tmp_path):
     assert len(task.splits["train"]) == 2 and len(task.splits["test"]) == 1
 
 
+def test_gsm8k_reference_answers_are_normalised(tmp_path):
+    rows = [{"question": f"How many is {i}?", "answer": f"work #### $1,00{i}."} for i in range(3)]
+    path = tmp_path / "money.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    task = GSM8KTask(path)
+    assert sorted(p.answer for p in task.splits["train"] + task.splits["test"]) == ["1000", "1001", "1002"]
+
+
 def test_gsm8k_splits_are_disjoint_and_both_non_empty():
     task = GSM8KTask(GSM8K_TINY)
     train, test = ({p.prompt for p in task.splits[s]} for s in ("train", "test"))
@@ -262,6 +291,12 @@ def test_arithmetic_problem_and_trace_formats():
     assert task.trace(problem, "scratch") == "0+7+5=12,1+4+8=13,1+3+6=10 #### 1032"
     problem.info.update(a=123, b=456)
     assert task.trace(problem, "scratch") == "0+3+6=09,0+2+5=07,0+1+4=05 #### 0579"  # the carry digit stays
+
+
+def test_arithmetic_operands_are_every_number_with_exactly_the_given_digits():
+    task, rng = ArithmeticTask(digits=1), random.Random(0)
+    problems = [task.sample("train", rng) for _ in range(500)]
+    assert {p.info[k] for p in problems for k in "ab"} == set(range(1, 10))  # 1..9: both ends, never 0 or 10
 
 
 def test_scratch_traces_are_step_by_step_and_direct_ones_are_not():
@@ -363,6 +398,16 @@ def test_bad_task_arguments_raise_a_value_error_that_says_why(make, message):
         task.sample("train", random.Random(0))
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(max_number=1), "max_number in 2..999"),
+    (dict(quit_max=1.5), "quit_step and quit_max are probabilities"),
+    (dict(quit_max=-0.1), "quit_step and quit_max are probabilities"),
+])
+def test_pairs_task_refuses_settings_just_outside_their_ranges(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        PairsTask(**kwargs)
+
+
 def test_arithmetic_splits_keep_a_plus_b_and_b_plus_a_together():
     task = ArithmeticTask(digits=2)
     rng = random.Random(0)
@@ -394,6 +439,17 @@ def test_pairs_problems_have_exactly_one_solution_and_print_numbers_and_target()
         numbers, target = problem.info["numbers"], problem.info["target"]
         assert problem.prompt == " ".join(map(str, numbers)) + f"->{target}:" and len(numbers) == 4
         assert sum(a + b == target for a, b in itertools.combinations(numbers, 2)) == 1
+
+
+def test_pair_sum_refuses_numbers_of_more_than_three_digits():
+    assert pair_sum("999+999") == (999, 999)
+    assert pair_sum("1000+1") is None and pair_sum("1+1000") is None
+
+
+def test_pairs_numbers_are_drawn_from_one_to_max_number():
+    task, rng = PairsTask(), random.Random(0)
+    drawn = {n for _ in range(500) for n in task.sample("train", rng).info["numbers"]}
+    assert drawn == set(range(1, 10))  # both ends, never 0
 
 
 def search_traces(n, seed):
@@ -431,6 +487,22 @@ def test_the_cold_start_is_sometimes_right_and_often_quits_after_its_own_fail():
     assert 0.2 < right / len(stats) < 0.8 and 0.2 < after_fail < 0.8
     assert abs(right / len(stats) + after_fail - 1) < 1e-9  # wrong exactly when it quit after a ✗
     assert max(s["attempts"] for s in stats) == 6  # full searches exist: SFT trains every position RL can reach
+
+
+class ScriptedRandom:
+    """an rng whose random() returns the given draws in turn"""
+    def __init__(self, draws):
+        self.draws = iter(draws)
+
+    def random(self):
+        return next(self.draws)
+
+
+def test_the_search_quits_after_its_kth_wrong_attempt_with_probability_min_quit_max_k_times_quit_step():
+    task, problem = pairs_problem((3, 8, 1, 6, 9), 15)  # 6+9, the last of 10 pairs
+    # quit_step 0.25, quit_max 0.6: it quits after the k-th ✗ iff draw < min(0.6, 0.25k) = 0.25, 0.5, 0.6, 0.6, ...
+    trace = task.trace(problem, "search", ScriptedRandom([0.3, 0.55, 0.65, 0.61, 0.59]))
+    assert trace == "3+8=11✗,3+1=4✗,3+6=9✗,3+9=12✗,8+1=9✗ #### 8+1"  # the fifth draw is the first below
 
 
 def test_unchecked_traces_are_the_search_traces_without_their_checks():
@@ -495,6 +567,16 @@ def test_longest_trace_tries_every_pair(n_numbers):
     task = PairsTask(n_numbers=n_numbers, max_number=20)
     problem = task.sample("train", random.Random(0))
     assert task.self_check_stats(task.longest_trace(), problem)["attempts"] == n_numbers * (n_numbers - 1) // 2
+
+
+def test_longest_trace_is_every_pair_checked_on_the_largest_number():
+    assert PairsTask(n_numbers=3, max_number=20).longest_trace() == "20+20=40✗,20+20=40✗,20+20=40✗ #### 20+20"
+
+
+def test_self_check_stats_read_four_digit_sums_of_three_digit_numbers():
+    task, problem = pairs_problem((999, 998, 5), 1997)
+    stats = task.self_check_stats("999+5=1004✗,999+998=1997✓ #### 999+998", problem)
+    assert stats["checks"] == stats["honest"] == 2
 
 
 def test_task_sizes_at_their_limits_are_accepted():
