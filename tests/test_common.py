@@ -154,3 +154,48 @@ def test_generate_takes_a_prompt_that_exactly_fills_the_block_with_its_new_token
     assert common.check_prompts([[1] * 8, [2] * 3], 24, 32) == 8
     with pytest.raises(ValueError, match="exceeds the model's block_size=32"):
         common.check_prompts([[1] * 8], 25, 32)
+
+
+# the parser's conversions, and the device a name picks
+
+@pytest.mark.parametrize("text, value", [("true", True), ("True", True), ("YES", True), ("on", True), ("1", True),
+                                         ("false", False), ("FALSE", False), ("no", False), ("Off", False),
+                                         ("0", False)])
+def test_a_bool_flag_takes_true_false_yes_no_on_off_or_1_0_in_any_case(text, value):
+    assert common.parse_config(train.TrainConfig, [f"--compile={text}"]).compile is value
+
+
+def test_a_flag_value_may_hold_an_equals_sign():
+    cfg = common.parse_config(train.TrainConfig, ["--data_path=runs/lr=3.jsonl"])
+    assert cfg.data_path == "runs/lr=3.jsonl"
+
+
+def test_a_flag_without_a_value_is_refused_as_not_key_value():
+    with pytest.raises(ValueError, match="arguments look like --key=value, got '--compile'"):
+        common.parse_config(train.TrainConfig, ["--compile"])
+
+
+@pytest.mark.parametrize("available", [True, False])
+def test_auto_picks_cuda_where_there_is_a_gpu_else_the_cpu(monkeypatch, available):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: available)
+    assert common.pick_device("auto") == ("cuda" if available else "cpu")
+
+
+def test_a_gpu_index_past_the_machines_last_gpu_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # one GPU: cuda:0 only
+    with pytest.raises(ValueError, match=r"--device=cuda:1, but there are 1 CUDA GPUs"):
+        common.pick_device("cuda:1")
+
+
+@pytest.mark.parametrize("setting", [dict(temperature=0.0), dict(top_k=1), dict(top_p=0.0), dict(top_p=1.0),
+                                     dict(max_new_tokens=0)])
+def test_generate_takes_each_sampling_settings_least_and_greatest_meaningful_value(setting):
+    # temperature 0 and top_p 0 are greedy, top_k 1 too; top_p 1 keeps every token; 0 new tokens: nothing to do
+    assert common.check_prompts([[1, 2]], **{"max_new_tokens": 4, "block_size": 8, **setting}) == 2
+
+
+def test_a_count_flag_refuses_a_fraction_rather_than_rounding_it():
+    with pytest.raises(ValueError, match="--rl_steps expects a int, got '3.5'"):
+        common.parse_config(train.TrainConfig, ["--rl_steps=3.5"])
+    assert common.parse_config(train.TrainConfig, ["--rl_lr=3"]).rl_lr == 3.0  # (a float flag takes a whole number)

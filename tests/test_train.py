@@ -1149,3 +1149,140 @@ def test_a_cold_start_batch_may_fill_the_block_exactly():
     train.sft_batch(task, tokenizer, random.Random(0), cfg, longest)
     with pytest.raises(ValueError, match=f"a training trace of {longest} tokens exceeds"):
         train.sft_batch(task, tokenizer, random.Random(0), cfg, longest - 1)
+
+
+# what a mutation run over train.py and common.py found untested: the step's kind, its fixed tensors' rows,
+# DDP's scale, an overflowing norm, the checkpoint rule, a longer warm-up, the config's refusals
+
+@pytest.mark.parametrize("device, options, ddp, graphed", [
+    ("cuda", [], False, True), ("cuda:1", [], False, True), ("cpu", [], False, False),
+    ("cuda", ["--cuda_graphs=false"], False, False), ("cuda", ["--compile=true"], False, False),
+    ("cuda", [], True, False)])
+def test_the_training_step_is_a_cuda_graph_only_on_cuda_with_cuda_graphs_and_without_ddp_or_compile(
+        monkeypatch, device, options, ddp, graphed):
+    monkeypatch.setattr(train, "train_graph", lambda run_, entropy=False: ("graph", entropy))
+    run_ = SimpleNamespace(cfg=common.parse_config(train.TrainConfig, options), device=device, ddp=ddp)
+    step = train.step_function(run_, entropy=True)
+    if graphed:
+        assert step == ("graph", True)
+    else:
+        assert (step.func, step.args, step.keywords) == (train.train_step, (run_,), {"entropy": True})
+
+
+def test_the_static_step_takes_a_batch_of_another_number_of_rows(tmp_path):
+    # (an RL batch has P·G rows, SFT's sft_batch_size): its fixed tensors are made anew, the plain step's losses
+    losses = []
+    for name, make in (("plain", lambda r: partial(train.train_step, r)),
+                       ("static", lambda r: train.train_graph(r, capture=False))):
+        run_ = train.set_up(TINY + [f"--out_dir={tmp_path / name}"])
+        update = make(run_)
+        for rows in (8, 4, 8):
+            idx, targets = next(varied_sft_batches(lengths=(21,), rows=rows))
+            losses.append(update(idx, targets, train.sft_weights(targets), 1e-3)[0].item())
+    assert losses[3:] == pytest.approx(losses[:3], rel=1e-5)
+
+
+def test_under_ddp_a_ranks_loss_is_scaled_by_the_world_size_over_all_ranks_normalisers(monkeypatch):
+    # this rank's loss was divided by its normaliser 3, the other rank's by 5; DDP averages the two gradients:
+    # × 3 · 2 / 8 makes the mean the sum of both ranks' terms over 8
+    monkeypatch.setattr(train.dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(train, "all_sum", lambda value, device: torch.tensor(value + 5.0))
+    assert train.ddp_scale(SimpleNamespace(ddp=True, device="cpu"), {"normaliser": 3.0}) == pytest.approx(0.75)
+    assert train.ddp_scale(SimpleNamespace(ddp=False), {"normaliser": 3.0}) == 1.0
+
+
+def test_under_ddp_a_step_where_no_rank_has_a_trained_token_is_scaled_by_zero(monkeypatch):
+    monkeypatch.setattr(train.dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(train, "all_sum", lambda value, device: torch.tensor(float(value)))  # the other's: 0 too
+    assert train.ddp_scale(SimpleNamespace(ddp=True, device="cpu"), {"normaliser": 0.0}) == 0.0
+
+
+def test_a_gradient_whose_norm_overflows_to_inf_skips_the_step():
+    # every gradient is finite (3e38 < float32's max) but their norm is not: clipping would scale them to 0
+    # and AdamW would still decay the weights and count a step. Skipped, as for a NaN: nothing changes
+    layer = torch.nn.Linear(4, 4)
+    optimizer = torch.optim.AdamW(layer.parameters(), lr=0.1, weight_decay=0.1)
+    before = [p.detach().clone() for p in layer.parameters()]
+    loss = layer.weight.sum() * 3e38
+    assert train.optimizer_step(layer, optimizer, loss, train.TrainConfig()).item() == 1
+    assert all(torch.equal(p, b) for p, b in zip(layer.parameters(), before)) and not optimizer.state
+
+
+def test_a_checkpoint_is_saved_every_ckpt_every_steps_and_with_zero_only_at_the_end(monkeypatch):
+    saved = []
+    monkeypatch.setattr(train, "checkpoint", lambda run_, step: saved.append(step))
+    for every in (3, 0):
+        run_ = SimpleNamespace(cfg=common.parse_config(train.TrainConfig, [f"--ckpt_every={every}"]), ddp=False,
+                               master=True)
+        assert not any(train.end_of_step(run_, step) for step in range(1, 8))  # no stop asked for
+    assert saved == [3, 6]  # (0: finish saves the last step)
+
+
+def test_under_ddp_every_rank_saves_and_stops_when_another_rank_was_interrupted(monkeypatch):
+    saved = []
+    monkeypatch.setattr(train, "checkpoint", lambda run_, step: saved.append(step))
+    monkeypatch.setattr(train, "all_sum", lambda value, device: torch.tensor(value + 1.0))  # the other: Ctrl-C
+    run_ = SimpleNamespace(cfg=common.parse_config(train.TrainConfig, ["--ckpt_every=0"]), ddp=True, master=True,
+                           device="cpu", path=lambda name: name)
+    assert train.end_of_step(run_, 5) and saved == [5]
+
+
+def test_the_learning_rate_warms_up_by_a_warmup_steps_th_of_its_peak_per_step():
+    cfg = common.parse_config(train.TrainConfig, ["--sft_steps=10", "--warmup_steps=4", "--sft_lr=1.0", "--rl_lr=0.1"])
+    cosine = lambda step: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / 10))
+    expected = {0: 0.25 * cosine(0), 1: 0.5 * cosine(1), 2: 0.75 * cosine(2), 3: cosine(3),
+                10: 0.025, 11: 0.05, 12: 0.075, 13: 0.1, 14: 0.1}
+    assert {step: train.learning_rate(cfg, step) for step in expected} == pytest.approx(expected)
+
+
+NONNEGATIVE = ("sft_steps", "rl_steps", "eval_every", "ckpt_every", "threads", "sft_lr", "rl_lr", "weight_decay",
+               "grad_clip", "dropout", "kl_coef", "clip_eps", "length_penalty")
+AT_LEAST_ONE = ("warmup_steps", "updates_per_batch", "prompts_per_step", "samples_per_prompt", "pass_k",
+                "max_new_tokens", "sft_batch_size", "eval_problems")
+
+
+@pytest.mark.parametrize("key, text, low", [(k, "-1", 0) for k in NONNEGATIVE] + [(k, "0", 1) for k in AT_LEAST_ONE])
+def test_every_count_rate_and_coefficient_below_its_least_value_is_refused_by_name(key, text, low):
+    with pytest.raises(ValueError, match=f"--{key} must be >= {low}, got {text}"):
+        train.check_config(common.parse_config(train.TrainConfig, [f"--{key}={text}"]))
+
+
+def test_several_updates_per_batch_with_the_mirror_loss_need_no_clip():
+    train.check_config(common.parse_config(train.TrainConfig, ["--updates_per_batch=2", "--loss_type=mirror"]))
+
+
+def test_solved_pool_problems_are_still_drawn_at_the_floors_weight():
+    run_ = SimpleNamespace(cfg=SimpleNamespace(prompts_per_step=4000), pool=list(range(4)),
+                           success=torch.tensor([1.0, 1.0, 1.0, 0.0]))  # three solved, one never right
+    chosen, _ = train.choose_problems(run_, random.Random(0))
+    share = torch.bincount(torch.tensor(chosen), minlength=4).double() / len(chosen)
+    torch.testing.assert_close(share, torch.tensor([0.05, 0.05, 0.05, 1.0], dtype=torch.float64) / 1.15, atol=0.01,
+                               rtol=0)
+
+
+def test_a_cold_start_that_always_quits_is_a_valid_quit_max():
+    train.check_config(common.parse_config(train.TrainConfig, ["--quit_max=1"]))  # a probability: [0, 1]
+
+
+def test_the_held_out_problems_are_drawn_from_the_runs_seed():
+    def prompts(seed):
+        cfg = common.parse_config(train.TrainConfig, [f"--seed={seed}", "--eval_problems=20"])
+        return [p.prompt for p in train.held_out_problems(train.make_task(cfg), cfg)]
+    assert prompts(1) == prompts(1) and prompts(1) != prompts(2)
+
+
+def test_a_resumed_run_counts_on_from_the_skipped_steps_of_the_run_it_continues(tmp_path, monkeypatch):
+    real_weights = train.sft_weights
+    monkeypatch.setattr(train, "sft_weights", lambda *a, **k: real_weights(*a, **k) * float("nan"))
+    out = run(tmp_path, "--rl_steps=0")  # its 4 SFT steps all skipped
+    monkeypatch.setattr(train, "sft_weights", real_weights)
+    summary = train.main([f"--out_dir={out}", "--init_from=resume", "--rl_steps=1"])  # one RL step, not skipped
+    assert summary["skipped_steps"] == 4
+
+
+def test_the_logged_rl_entropy_is_the_same_with_the_fused_update_as_without(tmp_path):
+    entropies = {}
+    for fused in ("true", "false"):
+        out = run(tmp_path, "--rl_steps=1", f"--fused_update={fused}", name=fused)
+        entropies[fused] = [r["entropy"] for r in log_records(out) if r["phase"] == "rl"]
+    assert entropies["true"] == pytest.approx(entropies["false"], rel=1e-4) and entropies["true"][0] > 1
