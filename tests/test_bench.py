@@ -1,8 +1,10 @@
 """bench.py: the peers it times compute what ours computes, and a command prints its table.
 Nothing here is timed."""
+import json
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -210,3 +212,239 @@ def test_decode_breakdown_counts_the_ops_of_a_step_and_of_generates_loop_on_the_
     step, loop = done.stdout.splitlines()[-2:]
     assert "ops that do work" in step and "addmm 48" in step  # GPT-2 small: 4 Linear layers in each of 12 blocks
     assert 0 < int(loop.split(": ")[1]) < 10  # (12 before the lengths were found after the loop)
+
+
+# -----------------------------------------------------------------------------
+# the printed figures: timings made known (a fake clock or a fake median_time), every number checked
+
+def fake_clock(monkeypatch, readings):
+    """bench's time.perf_counter returns `readings`, one per call."""
+    readings = iter(readings)
+    monkeypatch.setattr(bench, "time", SimpleNamespace(perf_counter=lambda: next(readings)))
+
+
+def rows_of(out):
+    return [[cell.strip() for cell in line.split("|")[1:-1]] for line in out.splitlines() if line.startswith("|")]
+
+
+def test_print_table_prints_a_title_a_blank_line_and_a_markdown_table(capsys):
+    bench.print_table("**t**", ["a", "b"], [[1, "x"], [2.5, "y"]])
+    assert capsys.readouterr().out == "**t**\n\n| a | b |\n| --- | --- |\n| 1 | x |\n| 2.5 | y |\n"
+
+
+def test_median_time_is_the_median_of_runs_each_timed_between_two_syncs(monkeypatch):
+    events, calls = [], []
+    readings = iter([0.0, 1.0, 10.0, 10.25, 20.0, 24.0])  # runs of 1, 0.25 and 4 seconds: median 1, mean 1.75
+
+    def clock():
+        events.append("clock")
+        return next(readings)
+    monkeypatch.setattr(bench, "time", SimpleNamespace(perf_counter=clock))
+    monkeypatch.setattr(bench, "sync", lambda device: events.append(("sync", device)))
+    seconds, out = bench.median_time(lambda: events.append("fn") or calls.append(1) or len(calls), 3, "cuda:0")
+    assert (seconds, out) == (1.0, 3)  # out: the last run's result
+    assert events == [("sync", "cuda:0"), "clock", "fn", ("sync", "cuda:0"), "clock"] * 3
+
+
+SAMPLE_SIZES = ["--n_layer=1", "--n_head=2", "--n_embd=32", "--vocab_size=16000", "--batch_size=3", "--prompt_len=4",
+                "--new_tokens=4", "--repeats=1", "--bandwidth=1e6", "--device=cpu"]  # B=3, n=4
+
+
+def sample_with_known_times(monkeypatch, capsys, argv, seconds=(0.5, 2.0, 8.0, 4.0)):
+    """bench_sample with each sampler's median time given: fast, eager, nanoGPT, Hugging Face (in run order).
+    -> (printed text, {sampler: its row's cells after the label}, our model)"""
+    times, models, real = iter(seconds), [], bench.GPT.from_pretrained
+    monkeypatch.setattr(bench, "median_time", lambda fn, repeats, device="cpu": (next(times), fn()))
+    monkeypatch.setattr(bench.GPT, "from_pretrained", lambda path: models.append(real(path)) or models[-1])
+    bench.bench_sample(argv)
+    out = capsys.readouterr().out
+    rows = rows_of(out)
+    return out, dict(zip(["header", "rule", "fast", "eager", "nanoGPT", "Hugging Face"], rows)), models[0]
+
+
+def test_sample_table_gives_tokens_per_second_seconds_and_ms_per_step_of_each_sampler(monkeypatch, capsys):
+    _, rows, _ = sample_with_known_times(monkeypatch, capsys, SAMPLE_SIZES)
+    # B * n = 12 tokens in 0.5, 2, 8 and 4 seconds; 4 steps each
+    assert [rows[name][1:4] for name in ("fast", "eager", "nanoGPT", "Hugging Face")] == [
+        ["24", "0.50", "125.000"], ["6", "2.00", "500.000"], ["2", "8.00", "2000.000"], ["3", "4.00", "1000.000"]]
+
+
+def test_sample_table_writes_tokens_per_second_with_thousands_separators(monkeypatch, capsys):
+    _, rows, _ = sample_with_known_times(monkeypatch, capsys, SAMPLE_SIZES, seconds=(0.004, 0.008, 0.012, 0.006))
+    assert [rows[name][1] for name in ("fast", "eager", "nanoGPT", "Hugging Face")] == \
+        ["3,000", "1,500", "1,000", "2,000"]  # B * n = 12 tokens
+
+
+def test_sample_table_divides_each_samplers_time_by_the_eager_paths_on_the_cpu(monkeypatch, capsys):
+    out, rows, _ = sample_with_known_times(monkeypatch, capsys, SAMPLE_SIZES)
+    assert rows["header"][-1] == "ours (eager) is faster by" and "rows identical to ours (eager;" in out
+    assert [rows[name][-1] for name in ("fast", "eager", "nanoGPT", "Hugging Face")] == \
+        ["0.25x", "1.00x", "4.00x", "2.00x"]
+
+
+@pytest.mark.parametrize("dtype, size", [("float32", 4), ("autocast", 2)])  # autocast: fp32 weights read as bf16
+def test_memory_roofline_reads_every_weight_once_per_step_at_the_bandwidth(monkeypatch, capsys, dtype, size):
+    out, rows, model = sample_with_known_times(monkeypatch, capsys, SAMPLE_SIZES + [f"--dtype={dtype}"])
+    weight_bytes = size * sum(p.numel() for p in model.parameters())
+    floor = weight_bytes / 1e6  # seconds per step at --bandwidth=1e6
+    assert f"memory roofline: {weight_bytes / 1e6:,.1f} MB of weights" in out
+    assert f"= {1e6 * floor:,.1f} µs per step at best" in out
+    for name, seconds in [("fast", 0.5), ("eager", 2.0), ("nanoGPT", 8.0), ("Hugging Face", 4.0)]:
+        assert rows[name][4] == f"{100 * floor / (seconds / 4):.1f}%"  # the floor over the time of one of 4 steps
+
+
+def test_rows_identical_counts_the_first_four_rows_and_gives_the_largest_parting_gap(monkeypatch, capsys):
+    naive, hf = bench.naive_generate, bench.hf_generate
+
+    def swap(out, rows):  # another token at position 2 of these rows
+        out[rows, 2] = (out[rows, 2] + 1) % 64
+        return out
+    monkeypatch.setattr(bench, "naive_generate", lambda model, idx, n: swap(naive(model, idx, n), [1, 3]))
+    monkeypatch.setattr(bench, "hf_generate", lambda model, idx, n: swap(hf(model, idx, n), [0]))
+    gaps = [0.05, 0.2, 0.01]  # nanoGPT's rows 1 and 3, then Hugging Face's row 0
+    monkeypatch.setattr(bench, "parting_gap", lambda model, prompt, a, b: 0.0 if a == b else gaps.pop(0))
+    bench.bench_sample(["--n_layer=1", "--n_head=2", "--n_embd=16", "--vocab_size=64", "--batch_size=5",
+                        "--prompt_len=4", "--new_tokens=5", "--repeats=1", "--device=cpu"])
+    part = "(the others part where the two tokens' logits are at most {} of the largest |logit| apart)"
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"rows identical to ours (eager; first 4 rows): fast: 4/4, nanoGPT: 2/4 {part.format('20.00%')}, "
+        f"Hugging Face: 3/4 {part.format('1.00%')}")
+
+
+def test_parting_gap_is_over_the_largest_absolute_logit_after_the_common_prefix():
+    seen = []
+
+    class Model:  # at every position: logits -10, 2, 1
+        lm_head = SimpleNamespace(weight=torch.zeros(1))
+
+        def __call__(self, idx):
+            seen.append(idx.tolist())
+            return torch.tensor([-10.0, 2.0, 1.0]).expand(1, idx.size(1), 3)
+    assert bench.parting_gap(Model(), [2, 2], [0, 1, 0], [0, 2, 1]) == pytest.approx(0.1)  # |2 - 1| / |-10|
+    assert seen == [[[2, 2, 0]]]  # the prompt and the tokens before the parting
+
+
+def test_parting_gap_is_the_same_whichever_completion_has_the_larger_logit():
+    class Model:  # at every position: logits -10, 2, 1
+        lm_head = SimpleNamespace(weight=torch.zeros(1))
+
+        def __call__(self, idx):
+            return torch.tensor([-10.0, 2.0, 1.0]).expand(1, idx.size(1), 3)
+    assert bench.parting_gap(Model(), [2], [0, 2], [0, 1]) == bench.parting_gap(Model(), [2], [0, 1], [0, 2]) == \
+        pytest.approx(0.1)
+
+
+def logprobs_with_known_results(monkeypatch, capsys, results):
+    """bench_logprobs with each worker's (ms, extra MiB) given, or None for a worker that fails.
+    -> {(implementation, chunk): the row's other cells}"""
+    def worker(cmd, **kwargs):  # a stand-in for the worker process: its JSON line
+        assert cmd[1:3] == [os.path.join(bench.ROOT, "bench.py"), "_logprobs_worker"]
+        impl = next(arg.split("=", 1)[1] for arg in cmd if arg.startswith("--impl="))
+        if results[impl] is None:
+            return subprocess.CompletedProcess(cmd, 1, stdout="", stderr="Traceback ...\nRuntimeError: out of memory\n")
+        ms, mib = results[impl]
+        return subprocess.CompletedProcess(cmd, 0, stdout=json.dumps({"ms": ms, "extra_mib": mib}) + "\n", stderr="")
+    monkeypatch.setattr(bench, "subprocess", SimpleNamespace(run=worker))  # (not subprocess.run: platform uses it)
+    bench.bench_logprobs(["--N=8", "--C=4", "--V=16", "--chunks=16", "--repeats=1", "--device=cpu"])
+    return {(row[0], row[1]): row[2:] for row in rows_of(capsys.readouterr().out)[2:]}
+
+
+def test_logprobs_table_compares_each_rows_time_and_memory_with_naives(monkeypatch, capsys):
+    rows = logprobs_with_known_results(monkeypatch, capsys, {"naive": (400.0, 1024.0), "ours": (100.0, 64.0),
+                                                             "fused": (60.0, 32.0), "torch": (200.0, 512.0)})
+    assert rows[bench.LOGPROB_IMPLS["naive"], "—"] == ["400", "1,024", "1.00", "1.00"]
+    assert rows[bench.LOGPROB_IMPLS["ours"], "16"] == ["100", "64", "0.25", "0.06"]
+    assert rows[bench.LOGPROB_IMPLS["fused"], "16"] == ["60", "32", "0.15", "0.03"]
+
+
+def test_logprobs_table_says_why_a_worker_failed_and_goes_on(monkeypatch, capsys):
+    rows = logprobs_with_known_results(monkeypatch, capsys, {"naive": (400.0, 1024.0), "ours": None,
+                                                             "fused": (60.0, 32.0), "torch": (200.0, 512.0)})
+    assert rows[bench.LOGPROB_IMPLS["ours"], "16"] == ["failed: RuntimeError: out of memory", "", "", ""]
+    assert rows[bench.LOGPROB_IMPLS["fused"], "16"] == ["60", "32", "0.15", "0.03"]
+
+
+def test_logprobs_worker_prints_ms_and_the_peak_beyond_inputs_and_both_gradients(monkeypatch, capsys):
+    base = 2**30
+    grads = (8 * 4 + 16 * 4) * 4  # dL/dh (N, C) and dL/dW (V, C), float32
+    peaks = iter([base, base + grads + 3 * 2**20])
+    monkeypatch.setattr(bench, "peak_memory", lambda device: next(peaks))
+    monkeypatch.setattr(bench, "median_time", lambda fn, repeats, device="cpu": (0.25, fn()))
+    bench.logprobs_worker(["--impl=naive", "--N=8", "--C=4", "--V=16", "--repeats=1", "--device=cpu"])
+    assert json.loads(capsys.readouterr().out.splitlines()[-1]) == {"ms": 250.0, "extra_mib": 3.0}
+
+
+@pytest.mark.parametrize("platform, expected", [("linux", 3 * 1024), ("darwin", 3)])  # ru_maxrss: KiB | bytes
+def test_peak_memory_on_the_cpu_is_ru_maxrss_in_bytes(monkeypatch, platform, expected):
+    rusage = SimpleNamespace(ru_maxrss=3)
+    monkeypatch.setattr(bench, "resource", SimpleNamespace(RUSAGE_SELF=0, getrusage=lambda who: rusage))
+    monkeypatch.setattr(bench, "sys", SimpleNamespace(platform=platform))
+    assert bench.peak_memory("cpu") == expected
+
+
+def test_rewards_table_gives_the_median_pass_and_the_slowest_call_with_its_kind(monkeypatch, capsys):
+    monkeypatch.setattr(bench, "fuzz_corpus", lambda n, seed: [("a", "x"), ("b", "y"), ("c", "z")])
+    u = 2**-10  # seconds
+    calls = [1, 1, 1, 1, 10, 1, 2, 2, 2]  # 3 passes of 3 calls (3u, 12u, 6u: median 6u); slowest: 10u, kind b
+    readings, now = [], 0.0
+    for dt in calls * 4:  # the same for each of the 4 rewards
+        readings += [now, now + dt * u]
+        now += 1.0
+    fake_clock(monkeypatch, readings)
+    bench.bench_rewards(["--n=3", "--repeats=3"])
+    rows = rows_of(capsys.readouterr().out)[2:]
+    assert len(rows) == 4 and all(row[1:] == ["512", f"{1e6 * 2 * u:.1f}", "9,766", "b"] for row in rows)
+
+
+def test_fuzz_corpus_long_garbage_runs_from_ten_to_a_hundred_thousand_characters():
+    lengths = [len(text) for kind, text in bench.fuzz_corpus(90, seed=0) if kind == "long garbage"]
+    assert len(lengths) == 10 and all(10_000 <= n <= 100_000 for n in lengths)
+
+
+RL_TINY = ["--steps=3", "--task=arithmetic", "--n_layer=1", "--n_embd=16", "--n_head=2", "--digits=2", "--block_size=40",
+           "--prompts_per_step=2", "--samples_per_prompt=2", "--max_new_tokens=8", "--device=cpu"]
+
+
+def test_rl_table_gives_each_phases_median_its_share_of_the_step_and_tokens_per_second(monkeypatch, capsys):
+    lengths = iter([3, 3, 2, 4, 3])  # of each of the B=4 completions, per step: 2 warm-up steps, 3 timed
+    monkeypatch.setattr(bench, "generate", lambda model, prompts, n, **kwargs: [[1] * k for k in [next(lengths)]
+                                                                                 for _ in prompts])
+    phases = [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [0.5, 0.25, 1.0], [2.0, 0.25, 0.5], [0.75, 0.5, 4.0]]
+    readings, now = [], 0.0
+    for sampling, scoring, update in phases:  # t0, t1, t2, t3 of each step
+        readings += [now, now + sampling, now + sampling + scoring, now + sampling + scoring + update]
+        now += 100.0
+    fake_clock(monkeypatch, readings)
+    bench.bench_rl(RL_TINY)
+    out = capsys.readouterr().out
+    # medians 0.75, 0.25, 1.0 and whole steps of 1.75, 2.75, 5.25: 2.75; tokens 8, 16, 12
+    assert [row[1:] for row in rows_of(out)[2:]] == [["750.0", "27%", "16"], ["250.0", "9%", "32"],
+                                                    ["1,000.0", "36%", "8"], ["2,750.0", "100%", "5"]]
+    assert "B=2x2=4 completions of 3.0 tokens on average" in out and out.splitlines()[-1] == "dominant: update"
+
+
+def test_sft_table_gives_the_warm_up_steps_per_second_and_ms_per_step(monkeypatch, capsys):
+    fake_clock(monkeypatch, [100.0, 101.5, 200.0, 200.5])  # warm-up 1.5 s; 2 timed steps in 0.5 s
+    bench.bench_sft(["--steps=2", "--warmup=1", "--variants=eager", "--task=arithmetic", "--n_layer=1", "--n_embd=16",
+                     "--n_head=2", "--digits=2", "--block_size=40", "--sft_batch_size=4"])
+    assert rows_of(capsys.readouterr().out)[2:] == [["eager", "1.5", "4.0", "250.00"]]
+
+
+def test_parse_bench_lets_threads_seed_chunk_and_warmup_be_zero():
+    assert bench.parse_bench(bench.SFTBench, ["--warmup=0"]).warmup == 0
+    cfg = bench.parse_bench(bench.LogprobsBench, ["--threads=0", "--seed=0", "--chunk=0"])
+    assert (cfg.threads, cfg.seed, cfg.chunk) == (0, 0, 0)
+
+
+def test_an_unknown_flag_of_a_bench_that_runs_train_py_lists_the_benchs_own_flags_too():
+    with pytest.raises(ValueError, match="unknown config key 'nope'.*; and the bench's own: steps, ckpt$"):
+        bench.main(["rl", "--nope=1"])
+
+
+def test_gpt2_small_flag_keeps_autocast():
+    assert bench.sample_sizes(["--gpt2_small=true", "--dtype=autocast"]).dtype == "autocast"
+
+
+def test_sample_refuses_a_dtype_other_than_float32_bfloat16_or_autocast():
+    with pytest.raises(ValueError, match="--dtype=float16 is not one of float32, bfloat16, autocast"):
+        bench.sample_sizes(["--dtype=float16"])
