@@ -1,5 +1,5 @@
 """The static decode step's attention, two ways, at four sizes: SDPA (its fused kernels) and written out
-(q·kᵀ/√hs + mask, softmax, ·v), each captured as a CUDA graph of sample.decode_step and replayed per token,
+(q·kᵀ/√hs + mask, softmax, ·v), each captured as a CUDA graph of sample.decode_step (sample.static_decoder) and replayed per token,
 with the largest logit difference between them. model.py takes SDPA for half-precision queries (cuDNN's and
 flash's kernels) and the written-out form for float32 ones (SDPA's only float32 kernel tiles 64 queries).
 CUDA only.
@@ -14,9 +14,8 @@ import torch
 import torch.nn.functional as F
 
 import model as gpt
-from common import cuda_graph
-from model import GPT, GPTConfig, KVCache
-from sample import decode_step
+from model import GPT, GPTConfig
+from sample import release_decoders, static_decoder
 
 if not torch.cuda.is_available():
     sys.exit("docs/attention_variants.py times CUDA graphs: it needs a CUDA GPU")
@@ -60,11 +59,9 @@ for name, cfg, B, dtype in sizes:
     for written_out in (False, True):
         gpt.CausalSelfAttention.forward = lambda self, *a, w=written_out: attention(self, *a, written_out=w)
         with torch.no_grad():
-            cache = KVCache(cfg, B, 192, "cuda", dtype)
-            cache.slot = torch.zeros(1, dtype=torch.long, device="cuda")
-            token, pos = (torch.zeros(B, 1, dtype=torch.long, device="cuda") for _ in range(2))
+            release_decoders()  # (a new capture, with this attention)
+            cache, token, pos, step = static_decoder(model, B, 192)  # sample.py's static step, as a CUDA graph
             token.random_(0, cfg.vocab_size, generator=torch.Generator("cuda").manual_seed(1))
-            step = cuda_graph(lambda: decode_step(model, cache, token, pos), [cache.slot, cache.valid, pos])
             seconds.append(per_token(step, cache, pos))
             cache.valid.zero_(); cache.valid[:, :16] = True  # the same 16 random keys and values for both
             for i, t in enumerate(cache.k + cache.v):
@@ -72,5 +69,6 @@ for name, cfg, B, dtype in sizes:
             cache.slot.fill_(16); pos.fill_(16)
             logits.append(step().float().clone())
     gpt.CausalSelfAttention.forward = as_is
+    release_decoders()
     print(f"| {name} | {1e6 * seconds[0]:.0f} | {1e6 * seconds[1]:.0f} | "
           f"{(logits[1] - logits[0]).abs().max().item():.1e} ({logits[0].abs().max().item():.2f}) |", flush=True)

@@ -73,26 +73,26 @@ def med(fn, n=5):
         t0 = time.perf_counter(); fn(); torch.cuda.synchronize(); ts.append(time.perf_counter() - t0)
     return sorted(ts)[n // 2]
 
+def per_token(step, cache, pos, repeats=5):
+    """Seconds per token of N calls of step (a replay, or decode_step eagerly) from slot 16 of the cache."""
+    def replay():
+        cache.slot.fill_(16); pos.fill_(16)
+        for _ in range(N):
+            step()
+    return med(replay, repeats) / N
+
 def report(name, per_step):
     print(f"{name}: {per_step * 1e6:8.1f} us/step  {100 * floor / per_step:5.1f}% of roofline", flush=True)
 
 with torch.no_grad():
     report("generate(fast=True), graph kept, 128 tokens", med(lambda: generate(model, prompt, N, temperature=0, fast=True)) / N)
     report("generate(fast=False), plain loop", med(lambda: generate(model, prompt, N, temperature=0, fast=False), 3) / N)
-    sample._decoders.clear()
+    sample.release_decoders()
     torch.cuda.synchronize(); t0 = time.perf_counter()
     cache, token_in, pos_in, step = static_decoder(model, B, 192)
     torch.cuda.synchronize(); print(f"capture (new static_decoder): {1000 * (time.perf_counter() - t0):.1f} ms")
-    def replay():
-        cache.slot.fill_(16); pos_in.fill_(16)
-        for _ in range(N):
-            step()
-    report("graph replay only (no sampling, no bookkeeping)", med(replay) / N)
-    def eager():
-        cache.slot.fill_(16); pos_in.fill_(16)
-        for _ in range(N):
-            decode_step(model, cache, token_in, pos_in)
-    report("decode_step eager, no graph", med(eager, 3) / N)
+    report("graph replay only (no sampling, no bookkeeping)", per_token(step, cache, pos_in))
+    report("decode_step eager, no graph", per_token(lambda: decode_step(model, cache, token_in, pos_in), cache, pos_in, 3))
     try:  # how many kernels one step is: the graph replays them back to back, so time per kernel = replay / count
         from torch.profiler import ProfilerActivity, profile
         cache.slot.fill_(16); pos_in.fill_(16)
@@ -114,16 +114,10 @@ with torch.no_grad():
     from torch.nn.attention import SDPBackend, sdpa_kernel
     for backend in (SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH):
         try:
+            sample.release_decoders()  # (a new capture, under this backend)
             with sdpa_kernel(backend):
-                c3 = KVCache(cfg, B, 192, "cuda", dtype)
-                c3.slot = torch.zeros(1, dtype=torch.long, device="cuda")
-                t3, p3 = (torch.zeros(B, 1, dtype=torch.long, device="cuda") for _ in range(2))
-                g3 = cuda_graph(lambda: decode_step(model, c3, t3, p3), [c3.slot, c3.valid, p3])
-            def replay3():
-                c3.slot.fill_(16); p3.fill_(16)
-                for _ in range(N):
-                    g3()
-            report(f"graph replay only, SDPA backend {backend.name}", med(replay3) / N)
+                c3, _, p3, g3 = static_decoder(model, B, 192)
+            report(f"graph replay only, SDPA backend {backend.name}", per_token(g3, c3, p3))
         except Exception as e:
             print(f"SDPA backend {backend.name} failed: {type(e).__name__}: {str(e)[:200]}")
     for mode in ("default",):
@@ -137,11 +131,7 @@ with torch.no_grad():
             compiled(model, c2, t2, p2); compiled(model, c2, t2, p2); torch.cuda.synchronize()
             print(f"compile {mode}: {time.perf_counter() - t0:.1f} s", flush=True)
             g = cuda_graph(lambda: compiled(model, c2, t2, p2), [c2.slot, c2.valid, p2])
-            def replay2():
-                c2.slot.fill_(16); p2.fill_(16)
-                for _ in range(N):
-                    g()
-            report(f"compiled ({mode}) + our graph, replay only", med(replay2) / N)
+            report(f"compiled ({mode}) + our graph, replay only", per_token(g, c2, p2))
             # same logits as eager for one step from the same state
             c2.slot.fill_(5); p2.fill_(5); cache.slot.fill_(5); pos_in.fill_(5)
             c2.valid.copy_(cache.valid)
