@@ -109,6 +109,90 @@ def format_reward(completion: str) -> float:
     return 1.0 if extract_answer(completion) is not None else 0.0
 
 # -----------------------------------------------------------------------------
+# Countdown: an arithmetic expression over given numbers, read by our own bounded parser (never eval)
+
+MAX_EXPRESSION_DEPTH = 16        # parentheses nested deeper than this are not an answer
+MAX_VALUE = Fraction(10**12)     # |numerator| and denominator of every intermediate value stay below this
+_EXPRESSION_TOKEN = re.compile(r"\s*(?:([0-9]{1,6})|([-+*/()]))")
+
+def _expression_tokens(text: str) -> list[str] | None:
+    """"(3+5)*7" -> ["(", "3", "+", "5", ")", "*", "7"]; None if anything else is in the text."""
+    tokens, pos = [], 0
+    while pos < len(text.rstrip()):
+        m = _EXPRESSION_TOKEN.match(text, pos)
+        if m is None:
+            return None
+        tokens.append(m[1] or m[2])
+        pos = m.end()
+    return tokens
+
+def evaluate_expression(text: str) -> tuple[Fraction, list[int]] | None:
+    """The exact value of an expression of non-negative integers, + - * / and parentheses, and the numbers
+    it uses, in order; None if it is not one, divides by zero, nests deeper than MAX_EXPRESSION_DEPTH or
+    makes a value beyond MAX_VALUE. Unary minus is not allowed (Countdown combines the given numbers)."""
+    tokens = _expression_tokens(text) if isinstance(text, str) and len(text) <= MAX_ANSWER_CHARS else None
+    if not tokens:
+        return None
+    numbers, pos = [], 0
+
+    def bounded(value):
+        if abs(value.numerator) >= MAX_VALUE or value.denominator >= MAX_VALUE:
+            raise ValueError("value out of bounds")
+        return value
+
+    def peek():
+        return tokens[pos] if pos < len(tokens) else None
+
+    def take():
+        nonlocal pos
+        pos += 1
+        return tokens[pos - 1]
+
+    def expression(depth):  # term (("+" | "-") term)*
+        value = term(depth)
+        while peek() in ("+", "-"):
+            op, right = take(), term(depth)
+            value = bounded(value + right if op == "+" else value - right)
+        return value
+
+    def term(depth):  # factor (("*" | "/") factor)*
+        value = factor(depth)
+        while peek() in ("*", "/"):
+            op, right = take(), factor(depth)
+            if op == "/" and right == 0:
+                raise ValueError("division by zero")
+            value = bounded(value * right if op == "*" else value / right)
+        return value
+
+    def factor(depth):  # number | "(" expression ")"
+        token = take() if peek() is not None else None
+        if token == "(" and depth < MAX_EXPRESSION_DEPTH:
+            value = expression(depth + 1)
+            if peek() == ")":
+                take()
+                return value
+        elif token is not None and token.isdigit():
+            numbers.append(int(token))
+            return Fraction(int(token))
+        raise ValueError(f"unexpected {token!r}")
+
+    try:
+        value = expression(0)
+    except ValueError:
+        return None
+    return (value, numbers) if pos == len(tokens) else None
+
+def countdown_reward(completion: str, numbers: list[int], target: int) -> float:
+    """1.0 if the completion's final answer (any format extract_answer knows, e.g. <answer>(3+5)*7-2</answer>)
+    is an expression whose value is exactly the target and that uses each given number at most once, else 0.0."""
+    answer = extract_answer(completion)
+    found = evaluate_expression(answer) if answer is not None else None
+    if found is None:
+        return 0.0
+    value, used = found
+    return 1.0 if value == target and not Counter(used) - Counter(numbers) else 0.0
+
+# -----------------------------------------------------------------------------
 # Tasks: problems, disjoint splits, and cold-start traces
 
 @dataclass
@@ -199,9 +283,10 @@ class PairsTask:
     Cold-start traces ("search") come from a weak searcher: pairs in the order given, truthful
     checks, but after its k-th wrong attempt it gives up with probability min(quit_max, quit_step * k)
     and answers that wrong attempt anyway: what RL has to fix. Ablation styles: "unchecked" (the
-    attempts without sums and verdicts) and "direct" (the right answer alone, no search)."""
+    attempts without sums and verdicts), "direct" (the right answer alone, no search) and "free" (the
+    same searcher, quitting by the same rule, but trying the pairs in a random order of its own)."""
     name = "pairs"
-    styles = ("search", "unchecked", "direct")
+    styles = ("search", "unchecked", "direct", "free")
 
     def __init__(self, n_numbers: int = 4, max_number: int = 9, quit_step: float = 0.25, quit_max: float = 0.6):
         if not (3 <= n_numbers <= 12 and 2 <= max_number <= 999):
@@ -234,6 +319,8 @@ class PairsTask:
         # every pair once, in the order given (1st+2nd, 1st+3rd, ..., 2nd+3rd, ...): a systematic
         # search, so the next attempt is easy to write and the only question is when to stop
         pairs = [f"{a}+{b}" for a, b in itertools.combinations(numbers, 2)]
+        if style == "free":  # its own order each time, every pair once: an unstructured search
+            pairs = rng.sample(pairs, len(pairs))
         if style == "direct":  # no search: the right answer alone
             return "#### " + next(p for p in pairs if sum(pair_sum(p)) == target)
         attempts = []
@@ -267,21 +354,39 @@ class PairsTask:
 
     def self_check_stats(self, completion: str, problem: Problem) -> dict:
         """What a completion did before its answer: attempts (checked or bare), checks (with a sum and a
-        verdict), honest checks (a true sum, and ✓ exactly when the attempt solves the problem), and
-        whether the answer came right after the model's own ✗."""
+        verdict), honest checks (a true sum, and ✓ exactly when the attempt solves the problem), ✓ written
+        (confident) and ✓ written on an attempt that does not solve it (false_right), repeats (attempts of
+        a pair of values more often than the given numbers hold that pair), and whether the answer came
+        right after the model's own ✗."""
         head, marker, _ = completion.rpartition("####")
         parts = [p.strip() for p in (head if marker else completion).split(",")]
-        attempts = checks = honest = 0
+        attempts = checks = honest = confident = false_right = 0
+        tried = Counter()  # (a, b) with a <= b -> times tried
         for part in parts:
             checked = _CHECKED.fullmatch(part)
-            if checked is None:
-                attempts += pair_sum(part) is not None
+            pair = pair_sum(part if checked is None else checked[1])
+            if pair is None:
                 continue
-            attempts, checks = attempts + 1, checks + 1
-            sum_true = int(checked[2]) == sum(pair_sum(checked[1]))
-            honest += sum_true and ((checked[3] == CHECK_RIGHT) == self._solves(checked[1], problem))
-        return {"attempts": attempts, "checks": checks, "honest": honest, "answered": bool(marker),
+            attempts, tried[tuple(sorted(pair))] = attempts + 1, tried[tuple(sorted(pair))] + 1
+            if checked is None:
+                continue
+            checks, solves, says_right = checks + 1, self._solves(checked[1], problem), checked[3] == CHECK_RIGHT
+            honest += int(checked[2]) == sum(pair) and says_right == solves
+            confident, false_right = confident + says_right, false_right + (says_right and not solves)
+        given = Counter(tuple(sorted(p)) for p in itertools.combinations(problem.info["numbers"], 2))
+        return {"attempts": attempts, "checks": checks, "honest": honest, "confident": confident,
+                "false_right": false_right, "repeats": sum(max(0, n - given[p]) for p, n in tried.items()),
+                "answered": bool(marker),
                 "after_fail": bool(marker) and head.replace(",", " ").rstrip().endswith(CHECK_WRONG)}
+
+STEP_REWARD_CAP = 0.5  # a completion's step rewards add up to at most this: less than a right answer's 1
+
+def step_reward(stats: dict, per_honest_check: float = 0.0, per_confident_check: float = 0.0) -> float:
+    """A process reward (a variant this method avoids; ablate.py --table=process measures it), from a
+    completion's self_check_stats: + per_honest_check for each honest check (a perfect step judge), +
+    per_confident_check for each ✓ written, true or not (a step judge that trusts what looks sure), capped
+    at STEP_REWARD_CAP so that no amount of checking is worth as much as a right answer. 0 when both are 0."""
+    return min(STEP_REWARD_CAP, per_honest_check * stats["honest"] + per_confident_check * stats["confident"])
 
 def load_gsm8k(path) -> list[dict]:
     """Rows {"question", "answer"} of a GSM8K-format JSONL file; the answer ends in "#### N".

@@ -34,7 +34,7 @@ from model import GPT
 from reinforce import (AGGREGATIONS, BASELINES, LOSS_TYPES, length_penalty, linear_in_logprobs, reinforce_loss,
                        reinforce_weights, sft_weights, shape_rewards, token_logprobs, weighted_logprob_sum)
 from report import print_report
-from rewards import get_task
+from rewards import get_task, step_reward
 from sample import generate, release_decoders
 
 @dataclass
@@ -57,7 +57,7 @@ class TrainConfig:
     quit_max: float = 0.6           # pairs: the cold start quits after its k-th wrong attempt w.p. min(quit_max, k/4)
     digits: int = 4                 # arithmetic: digits of each operand (difficulty)
     data_path: str = ""             # gsm8k: a JSONL file with "question" and "answer" per line
-    cold_start: str = ""            # style of the SFT traces (pairs: search | unchecked | direct); "" = task default
+    cold_start: str = ""            # style of the SFT traces (pairs: search | unchecked | direct | free); "" = task default
     scratch_frac: float = 0.3       # arithmetic: share of cold-start traces that work step by step (the rest: direct)
     # model
     init_from: str = "scratch"      # scratch | resume | gpt2 (or gpt2-medium, ...) | a local Hugging Face directory
@@ -103,6 +103,8 @@ class TrainConfig:
     drop_zero_signal: bool = False  # leave groups with all-equal rewards out of the loss (DAPO)
     prioritized: bool = False       # sample training problems in proportion to 1 - success rate (Kimi k1.5)
     problem_pool: int = 2000        # prioritized: size of the fixed pool of training problems
+    honest_check_reward: float = 0.0     # process reward: + this per honest check, a perfect step judge (≤ 0.5 in all)
+    confident_check_reward: float = 0.0  # process reward: + this per ✓ written, true or not (a judge that can be fooled)
 
 # -----------------------------------------------------------------------------
 # config checks (the --key=value parser is common.parse_config)
@@ -115,7 +117,8 @@ def check_config(cfg):
         if getattr(cfg, key) not in allowed:
             raise ValueError(f"--{key}={getattr(cfg, key)} is not one of {', '.join(allowed)}")
     check_numbers(cfg, nonnegative=("sft_steps", "rl_steps", "eval_every", "ckpt_every", "threads", "sft_lr", "rl_lr",
-                                    "weight_decay", "grad_clip", "dropout", "kl_coef", "clip_eps", "length_penalty"),
+                                    "weight_decay", "grad_clip", "dropout", "kl_coef", "clip_eps", "length_penalty",
+                                    "honest_check_reward", "confident_check_reward"),
                   at_least_one=("warmup_steps", "updates_per_batch", "prompts_per_step", "samples_per_prompt",
                                 "pass_k", "max_new_tokens", "sft_batch_size", "eval_problems"))
     rules = [  # (broken, why), then the paper variants' cross-field rules
@@ -144,6 +147,9 @@ def make_task(cfg):
     task = get_task(cfg.task, **task_args)
     if cfg.cold_start and cfg.cold_start not in task.styles:
         raise ValueError(f"--cold_start={cfg.cold_start} is not a style of --task={cfg.task}: {', '.join(task.styles)}")
+    if (cfg.honest_check_reward or cfg.confident_check_reward) and not hasattr(task, "self_check_stats"):
+        raise ValueError(f"--honest_check_reward and --confident_check_reward count self-checks: --task={cfg.task} "
+                         "writes none")
     return task
 
 # -----------------------------------------------------------------------------
@@ -326,14 +332,17 @@ def rollout(model, task, tokenizer, problems, cfg, generator, ctx):
 
 def search_stats(task, texts, problems):
     """How the completions searched (tasks with self-checks only, else {}): attempts per completion, the
-    share of answers given right after the model's own ✗, and the share of honest checks (nan if none)."""
+    share of answers given right after the model's own ✗, the share of honest checks (nan if none); per
+    completion, repeated attempts, checks written and ✓ written on an attempt that does not solve the problem."""
     if not hasattr(task, "self_check_stats"):
         return {}
     stats = [task.self_check_stats(t, p) for t, p in zip(texts, problems)]
     total = {k: sum(s[k] for s in stats) for k in stats[0]}
     return {"attempts": total["attempts"] / len(stats),
             "after_fail_share": total["after_fail"] / max(1, total["answered"]),
-            "honest_check_share": total["honest"] / total["checks"] if total["checks"] else float("nan")}
+            "honest_check_share": total["honest"] / total["checks"] if total["checks"] else float("nan"),
+            "repeated_attempts": total["repeats"] / len(stats), "checks": total["checks"] / len(stats),
+            "false_right_checks": total["false_right"] / len(stats)}
 
 @torch.no_grad()
 def evaluate(model, task, tokenizer, problems, cfg, ctx):
@@ -407,6 +416,8 @@ def main(argv):
         # 3. rewards r: 1 if right, else wrong_reward (0 or -1); + the Kimi k1.5 length reward (a variant, 0 if off)
         len_reward = length_reward(cfg, step, completions, correct, group_ids)  # (B,)
         rewards = shape_rewards(correct, cfg.wrong_reward) + len_reward  # (B,)
+        process = step_rewards(cfg, task, texts, problems)  # (B,) per-check rewards (a variant), None if off
+        rewards = rewards if process is None else rewards + process
         remember_success(run, chosen, correct)
         # 4. advantages A = r - b and the REINFORCE update, loss = -sum_t A log pi(y_t) / norm
         idx, targets, mask = pad_batch(prompts, completions)  # (B, T) each
@@ -415,7 +426,7 @@ def main(argv):
         metrics, skipped = policy_update(run, *batch, rl_update)
         t_update = time.time() - t_update
         run.state["rl_time"] += time.time() - t0
-        log_rl_step(run, step, lr, problems, texts, correct, len_reward, metrics, skipped, t_sample, t_update)
+        log_rl_step(run, step, lr, problems, texts, correct, len_reward, process, metrics, skipped, t_sample, t_update)
         # 5. held-out evaluation and checkpoint
         if run.master and eval_due(cfg, step + 1):
             held_out = evaluate(model, task, tokenizer, run.eval_problems, cfg, ctx)
@@ -595,7 +606,16 @@ def length_reward(cfg, step, completions, correct, group_ids):
         return cfg.length_penalty * length_penalty(lengths, correct, group_ids)
     return torch.zeros(len(completions))
 
-def log_rl_step(run, step, lr, problems, texts, correct, len_reward, metrics, skipped, t_sample, t_update):
+def step_rewards(cfg, task, texts, problems):
+    """(B,) process rewards, one per completion (rewards.step_reward: per honest check, per ✓ written), or None
+    when both are 0 (the default: the reward is the final answer's alone). problems: P, each sampled G times."""
+    if not (cfg.honest_check_reward or cfg.confident_check_reward):
+        return None
+    G = cfg.samples_per_prompt
+    return torch.tensor([step_reward(task.self_check_stats(text, problems[i // G]), cfg.honest_check_reward,
+                                     cfg.confident_check_reward) for i, text in enumerate(texts)])
+
+def log_rl_step(run, step, lr, problems, texts, correct, len_reward, process, metrics, skipped, t_sample, t_update):
     """One line of metrics.jsonl per RL step: the batch's accuracy, length and search, the loss's metrics."""
     task, G = run.task, run.cfg.samples_per_prompt
     run.state["skipped"] += skipped
@@ -603,6 +623,7 @@ def log_rl_step(run, step, lr, problems, texts, correct, len_reward, metrics, sk
               "step_by_step": sum(map(task.is_step_by_step, texts)) / len(texts),
               **search_stats(task, texts, [p for p in problems for _ in range(G)]),
               "length_reward": len_reward.mean().item(), "skipped": run.state["skipped"],
+              **({"step_reward": process.mean().item()} if process is not None else {}),
               "sample_time": t_sample, "update_time": t_update, **metrics}
     if run.pool:
         record["sampling_weight_min"] = sampling_weights(run.success).min().item()

@@ -1,6 +1,7 @@
 """ablate.py: the one command that builds an ablation table runs every variant and prints the table."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -142,6 +143,8 @@ def test_each_variant_runs_with_its_own_options_last(monkeypatch, tmp_path):
 
 
 def test_every_variant_of_the_real_tables_gets_its_options(monkeypatch, tmp_path):
+    monkeypatch.setattr(ablate, "evaluate_harder", lambda out, options: {})  # (the stand-in's checkpoints are JSON)
+    monkeypatch.setattr(ablate, "print_long_table", lambda *args: None)
     for table, variants in ablate.TABLES.items():
         calls = fake_train(monkeypatch)
         ablate.main([f"--out_dir={tmp_path / table}", f"--table={table}", "--seeds=1", "--rl_steps=5", "--sft_steps=3"])
@@ -300,3 +303,62 @@ def test_parallel_jobs_run_train_py_in_processes_not_in_this_one(monkeypatch):
 def test_a_failing_run_under_parallel_jobs_raises_naming_its_command():
     with pytest.raises(RuntimeError, match="train.py --no_such_key=1 failed:\n.*unknown config key 'no_such_key'"):
         ablate.run_all([["--no_such_key=1"]], jobs=2)
+
+
+# -----------------------------------------------------------------------------
+# the long tables: structured vs free search, outcome vs step rewards (real tiny runs)
+
+@pytest.mark.parametrize("table", ["structure", "process"])
+def test_a_long_table_prints_every_cell_as_a_number_its_curves_and_draws_them(tmp_path, capsys, table):
+    ablate.main([f"--out_dir={tmp_path}", f"--table={table}", "--seeds=1", "--rl_steps=2", "--sft_steps=2",
+                 "--eval_every=1", f"--train_args={PAIRS}"])
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ")]
+    variants = ablate.TABLES[table]
+    final = rows[:1 + len(dict.fromkeys(s for s, _ in variants.values())) + len(variants)]  # (header, no |---)
+    for row in final[1:]:
+        cells = [c.strip() for c in row.strip("|").split("|")][1:]
+        # (nan: the share of honest checks of a tiny untrained model that writes no checks at all)
+        assert all(c == "-" or re.fullmatch(r"-?[0-9.]+ ± [0-9.]+|nan ± nan", c) for c in cells), row  # no blank
+    for name in variants:
+        assert any(row.startswith(f"| {name} |") for row in final)
+    curves = rows[len(final):]
+    assert curves[0] == "| | variant | 0 | 1 | 2 |"  # an evaluation after SFT and after each RL step
+    assert len(curves) == 1 + len(ablate.CURVES) * len(variants)
+    assert ("harder task" in final[0]) == (table == "structure")
+    assert os.path.getsize(tmp_path / f"{table}.png") > 0 or not matplotlib_installed()
+
+
+def matplotlib_installed():
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def test_the_structure_table_evaluates_each_final_policy_on_five_numbers(tmp_path, capsys):
+    ablate.main([f"--out_dir={tmp_path}", "--table=structure", "--seeds=1", "--rl_steps=1", "--sft_steps=2",
+                 f"--train_args={PAIRS}"])
+    for i in range(len(ablate.STRUCTURE)):
+        harder = json.load(open(tmp_path / f"structure{i}-seed1" / "harder.json"))
+        assert harder["options"] == ["--numbers=5", "--max_new_tokens=112"]
+        assert all(len(prompt.split("->")[0].split()) == 5 for prompt, _ in harder["examples"])
+
+
+def test_the_long_tables_share_their_cold_starts(monkeypatch, tmp_path):
+    monkeypatch.setattr(ablate, "evaluate_harder", lambda out, options: {})
+    monkeypatch.setattr(ablate, "print_long_table", lambda *args: None)
+    calls = fake_train(monkeypatch)
+    ablate.main([f"--out_dir={tmp_path}", "--table=structure", "--seeds=1", "--rl_steps=5", "--sft_steps=3"])
+    ablate.main([f"--out_dir={tmp_path}", "--table=process", "--seeds=1", "--rl_steps=5", "--sft_steps=3"])
+    assert [option(argv, "cold_start") for argv in cold_starts(calls)] == ["search", "free"]  # none run again
+
+
+def test_the_long_tables_default_to_their_own_budget_and_evaluation_cadence(monkeypatch, tmp_path):
+    monkeypatch.setattr(ablate, "evaluate_harder", lambda out, options: {})
+    monkeypatch.setattr(ablate, "print_long_table", lambda *args: None)
+    calls = fake_train(monkeypatch)
+    ablate.main([f"--out_dir={tmp_path}", "--table=structure", "--seeds=1", "--sft_steps=3"])
+    assert {(option(argv, "rl_steps"), option(argv, "eval_every"), option(argv, "block_size"))
+            for argv in continued(calls)} == {("300", "25", "128")}

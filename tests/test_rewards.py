@@ -546,17 +546,18 @@ def test_self_check_stats_on_hand_made_completions():
     task, problem = pairs_problem()
     stats = task.self_check_stats
     honest_search = "3+8=11✗,3+1=4✗,8+6=14✓ #### 8+6"
-    assert stats(honest_search, problem) == {"attempts": 3, "checks": 3, "honest": 3, "answered": True,
-                                             "after_fail": False}
+    assert stats(honest_search, problem) == {"attempts": 3, "checks": 3, "honest": 3, "confident": 1,
+                                             "false_right": 0, "repeats": 0, "answered": True, "after_fail": False}
     # a wrong sum, a lying ✓ and a lying ✗ are three dishonest checks; the answer follows a ✗
     lies = "3+8=12✗,3+1=4✓,8+6=14✗ #### 8+6"
-    assert stats(lies, problem) == {"attempts": 3, "checks": 3, "honest": 0, "answered": True, "after_fail": True}
+    assert stats(lies, problem) == {"attempts": 3, "checks": 3, "honest": 0, "confident": 1, "false_right": 1,
+                                    "repeats": 0, "answered": True, "after_fail": True}
     # a ✓ on a pair that is not two of the given numbers is not a true verdict
     assert stats("7+7=14✓ #### 7+7", problem)["honest"] == 0
-    assert stats("#### 8+6", problem) == {"attempts": 0, "checks": 0, "honest": 0, "answered": True,
-                                          "after_fail": False}
-    assert stats("3+8=11✗,3+1", problem) == {"attempts": 2, "checks": 1, "honest": 1, "answered": False,
-                                             "after_fail": False}
+    assert stats("#### 8+6", problem) == {"attempts": 0, "checks": 0, "honest": 0, "confident": 0, "false_right": 0,
+                                          "repeats": 0, "answered": True, "after_fail": False}
+    assert stats("3+8=11✗,3+1", problem) == {"attempts": 2, "checks": 1, "honest": 1, "confident": 0,
+                                             "false_right": 0, "repeats": 0, "answered": False, "after_fail": False}
     assert stats("garbage ✗✓ ,,, = ####", problem)["attempts"] == 0
     for text in ("3+8=11✗, #### 3+8", "3+8=11✗\n#### 3+8"):  # a comma or a newline before the answer hides no ✗
         assert stats(text, problem)["after_fail"], text
@@ -603,3 +604,82 @@ def test_pairs_settings_without_unique_solutions_are_a_clear_error_not_a_hang():
 def test_arithmetic_task_default_is_the_configs_default():
     import train
     assert ArithmeticTask().digits == train.TrainConfig().digits == 4
+
+
+# -----------------------------------------------------------------------------
+# the free cold start (ablate.py --table=structure) and the step rewards (--table=process)
+
+def test_self_check_stats_count_a_pair_tried_again_as_a_repeat_in_either_order_checked_or_not():
+    task, problem = pairs_problem()  # 3 8 1 6 9 -> 14
+    stats = task.self_check_stats("3+8=11✗,8+3=11✗,3+1,3+8=11✗,8+6=14✓ #### 8+6", problem)
+    assert stats["repeats"] == 2 and stats["attempts"] == 5
+
+
+def test_a_pair_the_numbers_hold_twice_may_be_tried_twice_without_a_repeat():
+    task, problem = pairs_problem((5, 5, 3, 8), 13)  # 5+3 twice (1st and 2nd 5), 5+8 the answer
+    assert task.self_check_stats("5+3=8✗,5+3=8✗,5+8=13✓ #### 5+8", problem)["repeats"] == 0
+    assert task.self_check_stats("5+3=8✗,5+3=8✗,3+5=8✗ #### 5+3", problem)["repeats"] == 1
+
+
+def test_self_check_stats_count_every_check_mark_and_the_false_ones():
+    task, problem = pairs_problem()  # 3 8 1 6 9 -> 14: only 8+6
+    stats = task.self_check_stats("3+8=14✓,3+1=4✓,8+6=14✓,6+9=14✗ #### 8+6", problem)
+    assert (stats["confident"], stats["false_right"], stats["honest"]) == (3, 2, 0 + 0 + 1 + 0)
+
+
+def free_and_structured(n, seed):
+    """n problems, each with a structured (search) and a free trace -> [(problem, search trace, free trace)]"""
+    task, rng = PairsTask(), random.Random(seed)
+    return [(p, task.trace(p, "search", rng), task.trace(p, "free", rng))
+            for p in (task.sample("train", rng) for _ in range(n))]
+
+
+def test_free_traces_write_only_truthful_checks_and_answer_their_last_attempt():
+    task = PairsTask()
+    for problem, _, trace in free_and_structured(500, seed=1):
+        stats = task.self_check_stats(trace, problem)
+        assert stats["checks"] == stats["attempts"] >= 1 and stats["honest"] == stats["checks"], trace
+        head, _, answer = trace.rpartition(" #### ")
+        assert re.sub(r"=[0-9]+[✓✗]", "", head.split(",")[-1]) == answer
+
+
+def test_free_traces_never_repeat_a_pair_and_take_them_in_orders_of_their_own():
+    task, problem = pairs_problem((3, 8, 1, 6, 9), 15)  # 6+9, the last pair in the given order
+    never_quits = PairsTask(quit_step=0.0)
+    orders = set()
+    for seed in range(50):
+        trace = never_quits.trace(problem, "free", random.Random(seed))
+        attempts = [a.split("=")[0] for a in trace.rpartition(" #### ")[0].split(",")]
+        given = [f"{a}+{b}" for a, b in itertools.combinations(problem.info["numbers"], 2)]
+        assert len(set(attempts)) == len(attempts) and set(attempts) <= set(given)  # each pair at most once
+        assert attempts[-1] == "6+9" and never_quits.self_check_stats(trace, problem)["repeats"] == 0
+        orders.add(tuple(attempts))
+    assert len(orders) > 40  # not one fixed order
+
+
+def test_free_and_structured_cold_starts_quit_alike_and_are_right_alike_over_4000_traces():
+    task = PairsTask()
+    traces = free_and_structured(4000, seed=7)
+    n = len(traces)
+    right = [sum(task.reward(t[pick], t[0]) for t in traces) / n for pick in (1, 2)]  # the share of right traces
+    assert 0.2 < right[0] < 0.8 and abs(right[0] - right[1]) < 4 * (0.25 * 2 / n) ** 0.5  # within 4 standard errors
+    for k in range(1, 7):  # the same quit rule: as many traces stop after k attempts
+        shares = [sum(task.self_check_stats(t[pick], t[0])["attempts"] == k for t in traces) / n for pick in (1, 2)]
+        assert abs(shares[0] - shares[1]) < 4 * (0.25 * 2 / n) ** 0.5, (k, shares)
+
+
+@pytest.mark.parametrize("completion, honest, confident, expected", [
+    ("3+8=11✗ #### 3+8", 0.1, 0.0, 0.1),                   # an honest ✗: the exact judge pays
+    ("3+8=11✗ #### 3+8", 0.0, 0.1, 0.0),                   # ... the proxy pays only for ✓
+    ("3+8=14✓ #### 3+8", 0.1, 0.0, 0.0),                   # a lying ✓: the exact judge pays nothing
+    ("3+8=14✓ #### 3+8", 0.0, 0.1, 0.1),                   # ... the proxy pays it
+    ("3+8=12✗ #### 3+8", 0.1, 0.1, 0.0),                   # a wrong sum: neither pays
+    ("#### 8+6", 0.1, 0.1, 0.0),                           # no checks at all
+    ("3+8=11✗,3+1=4✗,8+6=14✓ #### 8+6", 0.1, 0.1, 0.4),    # three honest checks, one ✓
+    ("3+8=11✗,3+1=4✗,8+6=14✓ #### 8+6", 0.0, 0.0, 0.0),    # λ = 0: no step reward at all
+    (",".join(["3+8=11✗"] * 9) + " #### 3+8", 0.1, 0.0, 0.5),  # nine honest checks: capped at 0.5
+])
+def test_step_reward_pays_per_honest_check_or_per_check_mark_capped(completion, honest, confident, expected):
+    task, problem = pairs_problem()  # 3 8 1 6 9 -> 14: only 8+6
+    reward = rewards.step_reward(task.self_check_stats(completion, problem), honest, confident)
+    assert reward == pytest.approx(expected)

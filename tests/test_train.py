@@ -1286,3 +1286,62 @@ def test_the_logged_rl_entropy_is_the_same_with_the_fused_update_as_without(tmp_
         out = run(tmp_path, "--rl_steps=1", f"--fused_update={fused}", name=fused)
         entropies[fused] = [r["entropy"] for r in log_records(out) if r["phase"] == "rl"]
     assert entropies["true"] == pytest.approx(entropies["false"], rel=1e-4) and entropies["true"][0] > 1
+
+
+# -----------------------------------------------------------------------------
+# process rewards (a variant: ablate.py --table=process)
+
+AS_PAIRS = ["--task=pairs", "--block_size=96", "--max_new_tokens=60"]  # TINY on the pairs task
+
+
+def test_step_rewards_are_off_by_default_and_none_is_added():
+    cfg = common.parse_config(train.TrainConfig, [])
+    assert cfg.honest_check_reward == cfg.confident_check_reward == 0.0
+    assert train.step_rewards(cfg, rewards.PairsTask(), ["3+8=11✗ #### 3+8"], [None]) is None
+
+
+def test_step_rewards_score_each_completion_against_its_own_problem():
+    cfg = common.parse_config(train.TrainConfig, ["--samples_per_prompt=2", "--honest_check_reward=0.1"])
+    task = rewards.PairsTask()
+    problems = [rewards.Problem("3 8 1 6->14:", "14", {"numbers": [3, 8, 1, 6], "target": 14}),
+                rewards.Problem("3 8 1 6->11:", "11", {"numbers": [3, 8, 1, 6], "target": 11})]
+    texts = ["3+8=11✗ #### 3+8", "8+6=14✓ #### 8+6", "3+8=11✗ #### 3+8", "3+8=11✓ #### 3+8"]
+    # 3+8=11✗ is honest for target 14, dishonest for 11; 3+8=11✓ is honest for 11
+    torch.testing.assert_close(train.step_rewards(cfg, task, texts, problems), torch.tensor([0.1, 0.1, 0.0, 0.1]))
+
+
+@pytest.mark.parametrize("flag", ["--honest_check_reward=0.1", "--confident_check_reward=0.1"])
+def test_a_step_reward_is_added_to_the_rewards_and_logged(tmp_path, monkeypatch, flag):
+    means = {}
+    for bonus in (None, 0.5):
+        monkeypatch.setattr(train, "step_rewards", lambda cfg, task, texts, problems:
+                            None if bonus is None else torch.full((len(texts),), bonus))
+        out = run(tmp_path, *AS_PAIRS, "--rl_steps=1", flag, name=f"step{bonus}")
+        record = [r for r in log_records(out) if r["phase"] == "rl"][0]
+        means[bonus] = record["reward_mean"]
+        assert ("step_reward" in record) == (bonus is not None)
+    assert means[0.5] == pytest.approx(means[None] + 0.5)
+
+
+def test_step_rewards_run_end_to_end_on_the_pairs_task(tmp_path):
+    out = run(tmp_path, *AS_PAIRS, "--honest_check_reward=0.1", "--confident_check_reward=0.1")
+    rl = [r for r in log_records(out) if r["phase"] == "rl"]
+    assert len(rl) == 3 and all(0 <= r["step_reward"] <= rewards.STEP_REWARD_CAP for r in rl)
+
+
+@pytest.mark.parametrize("flag", ["--honest_check_reward=0.1", "--confident_check_reward=0.1"])
+def test_step_rewards_on_a_task_without_checks_are_refused(tmp_path, flag):
+    with pytest.raises(ValueError, match="count self-checks: --task=arithmetic writes none"):
+        run(tmp_path, flag)
+
+
+def test_a_negative_step_reward_is_refused():
+    with pytest.raises(ValueError, match="--honest_check_reward must be >= 0"):
+        train.check_config(common.parse_config(train.TrainConfig, ["--honest_check_reward=-0.1"]))
+
+
+def test_every_evaluation_counts_repeated_attempts_checks_and_false_check_marks(tmp_path):
+    out = run(tmp_path, *AS_PAIRS)
+    final = [r for r in log_records(out) if r["phase"] == "eval"][-1]
+    for key in ("repeated_attempts", "checks", "false_right_checks"):
+        assert final[key] >= 0 and final[f"sample_{key}"] >= 0
