@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 import rewards
+import tasks
 from common import (autocast_context, build_model, check_numbers, decode, encode, get_tokenizer, load_checkpoint,
                     load_model, parse_config, pick_device)
 from model import GPT
@@ -302,7 +303,7 @@ def logprobs_worker(argv):
     fn = {"naive": naive_logprobs, "ours": lambda h, W, t: token_logprobs(h, W, t, chunk_size=cfg.chunk),
           "fused": lambda h, W, t: weighted_logprob_sum(h, W, t, torch.ones(len(t), device=t.device), cfg.chunk)[0],
           "torch": lambda h, W, t: torch_logprobs(h, W, t, cfg.chunk), "liger": liger_logprobs}[cfg.impl]
-    # a tiny run first: the first call pages in library code and starts autograd's threads,
+    # a tiny run first: the first pass pages in library code and starts autograd's threads,
     # which would otherwise count as memory of the implementation
     tiny_h, tiny_W = (torch.randn(n, cfg.C, device=device, requires_grad=True) for n in (64, 256))
     fn(tiny_h, tiny_W, torch.randint(0, 256, (64,), device=device)).sum().backward()
@@ -392,8 +393,8 @@ def fuzz_corpus(n, seed):
     rng = random.Random(seed)
     alphabet = [chr(i) for i in range(32, 127)] + ["\n", "\t", "é", "中"]
     blob = "".join(rng.choices(alphabet, k=200_000))  # long garbage is cut from this at random
-    arithmetic, pairs = rewards.get_task("arithmetic", digits=4), rewards.get_task("pairs")
-    gsm8k = rewards.get_task("gsm8k", path=os.path.join(ROOT, "tests", "data", "gsm8k_tiny.jsonl"))
+    arithmetic, pairs, countdown = tasks.ArithmeticTask(digits=4), tasks.PairsTask(), tasks.CountdownTask()
+    gsm8k = tasks.GSM8KTask(os.path.join(ROOT, "tests", "data", "gsm8k_tiny.jsonl"))
 
     def trace(task):
         return task.trace(task.sample("train", rng), rng.choice(task.styles))
@@ -407,6 +408,7 @@ def fuzz_corpus(n, seed):
         ("repeated markers", lambda: rng.choice(MARKERS) * rng.randint(100, 20_000)),
         ("arithmetic trace", lambda: trace(arithmetic)),
         ("pairs trace", lambda: trace(pairs)),
+        ("countdown trace", lambda: trace(countdown)),
         ("gsm8k trace", lambda: trace(gsm8k)),
     ]
     return [(kind, make()) for kind, make in (makers[i % len(makers)] for i in range(n))]
@@ -415,14 +417,16 @@ def fuzz_corpus(n, seed):
 def bench_rewards(argv):
     cfg = parse_bench(RewardsBench, argv)
     corpus = fuzz_corpus(cfg.n, cfg.seed)
-    arithmetic, pairs = rewards.get_task("arithmetic", digits=4), rewards.get_task("pairs")
+    arithmetic, pairs, countdown = tasks.ArithmeticTask(digits=4), tasks.PairsTask(), tasks.CountdownTask()
     rng = random.Random(cfg.seed)
     a, p = arithmetic.sample("test", rng), pairs.sample("test", rng)  # what every call checks against
+    c = countdown.sample("test", rng)
     functions = {
         "`rewards.exact_match`": lambda text: rewards.exact_match(text, a.answer),
         "`rewards.format_reward`": rewards.format_reward,
         "`ArithmeticTask.reward`": lambda text: arithmetic.reward(text, a),
         "`PairsTask.reward`": lambda text: pairs.reward(text, p),
+        "`CountdownTask.reward`": lambda text: countdown.reward(text, c),
     }
     rows = []
     for name, fn in functions.items():

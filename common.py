@@ -1,10 +1,11 @@
 """
 What the commands here share, and the run-file helpers train.py's bookkeeping calls, kept out of the
-method's files: the --key=value parser and its number checks, the tokenizers, the device, the
-torchrun processes and CUDA graphs, and a run's files (an out_dir never overwritten by accident, room
-for the completions checked before SFT, the metrics log, checkpoints saved atomically and loaded
-without running code) with the model a run starts from. It sits below the method's files, so that
-nothing imports the trainer to parse a flag or read a checkpoint.
+method's files: the --key=value parser and its number checks, the tokenizers, the device and its
+autocast, the torchrun processes and CUDA graphs (the decode step's and the training step's), and a
+run's files (an out_dir never overwritten by accident, room for the completions checked before SFT,
+the metrics log, checkpoints saved atomically and loaded without running code) with the model a run
+starts from. It sits below the method's files, so that nothing imports the trainer to parse a flag
+or read a checkpoint.
 
     python -m pytest -q tests/test_common.py
 """
@@ -13,7 +14,7 @@ import json
 import math
 import os
 import random
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import asdict, fields
 from datetime import timedelta
 
@@ -90,8 +91,8 @@ def get_tokenizer(name):
         try:
             return tiktoken.get_encoding("gpt2")
         except Exception as e:  # offline: a requests/connection error from deep inside tiktoken
-            raise RuntimeError("the 'gpt2' tokenizer needs its files: connect to the network once, or "
-                               f"point TIKTOKEN_CACHE_DIR at a cache that has them ({e})") from e
+            raise OSError("the 'gpt2' tokenizer needs its files: connect to the network once, or point "
+                          f"TIKTOKEN_CACHE_DIR at a cache that has them ({type(e).__name__})") from e
     raise ValueError(f"unknown tokenizer {name!r}: choose 'char' or 'gpt2'")
 
 def encode(tokenizer, text):
@@ -147,46 +148,6 @@ def autocast_context(dtype, device_type):
     """-> (dtype name, context): bfloat16 autocast on CUDA by default, a no-op in float32."""
     dtype = dtype if dtype != "auto" else ("bfloat16" if device_type == "cuda" else "float32")
     return dtype, nullcontext() if dtype == "float32" else torch.autocast(device_type, dtype=torch.bfloat16)
-
-def cache_dtype(model):
-    """The dtype the keys and values come out in: autocast's (bf16) when it is on, else the weights'
-    (float64 weights too: autocast leaves them as they are)."""
-    weight = model.transformer.wte.weight
-    autocast = torch.is_autocast_enabled(weight.device.type) and weight.dtype != torch.float64
-    return torch.get_autocast_dtype(weight.device.type) if autocast else weight.dtype
-
-def autocast_copies(model):
-    """Under autocast, with weights in another dtype than its own (fp32 under bf16): {name: a copy in its dtype}
-    of every nn.Linear weight and bias, else {}. A CUDA graph replays autocast's casts of the weights at every
-    replay; the decode graph reads these instead (sample.decode_step), refreshed once per generate call
-    (refresh_copies). The same values: autocast rounds to its dtype as .to() does."""
-    device_type = model.transformer.wte.weight.device.type
-    if not torch.is_autocast_enabled(device_type):
-        return {}
-    dtype = torch.get_autocast_dtype(device_type)
-    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
-    return {f"{name}.{key}": p.detach().to(dtype) for name, m in linears  # (autocast leaves float64 as it is)
-            for key, p in m.named_parameters(recurse=False) if p.dtype not in (dtype, torch.float64)}
-
-def refresh_copies(model, copies):
-    """Copy the model's current weights into autocast_copies' tensors, in place (a graph reads their memory)."""
-    if not copies:
-        return
-    params = dict(model.named_parameters(remove_duplicate=False))  # (with lm_head.weight, tied to wte)
-    with torch.no_grad():
-        for name, copy in copies.items():
-            copy.copy_(params[name])
-
-@contextmanager
-def eval_mode(model):
-    """model.eval() inside; then the mode it had before, also after an error (sampling must not leave a
-    model in training, or a trainer's model in eval mode: dropout silently off)."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 def to_device(tensor, device):
     """A CPU batch -> the device without making the host wait for the GPU (pinned memory: a queued copy)."""
@@ -253,21 +214,6 @@ def check_completion_room(task, tokenizer, problems, cfg, block_size):
         need = longest + len(encode(tokenizer, task.longest_trace())) + 1  # + end-of-text
         if need > block_size:
             raise ValueError(f"the task's longest cold-start trace needs --block_size >= {need} (it is {block_size})")
-
-def check_prompts(prompts, max_new_tokens, block_size, temperature=1.0, top_k=None, top_p=None):
-    """sample.generate's inputs -> the longest prompt's length; a clear error for no prompts, an empty one,
-    no room, or a setting with no meaning (not a silent odd draw: a negative temperature inverts the odds)."""
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("generate needs a non-empty list of non-empty prompts")
-    if not (max_new_tokens >= 0 and 0 <= temperature < math.inf and (top_k is None or top_k >= 1)
-            and (top_p is None or 0 <= top_p <= 1)):
-        raise ValueError(f"generate needs max_new_tokens >= 0, a finite temperature >= 0, top_k >= 1 or None and "
-                         f"top_p in [0, 1] or None; got {max_new_tokens}, {temperature}, {top_k}, {top_p}")
-    longest = max(len(p) for p in prompts)
-    if longest + max_new_tokens > block_size:
-        raise ValueError(f"prompt of {longest} tokens + max_new_tokens={max_new_tokens} = "
-                         f"{longest + max_new_tokens} exceeds the model's block_size={block_size}")
-    return longest
 
 def start_metrics_log(out_dir, start, fresh, eval_at_start):
     """out_dir/metrics.jsonl (one JSON record per line) for a run that starts at step `start`: empty for a

@@ -3,9 +3,12 @@ What a finished run did, read back from its out_dir: the held-out evaluation aft
 RL side by side, the held-out curve during RL (one column per evaluation), how gradual each rise
 was, and curves.png. train.py prints this at the end of every run; this file prints it again for
 any finished run, e.g. to compare forks: it reads summary.json and metrics.jsonl and redraws
-curves.png. Nothing here is the method.
+curves.png. Nothing here is the method. With --runs it reads several finished runs (one per seed)
+and prints the README's seed table, writing the numbers it shows to a JSON file (docs/results.json:
+the one source the README's headline numbers come from, checked by tests/test_docs.py).
 
     python report.py --out_dir=out
+    python report.py --runs=out/seed1,out/seed2,out/seed3 --results=docs/results.json
 """
 import json
 import os
@@ -105,16 +108,30 @@ def plot_curves(records, png_path):
     fig.savefig(png_path, dpi=100)
     plt.close(fig)
 
-@dataclass
-class ReportConfig:
-    out_dir: str = "out"  # a finished train.py run: its summary.json and metrics.jsonl
+# the README's seed table: (label, key in an eval record, digits)
+SEED_ROWS = [("greedy accuracy", "accuracy", 3), ("sampled accuracy", "sample_accuracy", 3),
+             ("attempts, sampled", "sample_attempts", 2), ("answers after own ✗, greedy", "after_fail_share", 3),
+             ("honest checks, sampled", "sample_honest_check_share", 3)]
 
-def main(argv):
-    cfg = parse_config(ReportConfig, argv)
-    summary_path, log_path = (os.path.join(cfg.out_dir, name) for name in ("summary.json", "metrics.jsonl"))
-    for path in (summary_path, log_path):
-        if not os.path.isfile(path):
-            raise ValueError(f"{path} not found: train.py writes it into out_dir (summary.json when the run ends)")
+def seed_results(summaries):
+    """{seed: {"before": {key: value}, "after": {...}}} of the SEED_ROWS keys, from one summary per seed."""
+    return {str(s["config"]["seed"]): {when: {key: s[when][key] for _, key, _ in SEED_ROWS}
+                                       for when in ("before", "after")} for s in summaries}
+
+def seed_table(results):
+    """The markdown table of seed_results: one column per seed, each cell "after SFT → after RL"."""
+    seeds = list(results)
+    lines = ["| held-out (200 problems) | " + " | ".join(f"seed {s}: after SFT → after RL" for s in seeds) + " |",
+             "|---" * (len(seeds) + 1) + "|"]
+    for label, key, digits in SEED_ROWS:
+        cells = [f"{results[s]['before'][key]:.{digits}f} → {results[s]['after'][key]:.{digits}f}" for s in seeds]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+def read_summary(out_dir):
+    summary_path = os.path.join(out_dir, "summary.json")
+    if not os.path.isfile(summary_path):
+        raise ValueError(f"{summary_path} not found: train.py writes it into out_dir when the run ends")
     with open(summary_path) as f:
         try:
             summary = json.load(f)
@@ -122,6 +139,27 @@ def main(argv):
             raise ValueError(f"{summary_path} is not a train.py summary ({e})") from None
     if not (isinstance(summary, dict) and {"before", "after", "config", "sft_time", "rl_time"} <= summary.keys()):
         raise ValueError(f"{summary_path} is not a train.py summary (keys missing)")
+    return summary
+
+@dataclass
+class ReportConfig:
+    out_dir: str = "out"  # a finished train.py run: its summary.json and metrics.jsonl
+    runs: str = ""        # or: finished runs, comma-separated (one per seed) -> the seed table
+    results: str = ""     # with runs: also write the seed table's numbers to this JSON file
+
+def main(argv):
+    cfg = parse_config(ReportConfig, argv)
+    if cfg.runs:
+        results = seed_results([read_summary(out) for out in cfg.runs.split(",")])
+        print("\n".join(seed_table(results)))
+        if cfg.results:
+            with open(cfg.results, "w") as f:
+                json.dump(results, f, indent=2)
+                f.write("\n")
+        return
+    summary, log_path = read_summary(cfg.out_dir), os.path.join(cfg.out_dir, "metrics.jsonl")
+    if not os.path.isfile(log_path):
+        raise ValueError(f"{log_path} not found: train.py writes it into out_dir")
     print_report(summary, log_path, os.path.join(cfg.out_dir, "curves.png"))
 
 if __name__ == "__main__":

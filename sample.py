@@ -16,14 +16,15 @@ slot held in a tensor, attention covers the whole cache under its `valid` mask; 
 reads copies of the Linear layers already in autocast's dtype (one cast per call, not per token).
 Sampling stays outside the graph, on the rows the plain loop samples: both paths draw the same tokens
 (bitwise on the CPU; on CUDA other shapes may take other kernels, so a near-tie could go either way)."""
+import math
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch.func import functional_call
 
-from common import (autocast_copies, cache_dtype, check_numbers, check_prompts, cuda_graph, decode, encode, eval_mode,
-                    load_model, parse_config, pick_device, refresh_copies)
+from common import check_numbers, cuda_graph, decode, encode, load_model, parse_config, pick_device
 from model import KVCache
 
 # -----------------------------------------------------------------------------
@@ -60,6 +61,13 @@ def decode_step(model, cache, token, pos, weights=None):
     cache.slot.add_(1)
     return logits[:, -1]  # (B, V)
 
+def cache_dtype(model):
+    """The dtype the keys and values come out in: autocast's (bf16) when it is on, else the weights'
+    (float64 weights too: autocast leaves them as they are)."""
+    weight = model.transformer.wte.weight
+    autocast = torch.is_autocast_enabled(weight.device.type) and weight.dtype != torch.float64
+    return torch.get_autocast_dtype(weight.device.type) if autocast else weight.dtype
+
 def prefill(model, prompts, size, cache=None):
     """Left-pad the prompts into one (B, T) batch and run it through the model at once, filling a
     KV cache of `size` slots (a new one, or `cache` reused from an earlier call). -> (cache, logits
@@ -81,6 +89,28 @@ def prefill(model, prompts, size, cache=None):
         cache.slot = slot
     logits = model.lm_head(hidden[:, -1])  # (B, V): only the last position is needed, not (B, T, V)
     return cache, logits, positions[:, -1] + 1
+
+def autocast_copies(model):
+    """Under autocast, with weights in another dtype than its own (fp32 under bf16): {name: a copy in its dtype}
+    of every nn.Linear weight and bias, else {}. A CUDA graph replays autocast's casts of the weights at every
+    replay; the decode graph reads these instead (decode_step), refreshed once per generate call
+    (refresh_copies). The same values: autocast rounds to its dtype as .to() does."""
+    device_type = model.transformer.wte.weight.device.type
+    if not torch.is_autocast_enabled(device_type):
+        return {}
+    dtype = torch.get_autocast_dtype(device_type)
+    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    return {f"{name}.{key}": p.detach().to(dtype) for name, m in linears  # (autocast leaves float64 as it is)
+            for key, p in m.named_parameters(recurse=False) if p.dtype not in (dtype, torch.float64)}
+
+def refresh_copies(model, copies):
+    """Copy the model's current weights into autocast_copies' tensors, in place (a graph reads their memory)."""
+    if not copies:
+        return
+    params = dict(model.named_parameters(remove_duplicate=False))  # (with lm_head.weight, tied to wte)
+    with torch.no_grad():
+        for name, copy in copies.items():
+            copy.copy_(params[name])
 
 _decoders = {}  # the fast path's caches and CUDA graphs, kept for the next call of the same shape
 
@@ -112,6 +142,35 @@ def static_decoder(model, B, size):
 def release_decoders():
     """Free the kept caches and CUDA graphs (their memory), e.g. after an evaluation's large batch."""
     _decoders.clear()
+
+# -----------------------------------------------------------------------------
+# generate: its inputs checked, the model in eval mode, then prefill and decode
+
+def check_prompts(prompts, max_new_tokens, block_size, temperature=1.0, top_k=None, top_p=None):
+    """generate's inputs -> the longest prompt's length; a clear error for no prompts, an empty one,
+    no room, or a setting with no meaning (not a silent odd draw: a negative temperature inverts the odds)."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("generate needs a non-empty list of non-empty prompts")
+    if not (max_new_tokens >= 0 and 0 <= temperature < math.inf and (top_k is None or top_k >= 1)
+            and (top_p is None or 0 <= top_p <= 1)):
+        raise ValueError(f"generate needs max_new_tokens >= 0, a finite temperature >= 0, top_k >= 1 or None and "
+                         f"top_p in [0, 1] or None; got {max_new_tokens}, {temperature}, {top_k}, {top_p}")
+    longest = max(len(p) for p in prompts)
+    if longest + max_new_tokens > block_size:
+        raise ValueError(f"prompt of {longest} tokens + max_new_tokens={max_new_tokens} = "
+                         f"{longest + max_new_tokens} exceeds the model's block_size={block_size}")
+    return longest
+
+@contextmanager
+def eval_mode(model):
+    """model.eval() inside; then the mode it had before, also after an error (sampling must not leave a
+    model in training, or a trainer's model in eval mode: dropout silently off)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 @torch.no_grad()
 def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=None,

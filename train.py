@@ -1,7 +1,7 @@
 """
 The whole method in one loop: a cold-start SFT on worked traces, then REINFORCE with an exact
 reward. With no arguments it trains a small GPT from scratch, on the CPU, on a search task
-(rewards.PairsTask: try a pair, check its sum, try again) and prints how accuracy, length,
+(tasks.PairsTask: try a pair, check its sum, try again) and prints how accuracy, length,
 attempts and the model's own checks move together before, during and after RL.
 
     python train.py                                   # the default run
@@ -34,7 +34,8 @@ from model import GPT
 from reinforce import (AGGREGATIONS, BASELINES, LOSS_TYPES, length_penalty, linear_in_logprobs, reinforce_loss,
                        reinforce_weights, sft_weights, shape_rewards, token_logprobs, weighted_logprob_sum)
 from report import print_report
-from rewards import get_task, step_reward
+from rewards import step_reward
+from tasks import TASKS
 from sample import generate, release_decoders
 
 @dataclass
@@ -51,13 +52,14 @@ class TrainConfig:
     cuda_graphs: bool = True        # on CUDA: decode, SFT, fused RL steps as CUDA graphs (training: no DDP/compile)
     fused_update: bool = True       # RL loss linear in log π (plain REINFORCE): head gradient in the forward pass
     # task (rewards.py)
-    task: str = "pairs"             # pairs | arithmetic | gsm8k
-    numbers: int = 4                # pairs: how many numbers to search for the two that sum to the target
-    max_number: int = 9             # pairs: the numbers are drawn from 1..max_number
-    quit_max: float = 0.6           # pairs: the cold start quits after its k-th wrong attempt w.p. min(quit_max, k/4)
+    task: str = "pairs"             # pairs | countdown | arithmetic | gsm8k (tasks.py)
+    numbers: int = 4                # pairs, countdown: how many numbers are given
+    max_number: int = 9             # pairs, countdown: the numbers are drawn from 1..max_number
+    quit_max: float = 0.6           # pairs, countdown: the cold start quits after its k-th ✗ w.p. min(quit_max, k/4)
     digits: int = 4                 # arithmetic: digits of each operand (difficulty)
     data_path: str = ""             # gsm8k: a JSONL file with "question" and "answer" per line
-    cold_start: str = ""            # style of the SFT traces (pairs: search | unchecked | direct | free); "" = task default
+    cold_start: str = ""            # style of the SFT traces (the task's styles, e.g. pairs: search | unchecked |
+                                    # direct | free); "" = the task's first
     scratch_frac: float = 0.3       # arithmetic: share of cold-start traces that work step by step (the rest: direct)
     # model
     init_from: str = "scratch"      # scratch | resume | gpt2 (or gpt2-medium, ...) | a local Hugging Face directory
@@ -103,8 +105,8 @@ class TrainConfig:
     drop_zero_signal: bool = False  # leave groups with all-equal rewards out of the loss (DAPO)
     prioritized: bool = False       # sample training problems in proportion to 1 - success rate (Kimi k1.5)
     problem_pool: int = 2000        # prioritized: size of the fixed pool of training problems
-    honest_check_reward: float = 0.0     # process reward: + this per honest check, a perfect step judge (≤ 0.5 in all)
-    confident_check_reward: float = 0.0  # process reward: + this per ✓ written, true or not (a judge that can be fooled)
+    honest_check_reward: float = 0.0     # step reward: + this per honest check, a perfect judge (≤ 0.5 in all)
+    confident_check_reward: float = 0.0  # step reward: + this per ✓ written, true or not (a judge easy to fool)
 
 # -----------------------------------------------------------------------------
 # config checks (the --key=value parser is common.parse_config)
@@ -142,9 +144,10 @@ def check_config(cfg):
 STOP = {"requested": False}  # set by Ctrl-C (see the end of the file): finish the step, save, exit
 
 def make_task(cfg):
-    task_args = {"pairs": {"n_numbers": cfg.numbers, "max_number": cfg.max_number, "quit_max": cfg.quit_max},
-                 "arithmetic": {"digits": cfg.digits}, "gsm8k": {"path": cfg.data_path}}.get(cfg.task, {})
-    task = get_task(cfg.task, **task_args)
+    """The task --task names (tasks.TASKS: what a task is, and the one line that adds one), from cfg's fields."""
+    if cfg.task not in TASKS:
+        raise ValueError(f"unknown task {cfg.task!r}; valid names are: {', '.join(TASKS)}")
+    task = TASKS[cfg.task](cfg)
     if cfg.cold_start and cfg.cold_start not in task.styles:
         raise ValueError(f"--cold_start={cfg.cold_start} is not a style of --task={cfg.task}: {', '.join(task.styles)}")
     if (cfg.honest_check_reward or cfg.confident_check_reward) and not hasattr(task, "self_check_stats"):
@@ -344,6 +347,10 @@ def search_stats(task, texts, problems):
             "repeated_attempts": total["repeats"] / len(stats), "checks": total["checks"] / len(stats),
             "false_right_checks": total["false_right"] / len(stats)}
 
+def step_by_step(task, texts, key="step_by_step"):
+    """{key: the share of completions that work before they answer}, or {} for a task that cannot tell."""
+    return {key: sum(map(task.is_step_by_step, texts)) / len(texts)} if hasattr(task, "is_step_by_step") else {}
+
 @torch.no_grad()
 def evaluate(model, task, tokenizer, problems, cfg, ctx):
     """On held-out test problems: greedy accuracy, pass@k (k samples at the RL temperature), the
@@ -371,8 +378,7 @@ def evaluate(model, task, tokenizer, problems, cfg, ctx):
         "sample_length": sum(len(c) for c in sampled) / len(sampled),
         **search_stats(task, greedy_text, problems),
         **{f"sample_{key}": v for key, v in search_stats(task, sampled_text, sampled_problems).items()},
-        "step_by_step": sum(map(task.is_step_by_step, greedy_text)) / len(problems),
-        "sample_step_by_step": sum(map(task.is_step_by_step, sampled_text)) / len(sampled_text),
+        **step_by_step(task, greedy_text), **step_by_step(task, sampled_text, "sample_step_by_step"),
         "examples": [[p.prompt + text, r] for p, text, r in list(zip(problems, greedy_text, correct))[:20]],
         "eval_time": time.time() - t0,  # seconds: sampling (the most of it) and scoring
     }
@@ -447,7 +453,7 @@ class Run:
     rank: int
     device: str
     ctx: object                     # autocast context, a no-op in float32
-    task: object                    # rewards.py: problems, traces, exact rewards
+    task: object                    # tasks.py: problems, traces, exact rewards (rewards.py)
     tokenizer: object
     tokenizer_name: str
     model: GPT                      # the weights (what is saved and sampled from)
@@ -472,12 +478,17 @@ class Run:
 def held_out_problems(task, cfg):
     """cfg.eval_problems distinct test problems (a repeat would count twice), each drawn from its own
     seeded generator; a test split smaller than that (a small GSM8K file) is used whole."""
-    problems = {}  # prompt -> problem, in the order drawn
+    problems, last_new = {}, 0  # prompt -> problem, in the order drawn; the draw that found the last new one
     for i in range(20 * cfg.eval_problems):
         if len(problems) == cfg.eval_problems:
             break
+        if i - last_new > 2000 and not hasattr(task, "splits"):  # none new in 2,000 draws: the split is used up
+            raise ValueError(f"--eval_problems={cfg.eval_problems}: the test split of --task={cfg.task} gave "
+                             f"{len(problems)} distinct problems in {i:,} draws and no new one in the last 2,000; "
+                             f"ask for at most {len(problems)}")
         problem = task.sample("test", random.Random(f"{cfg.seed}/eval/{i}"))
-        problems.setdefault(problem.prompt, problem)
+        if problem.prompt not in problems:
+            problems[problem.prompt], last_new = problem, i
     return list(problems.values())
 
 def set_up(argv):
@@ -620,16 +631,15 @@ def log_rl_step(run, step, lr, problems, texts, correct, len_reward, process, me
     task, G = run.task, run.cfg.samples_per_prompt
     run.state["skipped"] += skipped
     record = {"step": step, "phase": "rl", "lr": lr, "accuracy": correct.mean().item(),
-              "step_by_step": sum(map(task.is_step_by_step, texts)) / len(texts),
-              **search_stats(task, texts, [p for p in problems for _ in range(G)]),
+              **step_by_step(task, texts), **search_stats(task, texts, [p for p in problems for _ in range(G)]),
               "length_reward": len_reward.mean().item(), "skipped": run.state["skipped"],
               **({"step_reward": process.mean().item()} if process is not None else {}),
               "sample_time": t_sample, "update_time": t_update, **metrics}
     if run.pool:
         record["sampling_weight_min"] = sampling_weights(run.success).min().item()
     log(run, record)
-    search = ({"tries": f"{record['attempts']:.1f}"} if "attempts" in record  # the self-check task: its attempts
-              else {"think": f"{record['step_by_step']:.2f}"})
+    search = ({"tries": f"{record['attempts']:.1f}"} if "attempts" in record  # a self-check task: its attempts
+              else {"think": f"{record['step_by_step']:.2f}"} if "step_by_step" in record else {})
     run.bar.set_postfix(acc=f"{record['accuracy']:.2f}", len=f"{metrics['len_mean']:.0f}", **search)
 
 def eval_due(cfg, step):

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Every GPU measurement of issue 10 in one go, about 7-8 minutes on one H100 or H200 (torch >= 2.11, transformers,
+# Every GPU measurement of docs/gpu.md in one go, about 7-8 minutes on one H100 or H200 (torch >= 2.11, transformers,
 # no network needed). Each table goes to its own file in $OUT, and summary.txt lists each command's
 # exit code and seconds. Every command has its own timeout, and none may run past BUDGET seconds
 # from the start (default 480), so one hang costs only its own slot. Most important first. Every table also goes
-# into $OUT/gpu_check.tgz (a device call may bring back only a few files); SKIP="name ..." leaves those out.
+# into $OUT/gpu_check.tgz (one file to copy back from a remote machine); SKIP="name ..." leaves those out.
 #
 #     OUT=/path/to/folder bash docs/gpu_check.sh
 #
@@ -15,7 +15,7 @@
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_out}
-PY=${PYTHON:-python3}  # (the GPU machines have python3, not always python)
+PY=${PYTHON:-python3}  # (some machines have python3 and no python)
 BUDGET=${BUDGET:-480}
 export PYTHONPATH=.  # the docs/ scripts import the repository's modules
 mkdir -p "$OUT"
@@ -98,8 +98,8 @@ run rl_trained 60 $PY bench.py rl --ckpt="$RUN/ckpt.pt" --steps=5
 run rl_trained_plain 60 $PY bench.py rl --ckpt="$RUN/ckpt.pt" --steps=5 --fused_update=false
 # the fused update without its graph (and decoding without the fast path): what the graph alone gives
 run rl_trained_fused_eager 60 $PY bench.py rl --ckpt="$RUN/ckpt.pt" --steps=5 --cuda_graphs=false
-# the same without cuDNN's attention (session 10: sampling took 2,031 ms per step in the row above, 68x the graph's;
-# the guess to test: a cuDNN attention plan is built for every new (rows, keys) shape of the plain loop)
+# the same without cuDNN's attention (docs/gpu.md: at 6a817a1 sampling took 2,031 ms per step in the row above, 68x
+# the graph's; the guess to test: a cuDNN attention plan is built for every new (rows, keys) shape of the plain loop)
 run rl_trained_fused_eager_no_cudnn 60 $PY -c "import sys, runpy, torch
 torch.backends.cuda.enable_cudnn_sdp(False)
 sys.argv = ['bench.py', 'rl', '--ckpt=$RUN/ckpt.pt', '--steps=5', '--cuda_graphs=false']
@@ -109,10 +109,10 @@ runpy.run_path('bench.py', run_name='__main__')"
 # torch.compile (capture and compile times in the warm-up column)
 run sft_eager_graph_compiled 150 $PY bench.py sft --steps=200 --warmup=10 --variants=eager,graph,compiled
 
-# 4. decoding (measured in session 3, after the decode graph): every bench.py sample size (fast, plain
+# 4. decoding: every bench.py sample size (fast, plain
 # loop, no-cache loop, Hugging Face)
 # float32 weights under bf16 autocast (train.py's CUDA default): the decode graph reads bf16 copies of the
-# Linears (new, unmeasured: first), then the sizes session 3 measured
+# Linears (first), then the other sizes
 run sample_gpt2_small_B1_autocast 90 $PY bench.py sample --gpt2_small=true --batch_size=1 --dtype=autocast
 run sample_gpt2_small_B1 90 $PY bench.py sample --gpt2_small=true --batch_size=1
 run sample_default 60 $PY bench.py sample
@@ -125,13 +125,13 @@ run logprobs_N16384 120 $PY bench.py logprobs --N=16384 --chunks=0,2048 --repeat
 
 # 6. where the time goes: a GPT-2-small decode step (B=1) and an SFT step of the default run
 run decode_breakdown 100 $PY docs/decode_breakdown.py
-run decode_breakdown_rl_size 60 $PY docs/decode_breakdown.py --rl_size  # (the size that was 4.5x Hugging Face before session 10)
+run decode_breakdown_rl_size 60 $PY docs/decode_breakdown.py --rl_size  # (about the RL size)
 run sft_breakdown 60 $PY docs/sft_breakdown.py
 run attention_variants 60 $PY docs/attention_variants.py  # the static step's attention: SDPA vs written out
 
-# 7. the GPU preset (README, "A preset that needs a GPU"): about 3 minutes more, which the default budget does not
-# leave after the rest: PRESET=1 with BUDGET=720 where one call may run that long; else run the README's preset
-# command as a device call of its own
+# 7. the GPU preset (docs/gpu.md, "A preset that needs a GPU"): about 3 minutes more, which the default budget does not
+# leave after the rest: PRESET=1 with BUDGET=720 where the machine may be held that long; else run docs/gpu.md's
+# preset command on its own
 if [ "${PRESET:-0}" = 1 ]; then
     run preset 300 $PY train.py --numbers=6 --max_number=20 --quit_max=0.3 --n_layer=6 --n_head=6 --n_embd=384 \
         --block_size=192 --max_new_tokens=168 --sft_steps=2000 --sft_batch_size=128 --sft_lr=1e-3 \
@@ -139,5 +139,5 @@ if [ "${PRESET:-0}" = 1 ]; then
 fi
 
 echo "done: tables in $OUT" | tee -a "$OUT/summary.txt"
-# the device tool brings back only a few files: all of them in one archive too
+# all of them in one archive too (one file to copy back)
 tar czf "$OUT/../gpu_check.tgz" --exclude=gpu_check.tgz -C "$OUT" . && mv "$OUT/../gpu_check.tgz" "$OUT/"

@@ -101,9 +101,9 @@ def test_sample_command_says_where_a_peers_rows_part_from_ours(monkeypatch, caps
 
 
 def test_fuzz_corpus_is_seeded_and_covers_every_kind():
-    corpus = bench.fuzz_corpus(18, seed=3)
-    assert corpus == bench.fuzz_corpus(18, seed=3)
-    assert len({kind for kind, _ in corpus}) == 9 and all(isinstance(text, str) for _, text in corpus)
+    corpus = bench.fuzz_corpus(20, seed=3)
+    assert corpus == bench.fuzz_corpus(20, seed=3)
+    assert len({kind for kind, _ in corpus}) == 10 and all(isinstance(text, str) for _, text in corpus)
 
 
 def test_rewards_command_prints_one_markdown_table():
@@ -111,7 +111,7 @@ def test_rewards_command_prints_one_markdown_table():
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     table = [line for line in done.stdout.splitlines() if line.startswith("|")]
-    assert table[0].startswith("| reward | calls/s") and len(table) == 2 + 4  # header, rule, 4 rewards
+    assert table[0].startswith("| reward | calls/s") and len(table) == 2 + 5  # header, rule, 5 rewards
 
 
 @pytest.mark.parametrize("update", [["--fused_update=false"], [], ["--kl_coef=0.05"]])  # []: the default, fused
@@ -387,17 +387,17 @@ def test_rewards_table_gives_the_median_pass_and_the_slowest_call_with_its_kind(
     u = 2**-10  # seconds
     calls = [1, 1, 1, 1, 10, 1, 2, 2, 2]  # 3 passes of 3 calls (3u, 12u, 6u: median 6u); slowest: 10u, kind b
     readings, now = [], 0.0
-    for dt in calls * 4:  # the same for each of the 4 rewards
+    for dt in calls * 5:  # the same for each of the 5 rewards
         readings += [now, now + dt * u]
         now += 1.0
     fake_clock(monkeypatch, readings)
     bench.bench_rewards(["--n=3", "--repeats=3"])
     rows = rows_of(capsys.readouterr().out)[2:]
-    assert len(rows) == 4 and all(row[1:] == ["512", f"{1e6 * 2 * u:.1f}", "9,766", "b"] for row in rows)
+    assert len(rows) == 5 and all(row[1:] == ["512", f"{1e6 * 2 * u:.1f}", "9,766", "b"] for row in rows)
 
 
 def test_fuzz_corpus_long_garbage_runs_from_ten_to_a_hundred_thousand_characters():
-    lengths = [len(text) for kind, text in bench.fuzz_corpus(90, seed=0) if kind == "long garbage"]
+    lengths = [len(text) for kind, text in bench.fuzz_corpus(100, seed=0) if kind == "long garbage"]
     assert len(lengths) == 10 and all(10_000 <= n <= 100_000 for n in lengths)
 
 

@@ -11,7 +11,7 @@ import common
 import train
 from common import check_numbers, get_tokenizer
 from model import GPT, GPTConfig
-from rewards import Problem
+from tasks import Problem
 
 
 def test_char_tokenizer_round_trips_text_and_has_end_of_text():
@@ -41,7 +41,7 @@ def test_gpt2_tokenizer_offline_is_a_clear_error(monkeypatch):
     def offline(name):
         raise ConnectionError("no network")
     monkeypatch.setattr(tiktoken, "get_encoding", offline)
-    with pytest.raises(RuntimeError, match="'gpt2' tokenizer needs its files"):
+    with pytest.raises(OSError, match="'gpt2' tokenizer needs its files"):
         get_tokenizer("gpt2")
 
 
@@ -150,12 +150,6 @@ def test_the_longest_cold_start_trace_needs_room_for_its_end_of_text():
         check_room(room_task("abc", trace="x" * 10), max_new_tokens=1, block_size=13)
 
 
-def test_generate_takes_a_prompt_that_exactly_fills_the_block_with_its_new_tokens():
-    assert common.check_prompts([[1] * 8, [2] * 3], 24, 32) == 8
-    with pytest.raises(ValueError, match="exceeds the model's block_size=32"):
-        common.check_prompts([[1] * 8], 25, 32)
-
-
 # the parser's conversions, and the device a name picks
 
 @pytest.mark.parametrize("text, value", [("true", True), ("True", True), ("YES", True), ("on", True), ("1", True),
@@ -186,13 +180,6 @@ def test_a_gpu_index_past_the_machines_last_gpu_is_refused(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # one GPU: cuda:0 only
     with pytest.raises(ValueError, match=r"--device=cuda:1, but there are 1 CUDA GPUs"):
         common.pick_device("cuda:1")
-
-
-@pytest.mark.parametrize("setting", [dict(temperature=0.0), dict(top_k=1), dict(top_p=0.0), dict(top_p=1.0),
-                                     dict(max_new_tokens=0)])
-def test_generate_takes_each_sampling_settings_least_and_greatest_meaningful_value(setting):
-    # temperature 0 and top_p 0 are greedy, top_k 1 too; top_p 1 keeps every token; 0 new tokens: nothing to do
-    assert common.check_prompts([[1, 2]], **{"max_new_tokens": 4, "block_size": 8, **setting}) == 2
 
 
 def test_a_count_flag_refuses_a_fraction_rather_than_rounding_it():

@@ -230,3 +230,30 @@ def test_report_refuses_a_summary_without_a_wall_time(tmp_path, missing):
     (tmp_path / "metrics.jsonl").write_text("")
     with pytest.raises(ValueError, match="is not a train.py summary"):
         report.main([f"--out_dir={tmp_path}"])
+
+
+def fake_summary(out_dir, seed, x):
+    """a finished run's summary.json whose evaluations are x (after SFT) and x + 0.5 (after RL), in every key"""
+    os.makedirs(out_dir)
+    evaluation = lambda v: {key: v for _, key, _ in report.SEED_ROWS}
+    summary = {"before": evaluation(x), "after": evaluation(x + 0.5), "config": {"seed": seed}, "sft_time": 1.0,
+               "rl_time": 1.0}
+    (out_dir / "summary.json").write_text(json.dumps(summary))
+    return str(out_dir)
+
+
+def test_the_seed_table_has_a_column_per_run_and_writes_the_numbers_it_shows(tmp_path, capsys):
+    runs = [fake_summary(tmp_path / f"s{seed}", seed, seed / 10) for seed in (1, 2)]
+    report.main([f"--runs={','.join(runs)}", f"--results={tmp_path / 'results.json'}"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| held-out (200 problems) | seed 1: after SFT → after RL | seed 2: after SFT → after RL |"
+    assert lines[2] == "| greedy accuracy | 0.100 → 0.600 | 0.200 → 0.700 |"
+    assert lines[4] == "| attempts, sampled | 0.10 → 0.60 | 0.20 → 0.70 |"  # two digits for attempts
+    assert len(lines) == 2 + len(report.SEED_ROWS)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert report.seed_table(results) == lines and results["2"]["after"]["accuracy"] == 0.7
+
+
+def test_the_seed_table_names_a_run_that_has_not_finished(tmp_path):
+    with pytest.raises(ValueError, match="unfinished/summary.json not found"):
+        report.main([f"--runs={tmp_path / 'unfinished'}"])

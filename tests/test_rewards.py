@@ -12,15 +12,15 @@ import re
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import rewards  # noqa: E402
-from rewards import (  # noqa: E402
-    ArithmeticTask, GSM8KTask, PairsTask, Problem, answers_match, exact_match, extract_answer, format_reward, get_task,
-    load_gsm8k, normalize_answer, pair_sum,
-)
+import tasks  # noqa: E402
+from rewards import answers_match, exact_match, extract_answer, format_reward, normalize_answer, pair_sum  # noqa: E402
+from tasks import ArithmeticTask, GSM8KTask, PairsTask, Problem, load_gsm8k  # noqa: E402
 
 GSM8K_TINY = Path(__file__).parent / "data" / "gsm8k_tiny.jsonl"
 HUGE_NUMBER = "7" * 10_000
@@ -249,7 +249,7 @@ def test_gsm8k_sample_draws_from_the_split_asked_for():
 
 def test_a_gsm8k_file_that_hashes_into_one_split_still_gives_both(tmp_path):
     rows = [{"question": f"How many is {i}?", "answer": f"{i} #### {i}"} for i in range(3)]
-    assert {rewards.split_of(row["question"]) for row in rows} == {"train"}  # (as most questions do)
+    assert {tasks.split_of(row["question"]) for row in rows} == {"train"}  # (as most questions do)
     path = tmp_path / "three.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     task = GSM8KTask(path)
@@ -378,11 +378,13 @@ def test_gsm8k_directory_names_the_path(tmp_path):
         GSM8KTask(tmp_path)
 
 
-def test_get_task_builds_each_task_and_refuses_unknown_names():
-    assert get_task("arithmetic", digits=2).name == "arithmetic"
-    assert get_task("gsm8k", path=GSM8K_TINY).name == "gsm8k"
-    with pytest.raises(ValueError, match="arithmetic, gsm8k"):
-        get_task("chess")
+def test_tasks_builds_each_task_from_the_config_fields_it_names():
+    cfg = SimpleNamespace(numbers=5, max_number=20, quit_max=0.3, digits=2, data_path=GSM8K_TINY)
+    built = {name: make(cfg) for name, make in tasks.TASKS.items()}
+    assert {name: task.name for name, task in built.items()} == {name: name for name in tasks.TASKS}
+    assert (built["pairs"].n_numbers, built["pairs"].max_number, built["pairs"].quit_max) == (5, 20, 0.3)
+    assert (built["countdown"].n_numbers, built["countdown"].max_number, built["countdown"].quit_max) == (5, 20, 0.3)
+    assert built["arithmetic"].digits == 2 and len(built["gsm8k"].splits["test"]) >= 1
 
 
 @pytest.mark.parametrize("make, message", [

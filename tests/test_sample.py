@@ -2,7 +2,6 @@
 import pytest
 import torch
 
-import common
 from model import GPT, GPTConfig, KVCache
 import sample
 from sample import generate, sample_next
@@ -198,6 +197,12 @@ def test_prompt_plus_new_tokens_longer_than_block_size_is_a_clear_error():
         generate(tiny_model(), [[1] * 40], 10)
 
 
+def test_generate_takes_a_prompt_that_exactly_fills_the_block_with_its_new_tokens():
+    assert sample.check_prompts([[1] * 8, [2] * 3], 24, 32) == 8
+    with pytest.raises(ValueError, match="exceeds the model's block_size=32"):
+        sample.check_prompts([[1] * 8], 25, 32)
+
+
 def test_empty_prompts_are_an_error():
     with pytest.raises(ValueError, match="non-empty"):
         generate(tiny_model(), [], 5)
@@ -213,11 +218,18 @@ def test_generate_refuses_a_sampling_setting_that_has_no_meaning(setting):
         generate(tiny_model(), [[1, 2]], **{"max_new_tokens": 4, **setting})
 
 
+@pytest.mark.parametrize("setting", [dict(temperature=0.0), dict(top_k=1), dict(top_p=0.0), dict(top_p=1.0),
+                                     dict(max_new_tokens=0)])
+def test_generate_takes_each_sampling_settings_least_and_greatest_meaningful_value(setting):
+    # temperature 0 and top_p 0 are greedy, top_k 1 too; top_p 1 keeps every token; 0 new tokens: nothing to do
+    assert sample.check_prompts([[1, 2]], **{"max_new_tokens": 4, "block_size": 8, **setting}) == 2
+
+
 @pytest.mark.parametrize("fast", [False, True])
 def test_a_float64_model_under_autocast_decodes_in_float64(fast):
     model = tiny_model().double()  # autocast leaves float64 as it is, so its cache must stay float64 too
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert common.cache_dtype(model) == torch.float64 and common.autocast_copies(model) == {}
+        assert sample.cache_dtype(model) == torch.float64 and sample.autocast_copies(model) == {}
         out = generate(model, [[1, 2, 3], [4]], 6, temperature=0, fast=fast)
     assert out == generate(model, [[1, 2, 3], [4]], 6, temperature=0, fast=fast)
 
@@ -296,7 +308,7 @@ def reuse_across_calls(device, ctx, bf16_on_cuda=False):
                 assert fast == plain
         outputs.append(fast)
     assert len(sample._decoders) == 1  # one capture, reused by the later calls
-    assert outputs[2] != outputs[1]  # the third call decoded with the changed weights
+    assert outputs[2] != outputs[1]  # the third generate decoded with the changed weights
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # bf16: through the Linear layers' copies
@@ -309,9 +321,9 @@ def test_under_autocast_the_decode_step_reads_low_precision_copies_of_the_linear
     model = tiny_model().eval()
     linears = {f"{n}.{k}" for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
                for k, _ in m.named_parameters(recurse=False)}
-    assert "lm_head.weight" in linears and common.autocast_copies(model) == {}  # none without autocast
+    assert "lm_head.weight" in linears and sample.autocast_copies(model) == {}  # none without autocast
     with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
-        copies = common.autocast_copies(model)
+        copies = sample.autocast_copies(model)
         assert set(copies) == linears and all(c.dtype == torch.bfloat16 for c in copies.values())
         logits = []
         for weights in (None, copies):  # two static steps each, from an empty cache

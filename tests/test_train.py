@@ -18,6 +18,7 @@ import torch
 
 import common
 import rewards
+import tasks
 import sample
 import train
 from model import GPT, GPTConfig
@@ -557,7 +558,7 @@ def test_optimizer_step_clips_the_global_gradient_norm_to_grad_clip(grad_clip):
 
 
 def test_evaluate_scores_scripted_completions_with_unbiased_pass_at_n(monkeypatch):
-    task = rewards.PairsTask()
+    task = tasks.PairsTask()
     problems = [task.sample("test", random.Random(i)) for i in (1, 2)]
     tokenizer = common.get_tokenizer("char")
     text = lambda s: common.encode(tokenizer, s) + [tokenizer.eot_token]
@@ -747,7 +748,7 @@ def test_pairs_run_reports_the_search_metrics_before_and_after_rl_and_at_every_e
 
 
 def test_search_stats_average_attempts_and_count_only_answers_and_checks():
-    from rewards import PairsTask, Problem
+    from tasks import PairsTask, Problem
     task = PairsTask()
     problem = Problem(prompt="3 8 1 6 9->14:", answer="14", info={"numbers": [3, 8, 1, 6, 9], "target": 14})
     texts = ["3+8=11✗,8+6=14✓ #### 8+6",  # 2 attempts, 2 true checks, answer after ✓
@@ -1016,11 +1017,11 @@ def test_held_out_problems_are_distinct():
     assert len(problems) == 200 and len({p.prompt for p in problems}) == 200
 
 
-def test_the_readmes_gpu_preset_command_runs_end_to_end_when_shrunk(tmp_path):
-    """The preset's flags, read from the README (so that the documented command cannot rot), on a
+def test_the_docs_gpu_preset_command_runs_end_to_end_when_shrunk(tmp_path):
+    """The preset's flags, read from docs/gpu.md (so that the documented command cannot rot), on a
     tiny model and a few steps: every flag exists, the task fits the block, SFT, RL and eval run."""
-    readme = open(os.path.join(ROOT, "README.md")).read()
-    block = readme.split("### A preset that needs a GPU")[1].split("```")[1]
+    doc = open(os.path.join(ROOT, "docs", "gpu.md")).read()
+    block = doc.split("## A preset that needs a GPU")[1].split("```")[1]
     flags = block.replace("\\\n", " ").split()
     assert flags[:2] == ["python", "train.py"] and "--numbers=6" in flags
     shrink = ["--n_layer=1", "--n_head=2", "--n_embd=16", "--sft_steps=2", "--sft_batch_size=4", "--rl_steps=1",
@@ -1066,7 +1067,7 @@ def test_training_draws_from_the_train_split_and_evaluation_from_the_test_split(
     _, fresh = train.choose_problems(SimpleNamespace(cfg=cfg, pool=[], task=task), random.Random(0))
     assert set(task.splits) == {"train"} and len(task.splits) == cfg.sft_batch_size + len(fresh)
     run_ = train.set_up(TINY + ["--prioritized=true", "--problem_pool=30", f"--out_dir={tmp_path}"])
-    split = lambda p: rewards.split_of(p.info["split_key"])
+    split = lambda p: tasks.split_of(p.info["split_key"])
     assert {split(p) for p in fresh + run_.pool} == {"train"} and {split(p) for p in run_.eval_problems} == {"test"}
 
 
@@ -1297,14 +1298,14 @@ AS_PAIRS = ["--task=pairs", "--block_size=96", "--max_new_tokens=60"]  # TINY on
 def test_step_rewards_are_off_by_default_and_none_is_added():
     cfg = common.parse_config(train.TrainConfig, [])
     assert cfg.honest_check_reward == cfg.confident_check_reward == 0.0
-    assert train.step_rewards(cfg, rewards.PairsTask(), ["3+8=11✗ #### 3+8"], [None]) is None
+    assert train.step_rewards(cfg, tasks.PairsTask(), ["3+8=11✗ #### 3+8"], [None]) is None
 
 
 def test_step_rewards_score_each_completion_against_its_own_problem():
     cfg = common.parse_config(train.TrainConfig, ["--samples_per_prompt=2", "--honest_check_reward=0.1"])
-    task = rewards.PairsTask()
-    problems = [rewards.Problem("3 8 1 6->14:", "14", {"numbers": [3, 8, 1, 6], "target": 14}),
-                rewards.Problem("3 8 1 6->11:", "11", {"numbers": [3, 8, 1, 6], "target": 11})]
+    task = tasks.PairsTask()
+    problems = [tasks.Problem("3 8 1 6->14:", "14", {"numbers": [3, 8, 1, 6], "target": 14}),
+                tasks.Problem("3 8 1 6->11:", "11", {"numbers": [3, 8, 1, 6], "target": 11})]
     texts = ["3+8=11✗ #### 3+8", "8+6=14✓ #### 8+6", "3+8=11✗ #### 3+8", "3+8=11✓ #### 3+8"]
     # 3+8=11✗ is honest for target 14, dishonest for 11; 3+8=11✓ is honest for 11
     torch.testing.assert_close(train.step_rewards(cfg, task, texts, problems), torch.tensor([0.1, 0.1, 0.0, 0.1]))
