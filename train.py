@@ -51,7 +51,7 @@ class TrainConfig:
     compile: bool = False           # torch.compile the training forward pass
     cuda_graphs: bool = True        # on CUDA: decode, SFT, fused RL steps as CUDA graphs (training: no DDP/compile)
     fused_update: bool = True       # RL loss linear in log π (plain REINFORCE): head gradient in the forward pass
-    # task (rewards.py)
+    # task (tasks.py)
     task: str = "pairs"             # pairs | countdown | arithmetic | gsm8k (tasks.py)
     numbers: int = 4                # pairs, countdown: how many numbers are given
     max_number: int = 9             # pairs, countdown: the numbers are drawn from 1..max_number
@@ -419,10 +419,11 @@ def main(argv):
         # 2. rollout: G completions per problem from the KV-cached sampler, each scored exactly
         generator = torch.Generator(device=run.device).manual_seed(rng.getrandbits(62))
         prompts, completions, texts, correct, t_sample = rollout(model, task, tokenizer, problems, cfg, generator, ctx)
-        # 3. rewards r: 1 if right, else wrong_reward (0 or -1); + the Kimi k1.5 length reward (a variant, 0 if off)
+        # 3. rewards r: 1 if right, else wrong_reward (0 or -1); + the Kimi k1.5 length reward and the step
+        #    rewards for checks (variants, off by default)
         len_reward = length_reward(cfg, step, completions, correct, group_ids)  # (B,)
         rewards = shape_rewards(correct, cfg.wrong_reward) + len_reward  # (B,)
-        process = step_rewards(cfg, task, texts, problems)  # (B,) per-check rewards (a variant), None if off
+        process = step_rewards(cfg, task, texts, problems)  # (B,) or None
         rewards = rewards if process is None else rewards + process
         remember_success(run, chosen, correct)
         # 4. advantages A = r - b and the REINFORCE update, loss = -sum_t A log pi(y_t) / norm
