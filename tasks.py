@@ -4,7 +4,8 @@ The tasks: problems with disjoint train/test splits, cold-start traces, and the 
 --task=NAME and train.py's config into one. Adding a task is a class and one line there
 (docs/your_task.md walks through one).
 
-What a task is: the members train.py, report.py, bench.py and ablate.py use, and nothing else.
+What a task is: the members train.py (with its set-up checks in common.py), report.py, bench.py and
+ablate.py use, and nothing else.
   Required
     name: str                                  what --task=NAME calls it
     styles: tuple[str, ...]                    its cold-start trace styles; styles[0] is the default
