@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import train
 from common import (autocast_context, check_completion_room, check_numbers, get_tokenizer, load_checkpoint,
                     model_from_checkpoint, parse_config, pick_device, read_log)
+from report import read_summary
 
 # name -> (cold-start trace style, train.py RL options on top of the default config)
 COLD_START = {
@@ -123,11 +124,8 @@ def run_variants(cfg, variants, shared_args):
     run_all([[*shared_args, f"--out_dir={run_dir(name, seed)}", "--init_from=resume", f"--rl_steps={cfg.rl_steps}",
               f"--eval_every={cfg.eval_every}", *options] for seed in seeds for name, (_, options) in variants.items()],
             cfg.jobs)
-    def summary(out):
-        with open(os.path.join(out, "summary.json")) as f:
-            return json.load(f)
-    return ({style: [summary(sft_dir(style, seed)) for seed in seeds] for style in styles},
-            {name: [summary(run_dir(name, seed)) for seed in seeds] for name in variants})
+    return ({style: [read_summary(sft_dir(style, seed)) for seed in seeds] for style in styles},
+            {name: [read_summary(run_dir(name, seed)) for seed in seeds] for name in variants})
 
 
 def main(argv):
@@ -156,8 +154,8 @@ def main(argv):
     pass_k = next(k for k in first["after"] if k.startswith("pass@"))
     print(f"\nheld-out {first['config']['eval_problems']} problems, {cfg.rl_steps} RL steps after "
           f"{cfg.sft_steps} SFT steps, seeds 1..{cfg.seeds} (mean ± half-range); total {time.time() - t_start:.0f} s\n")
-    if cfg.table in ("structure", "process"):
-        print_long_table(cfg, variants, sft, results, harder)
+    if cfg.table in LONG_COLUMNS:
+        print_long_table(cfg, variants, sft, results, harder, pass_k)
         return
     keys = ["accuracy", "sample_accuracy", pass_k, "sample_length"]
     names = ["greedy accuracy", "sampled accuracy", pass_k, "sampled length"]
@@ -218,10 +216,9 @@ CURVES = [("greedy accuracy", "accuracy"), ("sampled accuracy", "sample_accuracy
           ("✓ on a wrong attempt (sampled)", "sample_false_right_checks")]
 
 
-def print_long_table(cfg, variants, sft, results, harder):
+def print_long_table(cfg, variants, sft, results, harder, pass_k):
     """structure and process: the final table (after SFT, after RL, and on the harder task if any), then the
     held-out curves, each value the mean over seeds, and their picture, <out_dir>/<table>.png."""
-    pass_k = next(k for k in next(iter(results.values()))[0]["after"] if k.startswith("pass@"))
     columns = [(label.replace("pass@k", pass_k), key.replace("pass@k", pass_k)) for label, key in LONG_COLUMNS[cfg.table]]
     extra = [(f"{label}, harder task", key) for label, key in HARDER_COLUMNS] if harder else []
     print("| variant | " + " | ".join(label for label, _ in columns + extra) + " | RL wall time (s) |")

@@ -128,6 +128,14 @@ class ArithmeticTask:
 
 _CHECKED = re.compile(r"([0-9]{1,3}\+[0-9]{1,3})=([0-9]{1,4})([✓✗])")  # "8+6=14✓"
 
+def attempts_and_answer(completion: str) -> tuple[list[str], dict]:
+    """A search completion ("a,b,c #### answer") -> its comma-separated attempts (everything when it states no
+    answer), and {"answered": whether it does, "after_fail": whether that answer follows the model's own ✗}."""
+    head, marker, _ = completion.rpartition("####")
+    parts = [p.strip() for p in (head if marker else completion).split(",")]
+    return parts, {"answered": bool(marker),
+                   "after_fail": bool(marker) and head.replace(",", " ").rstrip().endswith(CHECK_WRONG)}
+
 class PairsTask:
     """Countdown-lite, the default task: which two of the given numbers add up to the target?
         "5 4 8 3->11:" -> "5+4=9✗,5+8=13✗,5+3=8✗,4+8=12✗,4+3=7✗,8+3=11✓ #### 8+3"
@@ -203,8 +211,7 @@ class PairsTask:
         (confident) and ✓ written on an attempt that does not solve it (false_right), repeats (attempts of
         a pair of values more often than the given numbers hold that pair), and whether the answer came
         right after the model's own ✗."""
-        head, marker, _ = completion.rpartition("####")
-        parts = [p.strip() for p in (head if marker else completion).split(",")]
+        parts, answer = attempts_and_answer(completion)
         attempts = checks = honest = confident = false_right = 0
         tried = Counter()  # (a, b) with a <= b -> times tried
         for part in parts:
@@ -221,14 +228,16 @@ class PairsTask:
             confident, false_right = confident + says_right, false_right + (says_right and not solves)
         given = Counter(tuple(sorted(p)) for p in itertools.combinations(problem.info["numbers"], 2))
         return {"attempts": attempts, "checks": checks, "honest": honest, "confident": confident,
-                "false_right": false_right, "repeats": sum(max(0, n - given[p]) for p, n in tried.items()),
-                "answered": bool(marker),
-                "after_fail": bool(marker) and head.replace(",", " ").rstrip().endswith(CHECK_WRONG)}
+                "false_right": false_right, "repeats": sum(max(0, n - given[p]) for p, n in tried.items()), **answer}
 
 _CHAIN = re.compile(r"([0-9]{1,6})((?:[-+*/][0-9]{1,6}=[0-9]{1,7})+)([✓✗])")  # "3+5=8*7=56✗"
 _CHAIN_STEP = re.compile(r"([-+*/])([0-9]{1,6})=([0-9]{1,7})")                  # "*7=56"
 _OPERATIONS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
                "/": lambda a, b: a // b if b and a % b == 0 else None}  # exact division only
+
+def chain_text(values: list[int], steps: list[tuple[str, int]]) -> str:
+    """A chain as the search writes it, each intermediate value after its step: "3+5=8*7=56" (no verdict)."""
+    return str(values[0]) + "".join(f"{op}{number}={value}" for (op, number), value in zip(steps, values[1:]))
 
 def chain_expression(first: int, steps: list[tuple[str, int]]) -> str:
     """A chain applied left to right, as an expression with the parentheses it needs: 3, [+5, *7] -> "(3+5)*7"."""
@@ -304,16 +313,12 @@ class CountdownTask:
             if len(attempts) == wrong:
                 break
             chain = self._chain(numbers, rng)
-            if chain is None or chain[0][-1] == target:
-                continue  # a dead end is not written; a right chain comes last
-            written = str(chain[0][0]) + "".join(f"{op}{n}={v}" for (op, n), v in zip(chain[1], chain[0][1:]))
-            if written + CHECK_WRONG in (a for a, _ in attempts):
-                continue  # never the same chain twice
-            attempts.append((written + CHECK_WRONG, chain_expression(chain[0][0], chain[1])))
+            if chain is None or chain[0][-1] == target or chain_text(*chain) + CHECK_WRONG in attempts:
+                continue  # a dead end is not written, nor the same chain twice; a right chain comes last
+            attempts.append(chain_text(*chain) + CHECK_WRONG)
             if rng.random() < min(self.quit_max, self.quit_step * len(attempts)):
-                return ",".join(a for a, _ in attempts) + f" #### {attempts[-1][1]}"  # gives up on a wrong one
-        right = str(values[0]) + "".join(f"{op}{n}={v}" for (op, n), v in zip(steps, values[1:])) + CHECK_RIGHT
-        return ",".join([a for a, _ in attempts] + [right]) + f" #### {answer}"
+                return ",".join(attempts) + f" #### {chain_expression(chain[0][0], chain[1])}"  # gives up on it
+        return ",".join(attempts + [chain_text(values, steps) + CHECK_RIGHT]) + f" #### {answer}"
 
     def longest_trace(self) -> str:
         """As long as a cold-start trace can be: MAX_WRONG + 1 chains of the widest numbers and values."""
@@ -332,11 +337,11 @@ class CountdownTask:
         """As PairsTask's: attempts (chains), checks (each chain ends in a verdict), honest ones (every value
         true, the given numbers used at most once, ✓ exactly when the last value is the target), ✓ written,
         ✓ on a chain that misses the target, repeats (the same chain again), an answer after the model's ✗."""
-        head, marker, _ = completion.rpartition("####")
+        parts, answer = attempts_and_answer(completion)
         numbers, target = problem.info["numbers"], problem.info["target"]
         attempts = honest = confident = false_right = repeats = 0
         seen = set()
-        for part in (p.strip() for p in (head if marker else completion).split(",")):
+        for part in parts:
             chain = _CHAIN.fullmatch(part)
             if chain is None:
                 continue
@@ -351,8 +356,7 @@ class CountdownTask:
             honest += true and fair and says_right == hits
             confident, false_right = confident + says_right, false_right + (says_right and not hits)
         return {"attempts": attempts, "checks": attempts, "honest": honest, "confident": confident,
-                "false_right": false_right, "repeats": repeats, "answered": bool(marker),
-                "after_fail": bool(marker) and head.replace(",", " ").rstrip().endswith(CHECK_WRONG)}
+                "false_right": false_right, "repeats": repeats, **answer}
 
 def load_gsm8k(path) -> list[dict]:
     """Rows {"question", "answer"} of a GSM8K-format JSONL file; the answer ends in "#### N".
