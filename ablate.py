@@ -6,6 +6,7 @@ The ablation tables: what each piece of the method does, in one command, 3 seeds
     python ablate.py --table=recipe --train_args="--task=arithmetic"   # REINFORCE variants (baselines, Kimi, DAPO)
     python ablate.py --table=structure        # pairs tried in the order given vs in an order of its own, 300 RL steps
     python ablate.py --table=process          # outcome reward vs + a step reward (exact judge, or one that trusts ✓)
+    python ablate.py --table=deep             # a deep search (--task=walk) vs answering at once, at equal tokens
     python ablate.py --seeds=1 --rl_steps=10  # a quicker look
 
 For each seed and cold-start style, one SFT run (train.py with rl_steps=0) is shared by every
@@ -58,18 +59,26 @@ PROCESS = {  # the same cold start; rewards for the steps on top of the final an
     "+ exact step reward: 0.1 per honest check": ("search", ["--honest_check_reward=0.1"]),
     "+ proxy step reward: 0.1 per ✓ written": ("search", ["--confident_check_reward=0.1"]),
 }
-TABLES = {"cold_start": COLD_START, "recipe": RECIPE, "structure": STRUCTURE, "process": PROCESS}
+DEEP = {  # the walk task: a search that catches each wrong move a letter later, against answering at once
+    "search with checks (default)": ("search", []),
+    "search, checks removed (same moves)": ("unchecked", []),
+    "no search: answer only": ("direct", []),
+}
+TABLES = {"cold_start": COLD_START, "recipe": RECIPE, "structure": STRUCTURE, "process": PROCESS, "deep": DEEP}
 # what a table asks of its runs beyond train.py's defaults: RL steps, RL steps between evaluations (its curves),
 # options every run shares (block_size 128: room for a 5-number search from the start, so structure and process
 # share their cold starts), and a harder task each final policy is also evaluated on (never trained on)
 SETTINGS = {"structure": {"rl_steps": 300, "eval_every": 25, "shared": ["--block_size=128"],
                           "harder": ["--numbers=5", "--max_new_tokens=112"]},
-            "process": {"rl_steps": 100, "eval_every": 10, "shared": ["--block_size=128"]}}
+            "process": {"rl_steps": 100, "eval_every": 10, "shared": ["--block_size=128"]},
+            "deep": {"rl_steps": 100, "eval_every": 20, "equal_tokens": True,
+                     "shared": ["--task=walk", "--numbers=6", "--max_number=5", "--block_size=144",
+                                "--max_new_tokens=128"]}}
 
 
 @dataclass
 class AblationConfig:
-    table: str = "cold_start"    # cold_start | recipe | structure | process
+    table: str = "cold_start"    # cold_start | recipe | structure | process | deep
     out_dir: str = "out/ablate"  # one folder per (cold start, seed) and per (variant, seed)
     seeds: int = 3               # seeds 1..seeds
     rl_steps: int = 0            # RL budget of every variant (0 = the table's: 300 for structure, else train.py's)
@@ -207,7 +216,10 @@ LONG_COLUMNS = {
     "process": [("greedy accuracy", "accuracy"), ("sampled accuracy", "sample_accuracy"),
                 ("attempts (sampled)", "sample_attempts"), ("checks (sampled)", "sample_checks"),
                 ("honest checks (sampled)", "sample_honest_check_share"),
-                ("✓ on a wrong attempt (sampled)", "sample_false_right_checks"), ("sampled length", "sample_length")]}
+                ("✓ on a wrong attempt (sampled)", "sample_false_right_checks"), ("sampled length", "sample_length")],
+    "deep": [("greedy accuracy", "accuracy"), ("sampled accuracy", "sample_accuracy"), ("pass@k", "pass@k"),
+             ("steps (sampled)", "sample_attempts"), ("backtracks (sampled)", "sample_backtracks"),
+             ("honest checks (sampled)", "sample_honest_check_share"), ("sampled length", "sample_length")]}
 HARDER_COLUMNS = [("greedy accuracy", "accuracy"), ("sampled accuracy", "sample_accuracy"),
                   ("attempts (sampled)", "sample_attempts"), ("repeated attempts (sampled)", "sample_repeated_attempts")]
 CURVES = [("greedy accuracy", "accuracy"), ("sampled accuracy", "sample_accuracy"),
@@ -221,14 +233,19 @@ def print_long_table(cfg, variants, sft, results, harder, pass_k):
     held-out curves, each value the mean over seeds, and their picture, <out_dir>/<table>.png."""
     columns = [(label.replace("pass@k", pass_k), key.replace("pass@k", pass_k)) for label, key in LONG_COLUMNS[cfg.table]]
     extra = [(f"{label}, harder task", key) for label, key in HARDER_COLUMNS] if harder else []
+    equal_tokens = SETTINGS[cfg.table].get("equal_tokens", False)  # + best-of-n at the first variant's tokens
+    if equal_tokens:
+        extra.append(("best-of-n at the first variant's sampled tokens", None))
     print("| variant | " + " | ".join(label for label, _ in columns + extra) + " | RL wall time (s) |")
     print("|---" * (len(columns) + len(extra) + 2) + "|")
     for style, runs in sft.items():
         print(f"| after SFT only ({style} cold start) | " + " | ".join(cell([r["before"][k] for r in runs])
                                                                       for _, k in columns) + " |" + " - |" * (len(extra) + 1))
+    first_tokens = [r["after"]["sample_length"] for r in next(iter(results.values()))]
     for name, runs in results.items():
         cells = [cell([r["after"][k] for r in runs]) for _, k in columns]
-        cells += [cell([h[k] for h in harder[name]]) for _, k in extra]
+        cells += [cell([h[k] for h in harder[name]]) for _, k in extra if k is not None]
+        cells += [equal_token_accuracy(runs, first_tokens)] if equal_tokens else []
         print(f"| {name} | " + " | ".join(cells + [cell([r["rl_time"] for r in runs], 0)]) + " |")
     if harder:
         print(f"\nharder task: the final policies on held-out problems of train.py "

@@ -10,6 +10,8 @@ traces) are in tasks.py.
     exact_match(completion, "72")                       GSM8K, arithmetic: the final answer equals the reference
     pairs_reward(completion, [5, 4, 8, 3], 11)          "#### 8+3": two given numbers that sum to the target
     countdown_reward(completion, [3, 5, 7, 2], 54)      "<answer>(3+5)*7-2</answer>", read by our own parser
+    walk_reward(completion, 1, [4, 1, 5, 5, 4, 2])      "#### 1+4+1-5+5-4-2": signs that keep a walk in 0..9, ending at 0
+    maze_reward(completion, 2, doors, 6)                "#### 2-+++-+": doors that exist, from room 2 to room 0
     step_reward(stats, per_honest_check=0.1)            a process reward (a variant, measured in ablate.py)
 
     python -m pytest -q tests/test_rewards.py
@@ -206,6 +208,46 @@ def pairs_reward(completion: str, numbers: list[int], target: int) -> float:
     Only the final answer counts: the checks written before it never do."""
     answer = extract_answer(completion)
     return 1.0 if answer is not None and pair_solves(answer, numbers, target) else 0.0
+
+_WALK_ANSWER = re.compile(r"[0-9](?:[+-][0-9])+")  # "1+4+1-5+5-4-2": a start digit, then a sign before each digit
+
+def walk_values(start: int, moves: list[tuple[str, int]]) -> list[int]:
+    """The running values of a walk: start, then each move's "+"/"-" digit in turn."""
+    values = [start]
+    for sign, digit in moves:
+        values.append(values[-1] + digit if sign == "+" else values[-1] - digit)
+    return values[1:]
+
+def walk_solves(expression: str, start: int, digits: list[int], top: int = 9, end: int = 0) -> bool:
+    """Is expression the start, then every given digit in order with a sign, its running value never
+    outside 0..top and its last value end? (Short by construction: a final answer is at most 200 characters.)"""
+    expression = expression.replace(" ", "")
+    if not _WALK_ANSWER.fullmatch(expression) or int(expression[0]) != start:
+        return False
+    moves = [(sign, int(digit)) for sign, digit in zip(expression[1::2], expression[2::2])]
+    if [digit for _, digit in moves] != list(digits):
+        return False
+    values = walk_values(start, moves)
+    return all(0 <= v <= top for v in values) and values[-1] == end
+
+def walk_reward(completion: str, start: int, digits: list[int]) -> float:
+    """1.0 if the completion's final answer is a walk that solves the problem (walk_solves), else 0.0."""
+    answer = extract_answer(completion)
+    return 1.0 if answer is not None and walk_solves(answer, start, digits) else 0.0
+
+def maze_reward(completion: str, start: int, doors: list[list], n_moves: int) -> float:
+    """1.0 if the completion's final answer is the start room, then n_moves doors ("2-+++-+") that exist and
+    lead from it to room 0 (doors[room] = [the + door's room or None, the - door's]), else 0.0."""
+    answer = (extract_answer(completion) or "").replace(" ", "")
+    if not (len(answer) == n_moves + 1 and answer[0].isdigit() and int(answer[0]) == start
+            and set(answer[1:]) <= {"+", "-"}):
+        return 0.0
+    room = start
+    for sign in answer[1:]:
+        room = doors[room][0 if sign == "+" else 1]
+        if room is None:
+            return 0.0
+    return 1.0 if room == 0 else 0.0
 
 STEP_REWARD_CAP = 0.5  # a completion's step rewards add up to at most this: less than a right answer's 1
 

@@ -17,7 +17,7 @@ ablate.py use, and nothing else.
     self_check_stats(completion, problem) -> dict   the search metrics (attempts, answers after own ✗,
                                                honest checks, repeats, ...) and the step rewards; keys:
                                                attempts, checks, honest, confident, false_right, repeats,
-                                               answered, after_fail
+                                               answered, after_fail (and backtracks, where a search backs up)
     longest_trace() -> str                     the longest cold-start trace there can be: train.py checks
                                                before SFT that it fits the block
     splits: {"train": [...], "test": [...]}    a fixed data set: held-out problems come from it whole
@@ -26,6 +26,8 @@ A Problem is a prompt, its reference answer, and task-specific info (numbers, ta
 
     pairs       "5 4 8 3->11:" -> "5+4=9✗,5+8=13✗,...,8+3=11✓ #### 8+3"  (default: search with self-checks)
     countdown   "3 5 7->32:" -> "3+5=8*7=56✗,5*7=35-3=32✓ #### 5*7-3"     (reach the target with + - * /)
+    walk        "1|a4b1c5d5e4f2:" -> "a1+4=5✓,b5+1=6✓,c6+5=11✗,c6-5=1✓,... #### 1+4+1-5+5-4-2"  (deep search: backs up)
+    maze        "0:3x 1:27 ... 9:x7|2:" -> "a2+x✗,a2-8✓,b8+5✓,... #### 2-+++-+"  (deep search on look-ups)
     arithmetic  "347+685=" -> "0+7+5=12,1+4+8=13,1+3+6=10 #### 1032"  (the scratchpad demo)
     gsm8k       grade-school word problems from a GSM8K-format JSONL file
 
@@ -42,7 +44,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from rewards import (CHECK_RIGHT, CHECK_WRONG, _find_last_answer, countdown_reward, exact_match, extract_answer,
-                     normalize_answer, pair_solves, pair_sum, pairs_reward)
+                     normalize_answer, maze_reward, pair_solves, pair_sum, pairs_reward,
+                     walk_reward)
 
 TEST_FRACTION = 0.1  # share of problems held out for evaluation
 
@@ -358,6 +361,226 @@ class CountdownTask:
         return {"attempts": attempts, "checks": attempts, "honest": honest, "confident": confident,
                 "false_right": false_right, "repeats": repeats, **answer}
 
+LETTERS = "abcdefghijkl"  # the moves' names, in the prompt (walk) and in every step
+
+def depth_first(start: int, n_moves: int, move) -> tuple[list[tuple], bool]:
+    """Depth-first search for n_moves moves from start, + before -. move(value, i, sign) -> (the value the
+    i-th move reaches, or None where there is no such move; whether it passes its check). -> the steps tried,
+    (i, from, sign, to, passes) each, and whether a way was found (then its last passing step per i is it)."""
+    steps = []
+    def go_on(value, i):
+        if i == n_moves:
+            return True
+        for sign in "+-":
+            to, passes = move(value, i, sign)
+            steps.append((i, value, sign, to, passes))
+            if passes and go_on(to, i + 1):
+                return True
+        return False
+    return steps, go_on(start, 0)
+
+def deep_search(start: int, n_moves: int, move, max_steps: int, min_decisions: int) -> tuple[list, list] | None:
+    """(steps, the way found) when depth_first finds a way in at most max_steps steps, never backs up more than
+    one move at once, and the way has at least min_decisions moves (before the last) where both moves pass:
+    a choice whose wrong side is found out only later. Else None."""
+    steps, found = depth_first(start, n_moves, move)
+    if not found or len(steps) > max_steps or any(b[0] < a[0] - 1 for a, b in zip(steps, steps[1:])):
+        return None
+    way = list({step[0]: step for step in steps if step[4]}.values())  # the last passing step of each move
+    decisions = sum(move(value, i, "+")[1] and move(value, i, "-")[1] for i, value, _, _, _ in way[:-1])
+    return (steps, way) if decisions >= min_decisions else None
+
+def deep_search_stats(completion: str, step_pattern, move_pattern, n_moves: int, truth) -> dict:
+    """self_check_stats of a walk or maze completion: steps written (attempts), checks, honest checks (truth(step
+    match) -> (its check is honest, it passes)), ✓ written and ✓ on a failing step, repeats (the same move from
+    the same value twice), backtracks (a step at an earlier move than the step before it), and whether the
+    answer came right after the model's own ✗."""
+    parts, answer = attempts_and_answer(completion)
+    attempts = checks = honest = confident = false_right = backtracks = 0
+    tried, previous = Counter(), None
+    for part in parts:
+        checked = step_pattern.fullmatch(part)
+        move = checked or move_pattern.fullmatch(part)
+        if move is None or LETTERS.index(move[1]) >= n_moves:
+            continue
+        i = LETTERS.index(move[1])
+        attempts, backtracks, previous = attempts + 1, backtracks + (previous is not None and i < previous), i
+        if checked is None:
+            continue
+        is_honest, passes = truth(checked)
+        says_right = checked.group(checked.lastindex) == CHECK_RIGHT
+        tried[(i, checked[2], checked[3])] += 1
+        checks, honest = checks + 1, honest + is_honest
+        confident, false_right = confident + says_right, false_right + (says_right and not passes)
+    return {"attempts": attempts, "checks": checks, "honest": honest, "confident": confident,
+            "false_right": false_right, "repeats": sum(n - 1 for n in tried.values()), "backtracks": backtracks,
+            **answer}
+
+def deep_search_trace(problem: Problem, style: str, step_text, move_text=lambda i, sign: f"{LETTERS[i]}{sign}") -> str:
+    """A walk or maze trace: "search" (every step tried), "unchecked" (the same moves alone), "path" (the way's
+    steps alone), "direct" (the answer alone)."""
+    if style == "direct":
+        return "#### " + problem.answer
+    steps = problem.info["way" if style == "path" else "steps"]
+    if style == "unchecked":
+        text = [move_text(i, sign) for i, _, sign, _, _ in steps]
+    else:
+        text = [step_text(i, value, sign, to) + (CHECK_RIGHT if passes else CHECK_WRONG)
+                for i, value, sign, to, passes in steps]
+    return ",".join(text) + " #### " + problem.answer
+
+_WALK_STEP = re.compile(r"([a-l])([0-9])([+-])([0-9])=(-?[0-9]{1,2})([✓✗])")  # "c6-5=1✓": letter, from, move, to, check
+_WALK_MOVE = re.compile(r"([a-l])([+-])([0-9])")                           # "c-5": the move alone
+
+class WalkTask:
+    """A deep search on arithmetic: from the start value, add or subtract each given digit in turn so that the
+    running value never leaves 0..9 and ends at 0.
+        "1|a4b1c5d5e4f2:" -> "a1+4=5✓,b5+1=6✓,c6+5=11✗,c6-5=1✓,d1+5=6✓,e6+4=10✗,e6-4=2✓,f2+2=4✗,f2-2=0✓ #### 1+4+1-5+5-4-2"
+    A step names its digit's letter, the value it starts from, the move and the value it reaches, then its
+    check: ✗ when the value leaves 0..9 (or the last one is not 0), else ✓. Every check is local (one
+    single-digit sum), but a move can pass its check and still be wrong: both moves of the next digit then
+    fail, and the search backs up one letter and takes the other move there ("d6+3=9✓,e9+5=14✗,e9-5=4✗,d6-3=3✓").
+    Problems are drawn as deep_search says (at least min_decisions real choices, backing up one letter at a
+    time, at most 2 steps per digit). Styles: "search" (the whole search, every check), "unchecked" (the same
+    moves, without values and checks), "direct" (the answer alone), "path" (the way's steps: working, no search).
+    What it shows (docs/results.md): the default model computes these running values in its head, so the
+    direct answer is as good as the search: deep, but not deep enough for it."""
+    name = "walk"
+    styles = ("search", "unchecked", "direct", "path")
+
+    def __init__(self, n_digits: int = 6, max_digit: int = 5, min_decisions: int = 3):
+        if not (3 <= n_digits <= len(LETTERS) and 2 <= max_digit <= 9 and 0 <= min_decisions < n_digits):
+            raise ValueError(f"n_digits must be in 3..{len(LETTERS)}, max_digit in 2..9 and min_decisions in "
+                             f"0..n_digits-1, got {n_digits}, {max_digit}, {min_decisions}")
+        self.n_digits, self.max_digit, self.min_decisions = n_digits, max_digit, min_decisions
+        self.max_steps = 2 * n_digits
+
+    @staticmethod
+    def mover(digits: list[int]):
+        """The walk's move(value, i, sign) for depth_first: value ± the i-th digit, in 0..9 (and 0 at the end)."""
+        def move(value, i, sign):
+            to = value + digits[i] if sign == "+" else value - digits[i]
+            return to, 0 <= to <= 9 and (i < len(digits) - 1 or to == 0)
+        return move
+
+    def _make(self, rng: random.Random) -> Problem:
+        for _ in range(100_000):
+            start, digits = rng.randint(0, 9), [rng.randint(1, self.max_digit) for _ in range(self.n_digits)]
+            found = deep_search(start, self.n_digits, self.mover(digits), self.max_steps, self.min_decisions)
+            if found:
+                break
+        else:
+            raise ValueError(f"{self.n_digits} digits from 1..{self.max_digit} almost never make a walk with "
+                             f"{self.min_decisions} decisions: use more digits or a smaller max_digit")
+        steps, way = found
+        prompt = f"{start}|" + "".join(f"{LETTERS[i]}{d}" for i, d in enumerate(digits)) + ":"
+        answer = str(start) + "".join(f"{sign}{digits[i]}" for i, _, sign, _, _ in way)
+        return Problem(prompt=prompt, answer=answer, info={"start": start, "digits": digits, "steps": steps, "way": way})
+
+    def sample(self, split: str, rng: random.Random) -> Problem:
+        return draw_split(split, rng, self._make)
+
+    def trace(self, problem: Problem, style: str, rng: random.Random | None = None) -> str:
+        check_style(style, self.styles)
+        digits = problem.info["digits"]
+        return deep_search_trace(problem, style, lambda i, value, sign, to: f"{LETTERS[i]}{value}{sign}{digits[i]}={to}",
+                                 lambda i, sign: f"{LETTERS[i]}{sign}{digits[i]}")
+
+    def longest_trace(self) -> str:
+        """The longest cold-start trace there can be: max_steps steps of the longest kind, the longest answer."""
+        m = self.max_digit
+        return ",".join([f"a9+{m}={9 + m}{CHECK_WRONG}"] * self.max_steps) + " #### 9" + f"+{m}" * self.n_digits
+
+    def reward(self, completion: str, problem: Problem) -> float:
+        return walk_reward(completion, problem.info["start"], problem.info["digits"])
+
+    def is_step_by_step(self, completion: str) -> bool:
+        return bool(completion.rpartition("####")[0].strip())
+
+    def self_check_stats(self, completion: str, problem: Problem) -> dict:
+        """deep_search_stats; a check is honest when the step's digit is its letter's, its value is the true
+        sum, and it says ✓ exactly when that value passes."""
+        digits, move = problem.info["digits"], self.mover(problem.info["digits"])
+        def truth(step):
+            i, digit = LETTERS.index(step[1]), int(step[4])
+            to, passes = move(int(step[2]), i, step[3])
+            passes = passes and digit == digits[i]
+            return digit == digits[i] and int(step[5]) == to and (step[6] == CHECK_RIGHT) == passes, passes
+        return deep_search_stats(completion, _WALK_STEP, _WALK_MOVE, len(digits), truth)
+
+_MAZE_STEP = re.compile(r"([a-l])([0-9])([+-])([0-9x])([✓✗])")  # "c6-1✓": move letter, room, door, room reached, check
+_MAZE_MOVE = re.compile(r"([a-l])([+-])")                        # "c-": the door alone
+
+class MazeTask:
+    """A deep search on lookups: ten rooms 0..9, each with a + door and a - door to another room (or none, x);
+    go through exactly n_moves doors from the start room and end in room 0.
+        "0:3x 1:27 2:x8 3:24 4:02 5:61 6:80 7:69 8:54 9:x7|2:"   (room 1's + door leads to 2, its - door to 7)
+        -> "a2+x✗,a2-8✓,b8+5✓,c5+6✓,d6+8✓,e8+5✓,f5+6✗,f5-1✗,e8-4✓,f4+0✓ #### 2-+++-+"
+    A step names its move's letter, the room it is in, the door, the room it reaches (x: none) and its check:
+    ✗ when there is no such door (or the last room is not 0). Each step is one look-up at a fixed place in the
+    prompt; a direct answer has to chain n_moves of them in its head. Problems are drawn as deep_search says.
+    Styles as WalkTask's."""
+    name = "maze"
+    styles = ("search", "unchecked", "direct", "path")
+
+    def __init__(self, n_moves: int = 6, no_door: float = 0.3, min_decisions: int = 3):
+        if not (3 <= n_moves <= len(LETTERS) and 0 <= no_door < 1 and 0 <= min_decisions < n_moves):
+            raise ValueError(f"n_moves must be in 3..{len(LETTERS)}, no_door in [0, 1) and min_decisions in "
+                             f"0..n_moves-1, got {n_moves}, {no_door}, {min_decisions}")
+        self.n_moves, self.no_door, self.min_decisions = n_moves, no_door, min_decisions
+        self.max_steps = 2 * n_moves + 2
+
+    @staticmethod
+    def mover(doors: list[list], n_moves: int):
+        """The maze's move(room, i, sign) for depth_first: through the room's + or - door, if it has one."""
+        def move(room, i, sign):
+            to = doors[room][0 if sign == "+" else 1]
+            return to, to is not None and (i < n_moves - 1 or to == 0)
+        return move
+
+    def _make(self, rng: random.Random) -> Problem:
+        for _ in range(100_000):
+            doors = [[None if rng.random() < self.no_door else rng.choice([r for r in range(10) if r != room])
+                      for _ in "+-"] for room in range(10)]
+            start = rng.randint(1, 9)
+            found = deep_search(start, self.n_moves, self.mover(doors, self.n_moves), self.max_steps, self.min_decisions)
+            if found:
+                break
+        else:
+            raise ValueError(f"mazes of {self.n_moves} moves almost never have {self.min_decisions} decisions")
+        steps, way = found
+        prompt = " ".join(f"{room}:" + "".join("x" if to is None else str(to) for to in doors[room])
+                          for room in range(10)) + f"|{start}:"
+        return Problem(prompt=prompt, answer=str(start) + "".join(sign for _, _, sign, _, _ in way),
+                       info={"start": start, "doors": doors, "steps": steps, "way": way})
+
+    def sample(self, split: str, rng: random.Random) -> Problem:
+        return draw_split(split, rng, self._make)
+
+    def trace(self, problem: Problem, style: str, rng: random.Random | None = None) -> str:
+        check_style(style, self.styles)
+        return deep_search_trace(problem, style,
+                                 lambda i, room, sign, to: f"{LETTERS[i]}{room}{sign}{'x' if to is None else to}")
+
+    def longest_trace(self) -> str:
+        """The longest cold-start trace there can be: max_steps steps, the longest answer."""
+        return ",".join([f"a9+x{CHECK_WRONG}"] * self.max_steps) + " #### 9" + "+" * self.n_moves
+
+    def reward(self, completion: str, problem: Problem) -> float:
+        return maze_reward(completion, problem.info["start"], problem.info["doors"], self.n_moves)
+
+    def is_step_by_step(self, completion: str) -> bool:
+        return bool(completion.rpartition("####")[0].strip())
+
+    def self_check_stats(self, completion: str, problem: Problem) -> dict:
+        """deep_search_stats; a check is honest when the room reached is the door's and it says ✓ exactly
+        when that door passes."""
+        move = self.mover(problem.info["doors"], self.n_moves)
+        def truth(step):
+            to, passes = move(int(step[2]), LETTERS.index(step[1]), step[3])
+            return step[4] == ("x" if to is None else str(to)) and (step[5] == CHECK_RIGHT) == passes, passes
+        return deep_search_stats(completion, _MAZE_STEP, _MAZE_MOVE, self.n_moves, truth)
+
 def load_gsm8k(path) -> list[dict]:
     """Rows {"question", "answer"} of a GSM8K-format JSONL file; the answer ends in "#### N".
     A malformed row raises ValueError naming the file and its 1-based line number."""
@@ -420,13 +643,16 @@ class GSM8KTask:
 TASKS = {
     "pairs": lambda cfg: PairsTask(cfg.numbers, cfg.max_number, quit_max=cfg.quit_max),
     "countdown": lambda cfg: CountdownTask(cfg.numbers, cfg.max_number, quit_max=cfg.quit_max),
+    "walk": lambda cfg: WalkTask(cfg.numbers, cfg.max_number),
+    "maze": lambda cfg: MazeTask(cfg.numbers),
     "arithmetic": lambda cfg: ArithmeticTask(cfg.digits),
     "gsm8k": lambda cfg: GSM8KTask(cfg.data_path),
 }
 
 if __name__ == "__main__":
     rng = random.Random(0)
-    for task in (PairsTask(), CountdownTask(n_numbers=3), ArithmeticTask(), GSM8KTask("tests/data/gsm8k_tiny.jsonl")):
+    for task in (PairsTask(), CountdownTask(n_numbers=3), WalkTask(), MazeTask(), ArithmeticTask(),
+                 GSM8KTask("tests/data/gsm8k_tiny.jsonl")):
         problem = task.sample("train", rng)
         for style in task.styles:
             completion = task.trace(problem, style)

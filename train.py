@@ -52,9 +52,9 @@ class TrainConfig:
     cuda_graphs: bool = True        # on CUDA: decode, SFT, fused RL steps as CUDA graphs (training: no DDP/compile)
     fused_update: bool = True       # RL loss linear in log π (plain REINFORCE): head gradient in the forward pass
     # task (tasks.py)
-    task: str = "pairs"             # pairs | countdown | arithmetic | gsm8k (tasks.py)
-    numbers: int = 4                # pairs, countdown: how many numbers are given
-    max_number: int = 9             # pairs, countdown: the numbers are drawn from 1..max_number
+    task: str = "pairs"             # pairs | countdown | walk | maze | arithmetic | gsm8k (tasks.py)
+    numbers: int = 4                # pairs, countdown: how many numbers are given; walk: digits; maze: moves
+    max_number: int = 9             # pairs, countdown: the numbers are drawn from 1..max_number; walk: digits
     quit_max: float = 0.6           # pairs, countdown: the cold start quits after its k-th ✗ w.p. min(quit_max, k/4)
     digits: int = 4                 # arithmetic: digits of each operand (difficulty)
     data_path: str = ""             # gsm8k: a JSONL file with "question" and "answer" per line
@@ -336,7 +336,8 @@ def rollout(model, task, tokenizer, problems, cfg, generator, ctx):
 def search_stats(task, texts, problems):
     """How the completions searched (tasks with self-checks only, else {}): attempts per completion, the
     share of answers given right after the model's own ✗, the share of honest checks (nan if none); per
-    completion, repeated attempts, checks written and ✓ written on an attempt that does not solve the problem."""
+    completion, repeated attempts, checks written and ✓ written on an attempt that does not solve the problem
+    (and backtracks, for a task that counts them)."""
     if not hasattr(task, "self_check_stats"):
         return {}
     stats = [task.self_check_stats(t, p) for t, p in zip(texts, problems)]
@@ -345,7 +346,8 @@ def search_stats(task, texts, problems):
             "after_fail_share": total["after_fail"] / max(1, total["answered"]),
             "honest_check_share": total["honest"] / total["checks"] if total["checks"] else float("nan"),
             "repeated_attempts": total["repeats"] / len(stats), "checks": total["checks"] / len(stats),
-            "false_right_checks": total["false_right"] / len(stats)}
+            "false_right_checks": total["false_right"] / len(stats),
+            **({"backtracks": total["backtracks"] / len(stats)} if "backtracks" in total else {})}
 
 def step_by_step(task, texts, key="step_by_step"):
     """{key: the share of completions that work before they answer}, or {} for a task that cannot tell."""

@@ -379,11 +379,12 @@ def test_gsm8k_directory_names_the_path(tmp_path):
 
 
 def test_tasks_builds_each_task_from_the_config_fields_it_names():
-    cfg = SimpleNamespace(numbers=5, max_number=20, quit_max=0.3, digits=2, data_path=GSM8K_TINY)
+    cfg = SimpleNamespace(numbers=5, max_number=8, quit_max=0.3, digits=2, data_path=GSM8K_TINY)
     built = {name: make(cfg) for name, make in tasks.TASKS.items()}
     assert {name: task.name for name, task in built.items()} == {name: name for name in tasks.TASKS}
-    assert (built["pairs"].n_numbers, built["pairs"].max_number, built["pairs"].quit_max) == (5, 20, 0.3)
-    assert (built["countdown"].n_numbers, built["countdown"].max_number, built["countdown"].quit_max) == (5, 20, 0.3)
+    assert (built["pairs"].n_numbers, built["pairs"].max_number, built["pairs"].quit_max) == (5, 8, 0.3)
+    assert (built["countdown"].n_numbers, built["countdown"].max_number, built["countdown"].quit_max) == (5, 8, 0.3)
+    assert (built["walk"].n_digits, built["walk"].max_digit, built["maze"].n_moves) == (5, 8, 5)
     assert built["arithmetic"].digits == 2 and len(built["gsm8k"].splits["test"]) >= 1
 
 

@@ -42,7 +42,8 @@ def every_task():
     largest = doc_task()[0]
     return [tasks.PairsTask(), tasks.PairsTask(n_numbers=6, max_number=20), CountdownTask(n_numbers=3),
             CountdownTask(), tasks.ArithmeticTask(digits=2), tasks.ArithmeticTask(), tasks.GSM8KTask(GSM8K_TINY),
-            largest(), largest(n_numbers=6, max_number=99)]
+            tasks.WalkTask(), tasks.WalkTask(n_digits=8, max_digit=4, min_decisions=4), tasks.MazeTask(),
+            tasks.MazeTask(n_moves=4, min_decisions=2), largest(), largest(n_numbers=6, max_number=99)]
 
 
 TASKS = every_task()
