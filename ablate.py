@@ -6,7 +6,7 @@ The ablation tables: what each piece of the method does, in one command, 3 seeds
     python ablate.py --table=recipe --train_args="--task=arithmetic"   # REINFORCE variants (baselines, Kimi, DAPO)
     python ablate.py --table=structure        # pairs tried in the order given vs in an order of its own, 300 RL steps
     python ablate.py --table=process          # outcome reward vs + a step reward (exact judge, or one that trusts ✓)
-    python ablate.py --table=deep             # a deep search (--task=walk) vs answering at once, at equal tokens
+    python ablate.py --table=deep             # a deep search (--task=maze) vs answering at once, at equal tokens
     python ablate.py --seeds=1 --rl_steps=10  # a quicker look
 
 For each seed and cold-start style, one SFT run (train.py with rl_steps=0) is shared by every
@@ -59,21 +59,20 @@ PROCESS = {  # the same cold start; rewards for the steps on top of the final an
     "+ exact step reward: 0.1 per honest check": ("search", ["--honest_check_reward=0.1"]),
     "+ proxy step reward: 0.1 per ✓ written": ("search", ["--confident_check_reward=0.1"]),
 }
-DEEP = {  # the walk task: a search that catches each wrong move a letter later, against answering at once
+DEEP = {  # the maze: a search that catches each wrong door a move later, against answering at once
     "search with checks (default)": ("search", []),
     "search, checks removed (same moves)": ("unchecked", []),
     "no search: answer only": ("direct", []),
 }
 TABLES = {"cold_start": COLD_START, "recipe": RECIPE, "structure": STRUCTURE, "process": PROCESS, "deep": DEEP}
-# what a table asks of its runs beyond train.py's defaults: RL steps, RL steps between evaluations (its curves),
+# what a table asks of its runs beyond train.py's defaults: RL steps, RL steps between evaluations (its curves), SFT steps,
 # options every run shares (block_size 128: room for a 5-number search from the start, so structure and process
 # share their cold starts), and a harder task each final policy is also evaluated on (never trained on)
 SETTINGS = {"structure": {"rl_steps": 300, "eval_every": 25, "shared": ["--block_size=128"],
                           "harder": ["--numbers=5", "--max_new_tokens=112"]},
             "process": {"rl_steps": 100, "eval_every": 10, "shared": ["--block_size=128"]},
-            "deep": {"rl_steps": 100, "eval_every": 20, "equal_tokens": True,
-                     "shared": ["--task=walk", "--numbers=6", "--max_number=5", "--block_size=144",
-                                "--max_new_tokens=128"]}}
+            "deep": {"rl_steps": 100, "eval_every": 20, "sft_steps": 2400, "equal_tokens": True,
+                     "shared": ["--task=maze", "--numbers=6", "--block_size=160", "--max_new_tokens=104"]}}
 
 
 @dataclass
@@ -83,7 +82,8 @@ class AblationConfig:
     seeds: int = 3               # seeds 1..seeds
     rl_steps: int = 0            # RL budget of every variant (0 = the table's: 300 for structure, else train.py's)
     eval_every: int = -1         # RL steps between held-out evaluations (-1 = the table's: 25, 10 or 0 = at the end)
-    sft_steps: int = 0           # cold start, shared by the variants of a seed (0 = train.py's default)
+    sft_steps: int = 0           # cold start, shared by the variants of a seed (0 = the table's: 2400 for deep, else
+                                 # train.py's)
     train_args: str = ""         # more train.py options for every run, space-separated (e.g. a smaller model)
     jobs: int = 1                # train.py processes at once (1 = in this process; on a GPU try 15)
 
@@ -149,7 +149,7 @@ def main(argv):
                              f"own --sft_steps, --rl_steps, --seeds, --out_dir)")
     defaults, settings = train.TrainConfig(), SETTINGS.get(cfg.table, {})
     cfg.rl_steps = cfg.rl_steps or settings.get("rl_steps", defaults.rl_steps)
-    cfg.sft_steps = cfg.sft_steps or defaults.sft_steps
+    cfg.sft_steps = cfg.sft_steps or settings.get("sft_steps", defaults.sft_steps)
     cfg.eval_every = settings.get("eval_every", 0) if cfg.eval_every < 0 else cfg.eval_every
     variants = TABLES[cfg.table]
     t_start = time.time()

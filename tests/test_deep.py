@@ -226,4 +226,17 @@ def test_the_deep_table_prints_every_cell_and_best_of_n_at_the_search_policys_to
     for row in final:
         cells = [c.strip() for c in row.strip("|").split("|")][1:]
         assert all(c == "-" or re.fullmatch(r"-?[0-9.]+ ± [0-9.]+( \(n=\d+\.\.\d+\))?|nan ± nan", c) for c in cells), row
-    assert json.load(open(tmp_path / "deep0-seed1" / "summary.json"))["config"]["task"] == "walk"
+    assert json.load(open(tmp_path / "deep0-seed1" / "summary.json"))["config"]["task"] == "maze"
+
+
+def test_the_deep_table_defaults_to_the_maze_with_its_longer_cold_start(monkeypatch, tmp_path):
+    class Recorded(Exception):
+        pass
+    def record(cfg, variants, shared):
+        raise Recorded(cfg, shared)
+    monkeypatch.setattr(ablate, "run_variants", record)
+    with pytest.raises(Recorded) as recorded:
+        ablate.main([f"--out_dir={tmp_path}", "--table=deep", "--train_args=--task=walk --max_number=5"])
+    cfg, shared = recorded.value.args
+    assert (cfg.sft_steps, cfg.rl_steps, cfg.eval_every) == (2400, 100, 20)
+    assert shared[:2] == ["--task=maze", "--numbers=6"] and shared[-2:] == ["--task=walk", "--max_number=5"]  # yours last
