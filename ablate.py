@@ -65,8 +65,8 @@ DEEP = {  # the maze: a search that catches each wrong door a move later, agains
     "no search: answer only": ("direct", []),
 }
 TABLES = {"cold_start": COLD_START, "recipe": RECIPE, "structure": STRUCTURE, "process": PROCESS, "deep": DEEP}
-# what a table asks of its runs beyond train.py's defaults: RL steps, RL steps between evaluations (its curves), SFT steps,
-# options every run shares (block_size 128: room for a 5-number search from the start, so structure and process
+# what a table asks of its runs beyond train.py's defaults: RL steps, RL steps between evaluations (its curves), SFT
+# steps, options every run shares (block_size 128: room for a 5-number search from the start, so structure and process
 # share their cold starts), and a harder task each final policy is also evaluated on (never trained on)
 SETTINGS = {"structure": {"rl_steps": 300, "eval_every": 25, "shared": ["--block_size=128"],
                           "harder": ["--numbers=5", "--max_new_tokens=112"]},

@@ -10,7 +10,7 @@ traces) are in tasks.py.
     exact_match(completion, "72")                       GSM8K, arithmetic: the final answer equals the reference
     pairs_reward(completion, [5, 4, 8, 3], 11)          "#### 8+3": two given numbers that sum to the target
     countdown_reward(completion, [3, 5, 7, 2], 54)      "<answer>(3+5)*7-2</answer>", read by our own parser
-    walk_reward(completion, 1, [4, 1, 5, 5, 4, 2])      "#### 1+4+1-5+5-4-2": signs that keep a walk in 0..9, ending at 0
+    walk_reward(completion, 1, [4, 1, 5, 5, 4, 2])      "#### 1+4+1-5+5-4-2": a walk kept in 0..9 that ends at 0
     maze_reward(completion, 2, doors, 6)                "#### 2-+++-+": doors that exist, from room 2 to room 0
     step_reward(stats, per_honest_check=0.1)            a process reward (a variant, measured in ablate.py)
 

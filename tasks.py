@@ -26,7 +26,7 @@ A Problem is a prompt, its reference answer, and task-specific info (numbers, ta
 
     pairs       "5 4 8 3->11:" -> "5+4=9✗,5+8=13✗,...,8+3=11✓ #### 8+3"  (default: search with self-checks)
     countdown   "3 5 7->32:" -> "3+5=8*7=56✗,5*7=35-3=32✓ #### 5*7-3"     (reach the target with + - * /)
-    walk        "1|a4b1c5d5e4f2:" -> "a1+4=5✓,b5+1=6✓,c6+5=11✗,c6-5=1✓,... #### 1+4+1-5+5-4-2"  (deep search: backs up)
+    walk        "1|a4b1c5d5e4f2:" -> "a1+4=5✓,b5+1=6✓,c6+5=11✗,c6-5=1✓,... #### 1+4+1-5+5-4-2"  (deep: backs up)
     maze        "0:3x 1:27 ... 9:x7|2:" -> "a2+x✗,a2-8✓,b8+5✓,... #### 2-+++-+"  (deep search on look-ups)
     arithmetic  "347+685=" -> "0+7+5=12,1+4+8=13,1+3+6=10 #### 1032"  (the scratchpad demo)
     gsm8k       grade-school word problems from a GSM8K-format JSONL file
@@ -429,17 +429,18 @@ def deep_search_trace(problem: Problem, style: str, step_text, move_text=lambda 
                 for i, value, sign, to, passes in steps]
     return ",".join(text) + " #### " + problem.answer
 
-_WALK_STEP = re.compile(r"([a-l])([0-9])([+-])([0-9])=(-?[0-9]{1,2})([✓✗])")  # "c6-5=1✓": letter, from, move, to, check
+_WALK_STEP = re.compile(r"([a-l])([0-9])([+-])([0-9])=(-?[0-9]{1,2})([✓✗])")  # "c6-5=1✓": letter, from, move, to
 _WALK_MOVE = re.compile(r"([a-l])([+-])([0-9])")                           # "c-5": the move alone
 
 class WalkTask:
     """A deep search on arithmetic: from the start value, add or subtract each given digit in turn so that the
     running value never leaves 0..9 and ends at 0.
-        "1|a4b1c5d5e4f2:" -> "a1+4=5✓,b5+1=6✓,c6+5=11✗,c6-5=1✓,d1+5=6✓,e6+4=10✗,e6-4=2✓,f2+2=4✗,f2-2=0✓ #### 1+4+1-5+5-4-2"
+        "1|a4b1c5d5e4f2:" -> "a1+4=5✓,b5+1=6✓,c6+5=11✗,c6-5=1✓,d1+5=6✓,e6+4=10✗,e6-4=2✓,f2+2=4✗,f2-2=0✓
+                              #### 1+4+1-5+5-4-2"
     A step names its digit's letter, the value it starts from, the move and the value it reaches, then its
     check: ✗ when the value leaves 0..9 (or the last one is not 0), else ✓. Every check is local (one
     single-digit sum), but a move can pass its check and still be wrong: both moves of the next digit then
-    fail, and the search backs up one letter and takes the other move there ("d6+3=9✓,e9+5=14✗,e9-5=4✗,d6-3=3✓").
+    fail, and the search backs up one letter and takes the other move there ("d4+1=5✓,e5+6=11✗,e5-6=-1✗,d4-1=3✓").
     Problems are drawn as deep_search says (at least min_decisions real choices, backing up one letter at a
     time, at most 2 steps per digit). Styles: "search" (the whole search, every check), "unchecked" (the same
     moves, without values and checks), "direct" (the answer alone), "path" (the way's steps: working, no search).
@@ -475,7 +476,8 @@ class WalkTask:
         steps, way = found
         prompt = f"{start}|" + "".join(f"{LETTERS[i]}{d}" for i, d in enumerate(digits)) + ":"
         answer = str(start) + "".join(f"{sign}{digits[i]}" for i, _, sign, _, _ in way)
-        return Problem(prompt=prompt, answer=answer, info={"start": start, "digits": digits, "steps": steps, "way": way})
+        info = {"start": start, "digits": digits, "steps": steps, "way": way}
+        return Problem(prompt=prompt, answer=answer, info=info)
 
     def sample(self, split: str, rng: random.Random) -> Problem:
         return draw_split(split, rng, self._make)
@@ -483,7 +485,8 @@ class WalkTask:
     def trace(self, problem: Problem, style: str, rng: random.Random | None = None) -> str:
         check_style(style, self.styles)
         digits = problem.info["digits"]
-        return deep_search_trace(problem, style, lambda i, value, sign, to: f"{LETTERS[i]}{value}{sign}{digits[i]}={to}",
+        return deep_search_trace(problem, style,
+                                 lambda i, value, sign, to: f"{LETTERS[i]}{value}{sign}{digits[i]}={to}",
                                  lambda i, sign: f"{LETTERS[i]}{sign}{digits[i]}")
 
     def longest_trace(self) -> str:
@@ -508,7 +511,7 @@ class WalkTask:
             return digit == digits[i] and int(step[5]) == to and (step[6] == CHECK_RIGHT) == passes, passes
         return deep_search_stats(completion, _WALK_STEP, _WALK_MOVE, len(digits), truth)
 
-_MAZE_STEP = re.compile(r"([a-l])([0-9])([+-])([0-9x])([✓✗])")  # "c6-1✓": move letter, room, door, room reached, check
+_MAZE_STEP = re.compile(r"([a-l])([0-9])([+-])([0-9x])([✓✗])")  # "c6-1✓": letter, room, door, room reached
 _MAZE_MOVE = re.compile(r"([a-l])([+-])")                        # "c-": the door alone
 
 class MazeTask:
@@ -543,7 +546,8 @@ class MazeTask:
             doors = [[None if rng.random() < self.no_door else rng.choice([r for r in range(10) if r != room])
                       for _ in "+-"] for room in range(10)]
             start = rng.randint(1, 9)
-            found = deep_search(start, self.n_moves, self.mover(doors, self.n_moves), self.max_steps, self.min_decisions)
+            move = self.mover(doors, self.n_moves)
+            found = deep_search(start, self.n_moves, move, self.max_steps, self.min_decisions)
             if found:
                 break
         else:
