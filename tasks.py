@@ -442,7 +442,7 @@ class WalkTask:
     single-digit sum), but a move can pass its check and still be wrong: both moves of the next digit then
     fail, and the search backs up one letter and takes the other move there ("d4+1=5✓,e5+6=11✗,e5-6=-1✗,d4-1=3✓").
     Problems are drawn as deep_search says (at least min_decisions real choices, backing up one letter at a
-    time, at most 2 steps per digit). Styles: "search" (the whole search, every check), "unchecked" (the same
+    time, at most 2n steps in all). Styles: "search" (the whole search, every check), "unchecked" (the same
     moves, without values and checks), "direct" (the answer alone), "path" (the way's steps: working, no search).
     What it shows (docs/results.md): the default model computes these running values in its head, so the
     direct answer is as good as the search: deep, but not deep enough for it."""
