@@ -211,24 +211,21 @@ def pairs_reward(completion: str, numbers: list[int], target: int) -> float:
 
 _WALK_ANSWER = re.compile(r"[0-9](?:[+-][0-9])+")  # "1+4+1-5+5-4-2": a start digit, then a sign before each digit
 
-def walk_values(start: int, moves: list[tuple[str, int]]) -> list[int]:
-    """The running values of a walk: start, then each move's "+"/"-" digit in turn."""
-    values = [start]
-    for sign, digit in moves:
-        values.append(values[-1] + digit if sign == "+" else values[-1] - digit)
-    return values[1:]
-
-def walk_solves(expression: str, start: int, digits: list[int], top: int = 9, end: int = 0) -> bool:
+def walk_solves(expression: str, start: int, digits: list[int]) -> bool:
     """Is expression the start, then every given digit in order with a sign, its running value never
-    outside 0..top and its last value end? (Short by construction: a final answer is at most 200 characters.)"""
+    outside 0..9 and its last value 0? (Short by construction: a final answer is at most 200 characters.)"""
     expression = expression.replace(" ", "")
     if not _WALK_ANSWER.fullmatch(expression) or int(expression[0]) != start:
         return False
-    moves = [(sign, int(digit)) for sign, digit in zip(expression[1::2], expression[2::2])]
-    if [digit for _, digit in moves] != list(digits):
+    signs, written = expression[1::2], [int(digit) for digit in expression[2::2]]
+    if written != list(digits):
         return False
-    values = walk_values(start, moves)
-    return all(0 <= v <= top for v in values) and values[-1] == end
+    value = start
+    for sign, digit in zip(signs, written):
+        value = value + digit if sign == "+" else value - digit
+        if not 0 <= value <= 9:
+            return False
+    return value == 0
 
 def walk_reward(completion: str, start: int, digits: list[int]) -> float:
     """1.0 if the completion's final answer is a walk that solves the problem (walk_solves), else 0.0."""

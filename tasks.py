@@ -401,9 +401,9 @@ def deep_search_stats(completion: str, step_pattern, move_pattern, n_moves: int,
     for part in parts:
         checked = step_pattern.fullmatch(part)
         move = checked or move_pattern.fullmatch(part)
-        if move is None or LETTERS.index(move[1]) >= n_moves:
+        i = LETTERS.index(move[1]) if move else n_moves
+        if i >= n_moves:
             continue
-        i = LETTERS.index(move[1])
         attempts, backtracks, previous = attempts + 1, backtracks + (previous is not None and i < previous), i
         if checked is None:
             continue
