@@ -401,8 +401,8 @@ def deep_search_stats(completion: str, step_pattern, move_pattern, n_moves: int,
     for part in parts:
         checked = step_pattern.fullmatch(part)
         move = checked or move_pattern.fullmatch(part)
-        i = LETTERS.index(move[1]) if move else n_moves
-        if i >= n_moves:
+        i = LETTERS.index(move[1]) if move else None
+        if i is None or i >= n_moves:  # not a step, or a letter past the last move
             continue
         attempts, backtracks, previous = attempts + 1, backtracks + (previous is not None and i < previous), i
         if checked is None:

@@ -35,7 +35,8 @@ BENCH_TAKES_TRAIN_FLAGS = {"rl", "sft"}
 SHELL_SEPARATORS = {";", "&", "&&", "|", "||", "do", "then", "else"}
 
 # files a run writes into its out_dir (a page may name them alone); paths under out/ are a run's, not the repo's
-RUN_FILES = {"ckpt.pt", "metrics.jsonl", "summary.json", "curves.png", "structure.png", "process.png", "deep.png", "harder.json"}
+RUN_FILES = {"ckpt.pt", "metrics.jsonl", "summary.json", "harder.json",
+             "curves.png", "structure.png", "process.png", "deep.png"}
 FILE_EXTENSIONS = (".py", ".md", ".png", ".json", ".jsonl", ".sh", ".txt")
 REPO_FOLDERS = {"docs", "tests", ".ci"}
 
